@@ -1,0 +1,351 @@
+"""Molecules and crystals as checked, immutable systems.
+
+A :class:`System` holds what defines an electronic-structure problem apart
+from the method: chemical symbols, Cartesian positions in Ångström, total
+charge, spin (2S) and, for crystals, the lattice vectors in Ångström.
+Constructors check the input and raise typed :mod:`basis.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from pyscf.data import elements as _elements
+
+from basis.errors import (
+    BasisError,
+    ElectronCountError,
+    GeometryError,
+    MalformedFileError,
+    UnknownElementError,
+)
+
+MIN_DISTANCE_ANGSTROM = 0.1
+"""Atoms closer than this are rejected as overlapping."""
+
+MIN_CELL_VOLUME_ANGSTROM3 = 1e-3
+"""Cells with a smaller volume are rejected as degenerate."""
+
+_KNOWN_SYMBOLS = {s.lower(): s for s in _elements.ELEMENTS[1:]}
+
+
+def canonical_symbol(symbol: str) -> str:
+    """Return the element symbol with standard capitalisation.
+
+    Raises:
+        UnknownElementError: if ``symbol`` is not a chemical element.
+    """
+    key = str(symbol).strip().lower()
+    if key not in _KNOWN_SYMBOLS:
+        raise UnknownElementError(f"unknown element {symbol!r}")
+    return _KNOWN_SYMBOLS[key]
+
+
+def atomic_number(symbol: str) -> int:
+    """Nuclear charge Z of an element symbol."""
+    return _elements.charge(canonical_symbol(symbol))
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """A checked molecule or crystal.
+
+    Attributes:
+        symbols: element symbols, one per atom, standard capitalisation.
+        positions: (natom, 3) Cartesian coordinates, Ångström.
+        charge: total charge (electrons removed).
+        spin: number of unpaired electrons, 2S.
+        cell: (3, 3) lattice vectors as rows, Ångström, or ``None`` for a molecule.
+    """
+
+    symbols: tuple[str, ...]
+    positions: np.ndarray
+    charge: int = 0
+    spin: int = 0
+    cell: np.ndarray | None = None
+
+    def __post_init__(self):
+        symbols = tuple(canonical_symbol(s) for s in self.symbols)
+        if not symbols:
+            raise MalformedFileError("the structure has no atoms")
+        positions = np.asarray(self.positions, dtype=np.float64)
+        if positions.shape != (len(symbols), 3):
+            raise GeometryError(
+                f"positions have shape {positions.shape}, expected ({len(symbols)}, 3)"
+            )
+        if not np.all(np.isfinite(positions)):
+            raise GeometryError("coordinates contain NaN or infinity")
+        cell = None
+        if self.cell is not None:
+            cell = np.asarray(self.cell, dtype=np.float64)
+            if cell.shape != (3, 3) or not np.all(np.isfinite(cell)):
+                raise GeometryError("the cell must be a finite 3x3 matrix of lattice vectors")
+            if abs(np.linalg.det(cell)) < MIN_CELL_VOLUME_ANGSTROM3:
+                raise GeometryError(
+                    f"the cell volume {abs(np.linalg.det(cell)):.3g} Å^3 is near zero"
+                )
+        positions = positions.copy()
+        positions.flags.writeable = False
+        if cell is not None:
+            cell = cell.copy()
+            cell.flags.writeable = False
+        object.__setattr__(self, "symbols", symbols)
+        object.__setattr__(self, "positions", positions)
+        object.__setattr__(self, "cell", cell)
+        object.__setattr__(self, "charge", int(self.charge))
+        object.__setattr__(self, "spin", int(self.spin))
+        self._check_distances()
+        if (self.n_electrons_all - self.spin) % 2 != 0:
+            raise ElectronCountError(
+                f"{self.formula} with charge {self.charge} has {self.n_electrons_all} "
+                f"electrons, which does not fit spin {self.spin}; restricted closed-shell "
+                "calculations need an even electron count"
+            )
+
+    # ----------------------------------------------------------------- checks
+    def _check_distances(self) -> None:
+        d = self.positions[:, None, :] - self.positions[None, :, :]
+        if self.cell is not None:
+            frac = d @ np.linalg.inv(self.cell)
+            d = (frac - np.round(frac)) @ self.cell
+        r = np.linalg.norm(d, axis=-1)
+        np.fill_diagonal(r, np.inf)
+        if r.size and r.min() < MIN_DISTANCE_ANGSTROM:
+            i, j = np.unravel_index(np.argmin(r), r.shape)
+            where = " (across the cell boundary)" if self.cell is not None else ""
+            raise GeometryError(
+                f"atoms {i} ({self.symbols[i]}) and {j} ({self.symbols[j]}) are "
+                f"{r[i, j]:.3f} Å apart{where}; closer than {MIN_DISTANCE_ANGSTROM} Å"
+            )
+
+    def require_closed_shell(self, n_electrons: int | None = None) -> None:
+        """Raise :class:`ElectronCountError` unless the system is closed shell."""
+        n = self.n_electrons_all if n_electrons is None else n_electrons
+        if self.spin != 0 or n % 2 != 0:
+            raise ElectronCountError(
+                f"{self.formula} with charge {self.charge} has {n} electrons and spin "
+                f"{self.spin}; only restricted closed-shell systems (even electron "
+                "count, spin 0) are supported"
+            )
+        if n <= 0:
+            raise ElectronCountError(f"{self.formula} with charge {self.charge} has no electrons")
+
+    # ------------------------------------------------------------- properties
+    @property
+    def natom(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def atomic_numbers(self) -> np.ndarray:
+        """(natom,) nuclear charges."""
+        return np.array([atomic_number(s) for s in self.symbols], dtype=np.int64)
+
+    @property
+    def n_electrons_all(self) -> int:
+        """All-electron count, sum(Z) - charge."""
+        return int(self.atomic_numbers.sum()) - self.charge
+
+    @property
+    def is_periodic(self) -> bool:
+        return self.cell is not None
+
+    @property
+    def formula(self) -> str:
+        counts: dict[str, int] = {}
+        for s in self.symbols:
+            counts[s] = counts.get(s, 0) + 1
+        return "".join(f"{s}{n if n > 1 else ''}" for s, n in counts.items())
+
+    def atom_string(self) -> str:
+        """PySCF ``atom=`` string in Ångström."""
+        return "; ".join(
+            f"{s} {x:.12f} {y:.12f} {z:.12f}" for s, (x, y, z) in zip(self.symbols, self.positions)
+        )
+
+    def replace(self, **changes) -> "System":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------ conversions
+    def to_mole(self, basis: str, **kwargs):
+        """Build a ``pyscf.gto.Mole`` (Ångström input) for a molecule.
+
+        Raises:
+            BasisError: unknown basis, or no functions for one of the elements.
+        """
+        from pyscf import gto
+
+        if self.is_periodic:
+            raise GeometryError("this system has a cell; use to_cell for crystals")
+        check_basis(basis, self.symbols)
+        mol = gto.Mole()
+        mol.atom = [(s, tuple(p)) for s, p in zip(self.symbols, self.positions)]
+        mol.unit = "Angstrom"
+        mol.basis = basis
+        mol.charge = self.charge
+        mol.spin = self.spin
+        mol.verbose = kwargs.pop("verbose", 0)
+        for k, v in kwargs.items():
+            setattr(mol, k, v)
+        mol.build()
+        return mol
+
+    def to_atoms(self):
+        """An ``ase.Atoms`` copy of this system."""
+        from ase import Atoms
+
+        if self.cell is None:
+            return Atoms(symbols=list(self.symbols), positions=np.array(self.positions))
+        return Atoms(
+            symbols=list(self.symbols),
+            positions=np.array(self.positions),
+            cell=np.array(self.cell),
+            pbc=True,
+        )
+
+    @classmethod
+    def from_atoms(cls, atoms, charge: int | None = None, spin: int | None = None) -> "System":
+        """From ``ase.Atoms``; a cell is kept only when any direction is periodic.
+
+        Charge and spin default to ``atoms.info['charge']`` / ``['spin']`` or 0.
+        """
+        info = getattr(atoms, "info", {}) or {}
+        if charge is None:
+            charge = int(info.get("charge", 0))
+        if spin is None:
+            spin = int(info.get("spin", 0))
+        cell = np.array(atoms.cell[:]) if any(atoms.pbc) else None
+        return cls(
+            symbols=tuple(atoms.get_chemical_symbols()),
+            positions=np.array(atoms.get_positions()),
+            charge=charge,
+            spin=spin,
+            cell=cell,
+        )
+
+    @classmethod
+    def from_mole(cls, mol) -> "System":
+        """From a built ``pyscf.gto.Mole`` (positions converted Bohr → Ångström)."""
+        from pyscf.data.nist import BOHR
+
+        symbols = tuple(mol.atom_pure_symbol(i) for i in range(mol.natm))
+        return cls(
+            symbols=symbols,
+            positions=np.asarray(mol.atom_coords(unit="Bohr")) * BOHR,
+            charge=mol.charge,
+            spin=mol.spin,
+        )
+
+    @classmethod
+    def from_any(cls, obj) -> "System":
+        """Coerce a System, ``ase.Atoms`` or PySCF ``Mole``/``Cell`` into a System."""
+        if isinstance(obj, System):
+            return obj
+        if hasattr(obj, "get_chemical_symbols"):
+            return cls.from_atoms(obj)
+        if hasattr(obj, "atom_coords"):
+            if hasattr(obj, "lattice_vectors"):
+                from pyscf.data.nist import BOHR
+
+                symbols = tuple(obj.atom_pure_symbol(i) for i in range(obj.natm))
+                return cls(
+                    symbols=symbols,
+                    positions=np.asarray(obj.atom_coords(unit="Bohr")) * BOHR,
+                    charge=obj.charge,
+                    spin=obj.spin,
+                    cell=np.asarray(obj.lattice_vectors()) * BOHR,
+                )
+            return cls.from_mole(obj)
+        raise TypeError(f"cannot make a System from {type(obj).__name__}")
+
+
+def _load_shells(basis: str, symbol: str):
+    """PySCF's shells of ``basis`` for one element, or ``None`` when unavailable."""
+    import warnings
+
+    from pyscf import gto
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shells = gto.basis.load(basis, symbol)
+    except Exception:  # PySCF raises several types for unknown names
+        return None
+    return shells or None
+
+
+def check_basis(basis: str, symbols: Iterable[str]) -> None:
+    """Check that PySCF knows ``basis`` and that it has functions for each element.
+
+    Raises:
+        BasisError: unknown basis name, or the first element it does not cover.
+    """
+    if not isinstance(basis, str) or not basis.strip():
+        raise BasisError("the basis name is empty")
+    symbols = sorted(set(symbols))
+    missing = [s for s in symbols if _load_shells(basis, s) is None]
+    if not missing:
+        return
+    if len(missing) == len(symbols) and all(_load_shells(basis, p) is None for p in ("H", "C", "Si")):
+        raise BasisError(f"unknown basis {basis!r}: PySCF has no basis set of that name")
+    raise BasisError(f"basis {basis!r} has no functions for element {missing[0]}")
+
+
+def read_systems(path: str | os.PathLike, charge: int | None = None, spin: int | None = None) -> list[System]:
+    """Read every frame of a structure file (xyz, extxyz, CIF, POSCAR, ASE db, ...).
+
+    Args:
+        path: file readable by ``ase.io.read``; multi-frame files give several systems.
+        charge, spin: override the per-frame values (default: ``info`` or 0).
+
+    Returns:
+        list of :class:`System`, one per frame.
+
+    Raises:
+        MalformedFileError: missing, empty or unparsable file.
+        UnknownElementError, GeometryError, ElectronCountError: bad content.
+    """
+    import ase.io
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MalformedFileError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise MalformedFileError(f"{path} is a directory, not a structure file")
+    if os.path.getsize(path) == 0:
+        raise MalformedFileError(f"{path} is empty")
+    try:
+        frames = ase.io.read(path, index=":")
+    except KeyError as exc:
+        raise UnknownElementError(f"{path}: unknown element {exc.args[0]!r}") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MalformedFileError(f"{path}: cannot read structure ({first})") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise MalformedFileError(f"{path}: no structures found")
+    systems = []
+    for k, atoms in enumerate(frames):
+        try:
+            systems.append(System.from_atoms(atoms, charge=charge, spin=spin))
+        except (GeometryError, ElectronCountError, MalformedFileError) as exc:
+            raise type(exc)(f"{path}, frame {k}: {exc}") from None
+    return systems
+
+
+def molecules_equal(a: System, b: System, atol: float = 1e-10) -> bool:
+    """True when two systems have the same symbols, charge, spin and positions."""
+    return (
+        a.symbols == b.symbols
+        and a.charge == b.charge
+        and a.spin == b.spin
+        and np.allclose(a.positions, b.positions, atol=atol, rtol=0)
+    )
+
+
+def stack_positions(systems: Sequence[System]) -> np.ndarray:
+    """(nframe, natom, 3) positions of systems with identical symbols."""
+    return np.stack([s.positions for s in systems])
