@@ -1,0 +1,147 @@
+"""The one boundary to PySCF integrals and grids.
+
+:func:`build_integrals` turns a checked :class:`~basis.system.System` into an
+immutable pytree of float64 arrays: everything the JAX energy functional needs
+for one geometry. After this point all physics is a pure function of arrays.
+No four-index electron-repulsion tensor is ever built: Coulomb and exchange use
+PySCF's density-fitting factor, the one ``mf.density_fit()`` would use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from basis.functional import Functional, parse_functional
+from basis.system import System
+
+jax.config.update("jax_enable_x64", True)
+
+DEFAULT_GRID_LEVEL = 3
+"""PySCF's default ``grids.level``."""
+
+
+@struct.dataclass
+class Integrals:
+    """Integrals of one molecule (atomic units: Hartree, Bohr).
+
+    Array fields (pytree leaves, float64):
+        overlap: (nao, nao) S.
+        hcore: (nao, nao) kinetic + nuclear attraction.
+        cderi: (naux, nao, nao) density-fitting factor L with
+            (ij|kl) ≈ Σ_Q L_Qij L_Qkl (PySCF's ``with_df._cderi``, unpacked).
+        ao: (nderiv, ngrid, nao) AO values on the XC grid; nderiv = 1 (values)
+            or 4 (values, d/dx, d/dy, d/dz). ngrid = 0 for Hartree–Fock.
+        weights: (ngrid,) quadrature weights.
+        e_nuc: () nuclear repulsion energy, Hartree.
+        dm_guess: (nao, nao) PySCF's default (minao) initial density matrix.
+
+    Static fields (not traced): ``n_electrons``, ``basis``, ``auxbasis``,
+    ``functional`` (the :class:`~basis.functional.Functional` the grid was
+    built for), ``grid_level``.
+    """
+
+    overlap: jax.Array
+    hcore: jax.Array
+    cderi: jax.Array
+    ao: jax.Array
+    weights: jax.Array
+    e_nuc: jax.Array
+    dm_guess: jax.Array
+    n_electrons: int = struct.field(pytree_node=False)
+    basis: str = struct.field(pytree_node=False)
+    auxbasis: str = struct.field(pytree_node=False)
+    functional: Functional = struct.field(pytree_node=False)
+    grid_level: int = struct.field(pytree_node=False, default=DEFAULT_GRID_LEVEL)
+
+    @property
+    def nao(self) -> int:
+        return self.overlap.shape[-1]
+
+    @property
+    def n_occupied(self) -> int:
+        return self.n_electrons // 2
+
+
+def make_mean_field(system: System, xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL):
+    """The PySCF mean-field object whose settings vardft reproduces (not run).
+
+    ``pyscf.dft.RKS(mol, xc=xc).density_fit()``, or ``pyscf.scf.RHF(mol).density_fit()``
+    for ``xc='hf'``, with PySCF's default auxiliary basis and grid (level 3).
+    This is the single place those settings are chosen; validation and tests
+    compare against the object it returns.
+    """
+    from pyscf import dft, scf
+
+    functional = parse_functional(xc)
+    system.require_closed_shell()
+    mol = system.to_mole(basis)
+    if functional.family == "hf":
+        mf = scf.RHF(mol).density_fit()
+    else:
+        mf = dft.RKS(mol, xc=functional.name).density_fit()
+        mf.grids.level = grid_level
+    mf.verbose = 0
+    return mf
+
+
+def _unpack_cderi(cderi_packed: np.ndarray, nao: int) -> np.ndarray:
+    from pyscf import lib
+
+    return np.asarray(lib.unpack_tril(cderi_packed), dtype=np.float64).reshape(-1, nao, nao)
+
+
+def integrals_from_mean_field(mf) -> Integrals:
+    """Collect the integrals of a (not necessarily run) PySCF mean-field object."""
+    from pyscf.dft import numint
+
+    mol = mf.mol
+    functional = parse_functional(getattr(mf, "xc", "hf") if hasattr(mf, "grids") else "hf")
+    nao = mol.nao_nr()
+    if mf.with_df._cderi is None:
+        mf.with_df.build()
+    cderi = _unpack_cderi(mf.with_df._cderi, nao)
+    if functional.needs_grid:
+        if mf.grids.coords is None:
+            mf.grids.build(with_non0tab=False)
+        coords, weights = mf.grids.coords, mf.grids.weights
+        ao = numint.eval_ao(mol, coords, deriv=functional.ao_deriv)
+        ao = np.asarray(ao, dtype=np.float64).reshape(-1, coords.shape[0], nao)
+        grid_level = int(mf.grids.level)
+    else:
+        weights = np.zeros((0,))
+        ao = np.zeros((1, 0, nao))
+        grid_level = 0
+    return Integrals(
+        overlap=jnp.asarray(mf.get_ovlp()),
+        hcore=jnp.asarray(mf.get_hcore()),
+        cderi=jnp.asarray(cderi),
+        ao=jnp.asarray(ao),
+        weights=jnp.asarray(weights, dtype=jnp.float64),
+        e_nuc=jnp.asarray(mol.energy_nuc(), dtype=jnp.float64),
+        dm_guess=jnp.asarray(mf.get_init_guess()),
+        n_electrons=int(mol.nelectron),
+        basis=str(mol.basis),
+        auxbasis=str(mf.with_df.auxmol.basis if mf.with_df.auxmol is not None else mf.with_df.auxbasis),
+        functional=functional,
+        grid_level=grid_level,
+    )
+
+
+def build_integrals(system: System, xc: str = "pbe", basis: str = "def2-svp", grid_level: int = DEFAULT_GRID_LEVEL) -> Integrals:
+    """Integrals of ``system`` for functional ``xc`` in ``basis``.
+
+    Args:
+        system: a closed-shell molecule.
+        xc: PySCF functional name; decides the auxiliary basis (J-fit for pure
+            functionals, JK-fit for hybrids and HF, as PySCF chooses) and
+            whether AO gradients are stored.
+        basis: any basis name PySCF knows.
+        grid_level: PySCF grid level (default 3, PySCF's default).
+
+    Raises:
+        InputError subclasses for unknown functional/basis or open-shell systems.
+    """
+    return integrals_from_mean_field(make_mean_field(system, xc, basis, grid_level))

@@ -1,0 +1,111 @@
+"""Exchange-correlation energy through libxc (via PySCF) with a custom VJP.
+
+jax-xc does not import with current JAX, so the semi-local XC energy density
+and its first derivatives come from ``pyscf.dft.libxc.eval_xc`` inside
+``jax.pure_callback``. The backward pass uses libxc's first derivatives:
+
+    E_xc = Σ_g w_g ρ_g ε_xc(ρ_g, σ_g),   σ = |∇ρ|²
+    ∂E_xc/∂ρ_g = w_g v_ρ(g),   ∂E_xc/∂∇ρ_g = 2 w_g v_σ(g) ∇ρ_g
+
+A callback has no JVP and no second derivative: differentiate E_xc once
+(the Fock matrix), and where a loss needs F[P] as a fixed target, stop the
+gradient on P before calling F.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from basis.functional import Functional
+
+
+def _libxc_eval(name: str, family: str, rho: np.ndarray):
+    """Host-side libxc evaluation. rho: (..., nvar, ngrid) → exc, vrho, vsigma (..., ngrid)."""
+    from pyscf.dft import libxc
+
+    rho = np.asarray(rho, dtype=np.float64)
+    lead = rho.shape[:-2]
+    nvar, ngrid = rho.shape[-2:]
+    flat = np.moveaxis(rho.reshape(-1, nvar, ngrid), 1, 0).reshape(nvar, -1)
+    if family == "lda":
+        exc, vxc = libxc.eval_xc(name, flat[0], spin=0, deriv=1)[:2]
+        vsigma = np.zeros_like(exc)
+    else:
+        exc, vxc = libxc.eval_xc(name, flat, spin=0, deriv=1)[:2]
+        vsigma = vxc[1]
+    vrho = vxc[0]
+
+    def shape(x):
+        return np.asarray(x, dtype=np.float64).reshape(*lead, ngrid) if lead else np.asarray(x, dtype=np.float64).reshape(ngrid)
+
+    return shape(exc), shape(vrho), shape(vsigma)
+
+
+def _eval(functional: Functional, rho: jax.Array):
+    ngrid = rho.shape[-1]
+    out = jax.ShapeDtypeStruct(rho.shape[:-2] + (ngrid,), jnp.float64)
+    return jax.pure_callback(
+        functools.partial(_libxc_eval, functional.name, functional.family),
+        (out, out, out),
+        rho,
+        vmap_method="broadcast_all",
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def xc_energy(functional: Functional, rho: jax.Array, weights: jax.Array) -> jax.Array:
+    """Semi-local XC energy, Hartree.
+
+    Args:
+        functional: parsed functional (static).
+        rho: (nvar, ngrid) density on the grid; nvar = 1 (LDA: ρ) or 4
+            (GGA: ρ, ∂ρ/∂x, ∂ρ/∂y, ∂ρ/∂z). Electrons per Bohr³.
+        weights: (ngrid,) quadrature weights. Treated as constants.
+
+    Returns:
+        () E_xc = Σ_g w_g ρ_g ε_xc(g).
+    """
+    exc, _, _ = _eval(functional, rho)
+    return jnp.sum(weights * rho[0] * exc)
+
+
+def _xc_energy_fwd(functional, rho, weights):
+    exc, vrho, vsigma = _eval(functional, rho)
+    return jnp.sum(weights * rho[0] * exc), (rho, weights, vrho, vsigma)
+
+
+def _xc_energy_bwd(functional, residuals, g):
+    rho, weights, vrho, vsigma = residuals
+    d_rho0 = g * weights * vrho
+    if rho.shape[0] == 1:
+        d_rho = d_rho0[None]
+    else:
+        d_grad = 2.0 * g * (weights * vsigma)[None] * rho[1:4]
+        d_rho = jnp.concatenate([d_rho0[None], d_grad], axis=0)
+    return d_rho, jnp.zeros_like(weights)
+
+
+xc_energy.defvjp(_xc_energy_fwd, _xc_energy_bwd)
+
+
+def density_on_grid(P: jax.Array, ao: jax.Array) -> jax.Array:
+    """Electron density (and its gradient) on the grid from a density matrix.
+
+    Args:
+        P: (nao, nao) symmetric AO density matrix.
+        ao: (nderiv, ngrid, nao) AO values (nderiv = 1) or values and first
+            derivatives (nderiv = 4).
+
+    Returns:
+        (nderiv, ngrid): ρ, and for nderiv = 4 also ∇ρ = 2 Σ_ij ∇φ_i P_ij φ_j.
+    """
+    t = ao[0] @ P
+    rho = jnp.sum(t * ao[0], axis=-1)
+    if ao.shape[0] == 1:
+        return rho[None]
+    grad = 2.0 * jnp.einsum("xgi,gi->xg", ao[1:4], t)
+    return jnp.concatenate([rho[None], grad], axis=0)
