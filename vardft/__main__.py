@@ -1,0 +1,5 @@
+import sys
+
+from vardft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``vardft`` program, one module each (``register(subparsers)``)."""
