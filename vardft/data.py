@@ -1,0 +1,274 @@
+"""Datasets of geometries and the HDF5 integral cache.
+
+Built-in datasets are generated deterministically (seeded) from ASE's G2
+collection: no downloads. Conformations are thermal-like: every atom is
+displaced by a Gaussian whose width scales as 1/sqrt(mass), as in a classical
+harmonic crystal at fixed temperature (width ``DISPLACEMENT_H`` for hydrogen).
+
+Integrals are cached in HDF5, one file per geometry and settings, keyed by a
+hash of everything they depend on; writes are atomic (temporary file +
+rename), and a file written by another cache version is rebuilt, never reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from typing import Callable, Sequence
+
+import numpy as np
+
+from basis.errors import InputError, MalformedFileError
+from basis.functional import parse_functional
+from basis.integrals import DEFAULT_GRID_LEVEL, Integrals, build_integrals
+from basis.system import System, read_systems
+
+DISPLACEMENT_H = 0.06
+"""Gaussian displacement width of a hydrogen atom, Å (heavier atoms: × sqrt(m_H/m))."""
+
+CACHE_VERSION = 1
+"""Bump when the content or layout of cached integrals changes."""
+
+HEAVY_ATOMS_MAX = 6
+ELEMENTS_SMALL = frozenset("HCNOF")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Train/validation split of systems.
+
+    Attributes:
+        name: dataset or file name.
+        train: systems to train on.
+        validation: held-out systems (conformations, or whole molecules for g2-small).
+    """
+
+    name: str
+    train: tuple[System, ...]
+    validation: tuple[System, ...]
+
+
+def thermal_conformations(base: System, n: int, rng: np.random.Generator, width_h: float = DISPLACEMENT_H) -> list[System]:
+    """``n`` displaced copies of ``base`` (mass-weighted Gaussian displacements, Å)."""
+    from ase.data import atomic_masses
+
+    masses = atomic_masses[base.atomic_numbers]
+    sigma = width_h * np.sqrt(atomic_masses[1] / masses)
+    out = []
+    for _ in range(n):
+        disp = rng.standard_normal(base.positions.shape) * sigma[:, None]
+        disp -= disp.mean(axis=0)
+        out.append(base.replace(positions=base.positions + disp))
+    return out
+
+
+def _g2(name: str) -> System:
+    from ase.build import molecule
+
+    return System.from_atoms(molecule(name))
+
+
+def g2_small_names() -> list[str]:
+    """Closed-shell molecules of ASE's G2 set made of H, C, N, O, F with ≤ 6 heavy atoms, sorted."""
+    from ase.build import molecule
+    from ase.collections import g2
+
+    names = []
+    for name in g2.names:
+        atoms = molecule(name)
+        symbols = atoms.get_chemical_symbols()
+        if len(symbols) < 2 or not set(symbols) <= ELEMENTS_SMALL:
+            continue
+        if sum(s != "H" for s in symbols) > HEAVY_ATOMS_MAX:
+            continue
+        if sum(atoms.get_atomic_numbers()) % 2 or abs(atoms.get_initial_magnetic_moments().sum()) > 1e-6:
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def _conformation_set(molecule_name: str) -> Callable[[int, int, int], Dataset]:
+    def make(seed: int, n_train: int, n_validation: int) -> Dataset:
+        base = _g2(molecule_name)
+        rng = np.random.default_rng(seed)
+        confs = thermal_conformations(base, n_train + n_validation, rng)
+        return Dataset(molecule_name, tuple(confs[:n_train]), tuple(confs[n_train:]))
+
+    return make
+
+
+def _g2_small(seed: int, n_train: int, n_validation: int) -> Dataset:
+    """Held-out *molecules*: every 5th molecule (by sorted name, shifted by seed) is validation.
+
+    ``n_train`` / ``n_validation`` are conformations per molecule.
+    """
+    names = g2_small_names()
+    rng = np.random.default_rng(seed)
+    offset = seed % 5
+    train, val = [], []
+    for k, name in enumerate(names):
+        base = _g2(name)
+        held_out = (k + offset) % 5 == 0
+        n = n_validation if held_out else n_train
+        (val if held_out else train).extend(thermal_conformations(base, n, rng))
+    return Dataset("g2-small", tuple(train), tuple(val))
+
+
+BUILTIN_DATASETS: dict[str, tuple[Callable[[int, int, int], Dataset], int, int]] = {
+    # name: (generator, default train size, default validation size)
+    "water": (_conformation_set("H2O"), 64, 16),
+    "ethanol": (_conformation_set("CH3CH2OH"), 48, 12),
+    "g2-small": (_g2_small, 2, 1),
+}
+
+
+def load_dataset(
+    source: str,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_validation: int | None = None,
+    validation_fraction: float = 0.2,
+) -> Dataset:
+    """A built-in dataset by name, or frames of a structure file / ASE database.
+
+    For files, the last ``validation_fraction`` of a seeded permutation of
+    the frames is held out.
+
+    Raises:
+        MalformedFileError: neither a built-in name nor a readable file.
+    """
+    if source in BUILTIN_DATASETS:
+        make, nt, nv = BUILTIN_DATASETS[source]
+        return make(seed, nt if n_train is None else n_train, nv if n_validation is None else n_validation)
+    if not os.path.exists(source):
+        raise MalformedFileError(
+            f"no such file or built-in dataset: {source} (built-in: {', '.join(BUILTIN_DATASETS)})"
+        )
+    systems = read_systems(source)
+    perm = np.random.default_rng(seed).permutation(len(systems))
+    n_val = n_validation if n_validation is not None else int(round(validation_fraction * len(systems)))
+    if len(systems) > 1:
+        n_val = min(max(n_val, 1), len(systems) - 1)
+    else:
+        n_val = 0
+    n_tr = len(systems) - n_val if n_train is None else min(n_train, len(systems) - n_val)
+    train = [systems[i] for i in perm[:n_tr]]
+    val = [systems[i] for i in perm[len(systems) - n_val :]]
+    return Dataset(os.path.basename(source), tuple(train), tuple(val))
+
+
+# ---------------------------------------------------------------- integral cache
+def integral_key(system: System, xc: str, basis: str, grid_level: int) -> str:
+    """Hash of everything the integrals depend on (and the cache version)."""
+    payload = {
+        "v": CACHE_VERSION,
+        "symbols": list(system.symbols),
+        "positions": np.round(system.positions, 10).tolist(),
+        "charge": system.charge,
+        "spin": system.spin,
+        "xc": parse_functional(xc).name,
+        "basis": basis.lower(),
+        "grid_level": grid_level,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+_ARRAY_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_guess")
+
+
+def _save_integrals(path: str, ints: Integrals) -> None:
+    import h5py
+
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name in _ARRAY_FIELDS:
+                f.create_dataset(name, data=np.asarray(getattr(ints, name)))
+            f.attrs["cache_version"] = CACHE_VERSION
+            f.attrs["n_electrons"] = ints.n_electrons
+            f.attrs["basis"] = ints.basis
+            f.attrs["auxbasis"] = ints.auxbasis
+            f.attrs["xc"] = ints.functional.name
+            f.attrs["grid_level"] = ints.grid_level
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_integrals(path: str) -> Integrals | None:
+    import h5py
+    import jax.numpy as jnp
+
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("cache_version", -1)) != CACHE_VERSION:
+                return None
+            arrays = {name: jnp.asarray(f[name][()]) for name in _ARRAY_FIELDS}
+            return Integrals(
+                **arrays,
+                n_electrons=int(f.attrs["n_electrons"]),
+                basis=str(f.attrs["basis"]),
+                auxbasis=str(f.attrs["auxbasis"]),
+                functional=parse_functional(str(f.attrs["xc"])),
+                grid_level=int(f.attrs["grid_level"]),
+            )
+    except (OSError, KeyError):
+        return None
+
+
+def default_cache_dir() -> str:
+    """``$VARDFT_CACHE`` or ``~/.cache/vardft``."""
+    return os.environ.get("VARDFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vardft")
+
+
+class IntegralCache:
+    """Integrals on disk, one HDF5 file per (geometry, xc, basis, grid level).
+
+    ``directory=None`` disables the disk cache (integrals are computed each time).
+    """
+
+    def __init__(self, directory: str | None = None):
+        self.directory = directory
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, system: System, xc: str, basis: str, grid_level: int) -> str | None:
+        if self.directory is None:
+            return None
+        return os.path.join(self.directory, f"{integral_key(system, xc, basis, grid_level)}.h5")
+
+    def get(self, system: System, xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL) -> Integrals:
+        path = self.path(system, xc, basis, grid_level)
+        if path is not None and os.path.exists(path):
+            ints = _load_integrals(path)
+            if ints is not None:
+                self.hits += 1
+                return ints
+        self.misses += 1
+        ints = build_integrals(system, xc=xc, basis=basis, grid_level=grid_level)
+        if path is not None:
+            _save_integrals(path, ints)
+        return ints
+
+    def get_many(self, systems: Sequence[System], xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL, progress: bool = False) -> list[Integrals]:
+        from tqdm.auto import tqdm
+
+        it = tqdm(systems, desc="integrals", unit="mol", disable=not progress, leave=False)
+        return [self.get(s, xc, basis, grid_level) for s in it]
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Raise an InputError unless every system is a closed-shell molecule."""
+    if not dataset.train:
+        raise InputError(f"dataset {dataset.name} has no training systems")
+    for s in dataset.train + dataset.validation:
+        s.require_closed_shell()
+        if s.is_periodic:
+            raise InputError(f"dataset {dataset.name} contains a crystal; molecular training only for now")
