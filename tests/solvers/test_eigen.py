@@ -1,0 +1,266 @@
+"""Generalized eigensolver: PySCF/SciPy agreement, linear dependence, safe gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from pyscf import gto, scf
+from pyscf.scf import addons
+
+from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer, solve_hamiltonian
+
+ENERGY_ATOL = 1e-10  # Hartree, orbital energies vs SciPy / PySCF
+DENSITY_ATOL = 1e-9  # density-matrix elements vs reference
+IDENTITY_ATOL = 1e-10  # X^T S X = I, P S P = 2P, C^T S C = I
+ELECTRON_ATOL = 1e-10  # trace(P S) and sum(occ) vs n_electrons
+FD_RTOL = 1e-6  # analytic vs finite-difference directional derivatives
+FD_STEP = 1e-4  # Hartree, step along a unit-Frobenius-norm symmetric direction
+PAD_ATOL = 1e-12  # padded vs unpadded results and gradients
+DEGENERATE_SPREAD = 1e-10  # Hartree, the CH4 t2 levels really are degenerate
+N_DIRECTIONS = 3  # random FD directions per case
+WATER_WIDTH = 0.5  # Hartree; gives clearly fractional HOMO/LUMO occupations (~1.9/0.05)
+METHANE_WIDTH = 0.3  # Hartree
+
+WATER = "O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692"
+# Exact tetrahedron: the occupied 1t2 level is triply degenerate.
+METHANE = "C 0 0 0; H .629 .629 .629; H -.629 -.629 .629; H -.629 .629 -.629; H .629 -.629 -.629"
+LIH = "Li 0 0 0; H 0 0 1.6"
+
+
+def _core(atom, basis="def2-svp"):
+    """(H_core, S, n_electrons) of a neutral closed-shell molecule, Hartree."""
+    mol = gto.M(atom=atom, basis=basis)
+    return mol.intor("int1e_kin") + mol.intor("int1e_nuc"), mol.intor("int1e_ovlp"), mol.nelectron
+
+
+def _sym_direction(rng, n):
+    D = rng.standard_normal((n, n))
+    D = D + D.T
+    return D / np.linalg.norm(D)
+
+
+def _check_against_fd(loss, H, seed):
+    """Compare jax.grad(loss) with 4th-order central differences along random directions."""
+    loss = jax.jit(loss)
+    H = jnp.asarray(H)
+    grad = np.asarray(jax.grad(loss)(H))
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, grad.T, atol=1e-12 * np.abs(grad).max())
+    rng = np.random.default_rng(seed)
+    for _ in range(N_DIRECTIONS):
+        D = _sym_direction(rng, H.shape[0])
+        h = FD_STEP
+        fd = (-loss(H + 2 * h * D) + 8 * loss(H + h * D) - 8 * loss(H - h * D) + loss(H - 2 * h * D)) / (12 * h)
+        np.testing.assert_allclose(np.sum(grad * D), fd, rtol=FD_RTOL)
+
+
+def _weights(rng, n):
+    W = rng.standard_normal((n, n))
+    return jnp.asarray(W + W.T)
+
+
+# --- agreement with SciPy / PySCF -------------------------------------------------
+
+
+def test_orthogonalizer_water():
+    _, S, _ = _core(WATER)
+    X = canonical_orthogonalizer(S)
+    assert X.shape == S.shape
+    np.testing.assert_allclose(X.T @ S @ X, np.eye(X.shape[1]), atol=IDENTITY_ATOL)
+
+
+@pytest.mark.parametrize("atom", [WATER, METHANE], ids=["water", "methane"])
+def test_core_hamiltonian_matches_scipy(atom):
+    H, S, n = _core(atom)
+    res = solve_hamiltonian(H, canonical_orthogonalizer(S), n)
+    e_ref, c_ref = scipy.linalg.eigh(H, S)
+    np.testing.assert_allclose(res.mo_energy, e_ref, atol=ENERGY_ATOL)
+    c_occ = c_ref[:, : n // 2]
+    np.testing.assert_allclose(res.density, 2 * c_occ @ c_occ.T, atol=DENSITY_ATOL)
+    P, C = np.asarray(res.density), np.asarray(res.mo_coeff)
+    np.testing.assert_allclose(P @ S @ P, 2 * P, atol=IDENTITY_ATOL)
+    np.testing.assert_allclose(np.trace(P @ S), n, atol=ELECTRON_ATOL)
+    np.testing.assert_allclose(C.T @ S @ C, np.eye(C.shape[1]), atol=IDENTITY_ATOL)
+    np.testing.assert_array_equal(res.mo_occ, np.where(np.arange(len(e_ref)) < n // 2, 2.0, 0.0))
+
+
+def test_converged_fock_matches_pyscf():
+    mol = gto.M(atom=WATER, basis="def2-svp")
+    mf = scf.RHF(mol).run(conv_tol=1e-10)
+    F, S = mf.get_fock(), mf.get_ovlp()
+    e_ref, c_ref = mf.eig(F, S)
+    P_ref = mf.make_rdm1(c_ref, mf.get_occ(e_ref, c_ref))
+    res = solve_hamiltonian(F, canonical_orthogonalizer(S), mol.nelectron)
+    np.testing.assert_allclose(res.mo_energy, e_ref, atol=ENERGY_ATOL)
+    np.testing.assert_allclose(res.mo_occ, mf.get_occ(e_ref, c_ref), atol=0)
+    np.testing.assert_allclose(res.density, P_ref, atol=DENSITY_ATOL)
+
+
+def test_duplicated_basis_function_is_dropped():
+    """An exactly duplicated AO gives a singular S; the solution is the original one."""
+    H, S, n = _core(WATER)
+    nao = H.shape[0]
+    T = np.concatenate([np.eye(nao), np.eye(nao)[:, [3]]], axis=1)  # (nao, nao+1): chi = phi T
+    H_dup, S_dup = T.T @ H @ T, T.T @ S @ T
+    assert np.linalg.eigvalsh(S_dup)[0] < 1e-12
+    X = canonical_orthogonalizer(S_dup)
+    assert X.shape == (nao + 1, nao)
+    res = solve_hamiltonian(H_dup, X, n)
+    np.testing.assert_allclose(res.mo_energy, scipy.linalg.eigh(H, S, eigvals_only=True), atol=ENERGY_ATOL)
+    ref = solve_hamiltonian(H, canonical_orthogonalizer(S), n)
+    # Same density operator: contracting back to the original AOs gives the original P.
+    np.testing.assert_allclose(T @ res.density @ T.T, ref.density, atol=DENSITY_ATOL)
+    P = np.asarray(res.density)
+    np.testing.assert_allclose(P @ S_dup @ P, 2 * P, atol=IDENTITY_ATOL)
+    np.testing.assert_allclose(np.trace(P @ S_dup), n, atol=ELECTRON_ATOL)
+
+
+def test_near_linear_dependence_matches_pyscf_canonical_orth():
+    """Two H atoms 0.05 Å apart in aug-cc-pVDZ: S eigenvalues ~3e-6 and ~1e-4."""
+    H, S, n = _core("H 0 0 0; H 0 0 0.05", basis="aug-cc-pvdz")
+    threshold = 3e-4
+    s = np.linalg.eigvalsh(S)
+    n_dropped = int(np.sum(s <= threshold))
+    assert n_dropped == 3
+    X = canonical_orthogonalizer(S, threshold=threshold)
+    assert X.shape == (S.shape[0], S.shape[0] - n_dropped)
+    np.testing.assert_allclose(X.T @ S @ X, np.eye(X.shape[1]), atol=IDENTITY_ATOL)
+    X_ref = addons.canonical_orth_(S, thr=threshold)
+    e_ref = np.linalg.eigvalsh(X_ref.T @ H @ X_ref)
+    res = solve_hamiltonian(H, X, n)
+    np.testing.assert_allclose(res.mo_energy, e_ref, atol=ENERGY_ATOL)
+    P = np.asarray(res.density)
+    np.testing.assert_allclose(np.trace(P @ S), n, atol=ELECTRON_ATOL)
+    np.testing.assert_allclose(P @ S @ P, 2 * P, atol=IDENTITY_ATOL)
+
+
+# --- smearing ---------------------------------------------------------------------
+
+
+def test_smearing_occupations():
+    H, S, n = _core(METHANE)
+    res = solve_hamiltonian(H, canonical_orthogonalizer(S), n, smearing=METHANE_WIDTH)
+    occ = np.asarray(res.mo_occ)
+    np.testing.assert_allclose(occ.sum(), n, atol=ELECTRON_ATOL)
+    np.testing.assert_allclose(np.trace(np.asarray(res.density) @ S), n, atol=ELECTRON_ATOL)
+    assert np.all((occ >= 0) & (occ <= 2)) and np.all(np.diff(occ) <= 0)
+    assert 0.01 < occ[n // 2] < 1.99  # the width really produces fractional occupations
+    np.testing.assert_allclose(occ[2:5], occ[2], rtol=0, atol=1e-12)  # degenerate levels share
+
+
+def test_odd_electron_count_needs_smearing():
+    H, S, _ = _core(WATER)
+    X = canonical_orthogonalizer(S)
+    with pytest.raises(ValueError):
+        solve_hamiltonian(H, X, 9)
+    with pytest.raises(ValueError):
+        solve_hamiltonian(H, X, 2 * X.shape[1] + 2)
+    np.testing.assert_allclose(solve_hamiltonian(H, X, 9, smearing=0.1).mo_occ.sum(), 9, atol=ELECTRON_ATOL)
+
+
+# --- gradients --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "atom, smearing",
+    [(WATER, None), (METHANE, None), (WATER, WATER_WIDTH), (METHANE, METHANE_WIDTH)],
+    ids=["water", "methane-degenerate", "water-smeared", "methane-smeared"],
+)
+def test_density_gradient_matches_fd(atom, smearing):
+    H, S, n = _core(atom)
+    X = jnp.asarray(canonical_orthogonalizer(S))
+    W = _weights(np.random.default_rng(1), H.shape[0])
+    _check_against_fd(lambda H: jnp.sum(W * solve_hamiltonian(H, X, n, smearing=smearing).density), H, seed=2)
+
+
+def test_degenerate_case_breaks_generic_eigh():
+    """CH4 1t2 is triply degenerate and occupied: jax's eigh VJP fails, ours does not."""
+    H, S, n = _core(METHANE)
+    X = jnp.asarray(canonical_orthogonalizer(S))
+    e = scipy.linalg.eigh(H, S, eigvals_only=True)
+    assert np.ptp(e[2:5]) < DEGENERATE_SPREAD and e[5] - e[4] > 1.0
+    W = _weights(np.random.default_rng(1), H.shape[0])
+
+    def generic(H):
+        _, V = jnp.linalg.eigh(X.T @ H @ X)
+        C = X @ V[:, : n // 2]
+        return jnp.sum(W * (2 * C @ C.T))
+
+    with jax.debug_nans(False):
+        assert not np.all(np.isfinite(jax.grad(generic)(jnp.asarray(H))))
+    ours = jax.grad(lambda H: jnp.sum(W * solve_hamiltonian(H, X, n).density))(jnp.asarray(H))
+    assert np.all(np.isfinite(ours))
+
+
+def test_eigenvalue_gradient_matches_fd():
+    H, S, n = _core(WATER)
+    X = jnp.asarray(canonical_orthogonalizer(S))
+    w = jnp.asarray(np.random.default_rng(3).standard_normal(X.shape[1]))
+    _check_against_fd(lambda H: jnp.dot(w, solve_hamiltonian(H, X, n).mo_energy), H, seed=4)
+
+
+def test_occupation_gradient_matches_fd():
+    """Smeared occupations: f'(ε) and the chemical-potential shift at fixed N."""
+    H, S, n = _core(WATER)
+    X = jnp.asarray(canonical_orthogonalizer(S))
+    w = jnp.asarray(np.random.default_rng(5).standard_normal(X.shape[1]))
+    _check_against_fd(lambda H: jnp.dot(w, solve_hamiltonian(H, X, n, smearing=WATER_WIDTH).mo_occ), H, seed=6)
+
+
+def test_orbital_gradient_matches_fd():
+    """Sign-invariant loss of individual (non-degenerate) orbitals: sum_i w_i c_i^T W c_i."""
+    H, S, n = _core(WATER)
+    X = jnp.asarray(canonical_orthogonalizer(S))
+    rng = np.random.default_rng(7)
+    W, w = _weights(rng, H.shape[0]), jnp.asarray(rng.standard_normal(X.shape[1]))
+
+    def loss(H):
+        C = solve_hamiltonian(H, X, n).mo_coeff
+        return jnp.dot(w, jnp.einsum("mi,mn,ni->i", C, W, C))
+
+    _check_against_fd(loss, H, seed=8)
+
+
+# --- padding and batching ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("smearing", [None, WATER_WIDTH], ids=["aufbau", "smeared"])
+def test_padded_batch_matches_unpadded(smearing):
+    """H2O (24 AOs, 10 e) and LiH (14 AOs, 4 e) in one vmapped, padded call."""
+    systems = [_core(WATER), _core(LIH)]
+    nao_pad, nmo_pad = 27, 26
+    rng = np.random.default_rng(9)
+    W_pad = np.asarray(_weights(rng, nao_pad))
+
+    def loss(H, X, mask, n):
+        P = solve_hamiltonian(H, X, n, mo_mask=mask, smearing=smearing).density
+        return jnp.sum(W_pad[: H.shape[0], : H.shape[0]] * P)
+
+    Hs, Xs, masks, ns, refs = [], [], [], [], []
+    for H, S, n in systems:
+        nao = H.shape[0]
+        X = canonical_orthogonalizer(S)
+        refs.append((solve_hamiltonian(H, X, n, smearing=smearing), jax.grad(loss)(jnp.asarray(H), X, None, n)))
+        X_pad, mask = pad_orthogonalizer(X, nmo_pad, nao_pad)
+        H_pad = rng.standard_normal((nao_pad, nao_pad))  # garbage outside the real block
+        H_pad[:nao, :nao] = H
+        Hs.append(H_pad), Xs.append(X_pad), masks.append(mask), ns.append(n)
+    batch = [jnp.asarray(np.stack(a)) for a in (Hs, Xs, masks, ns)]
+
+    res = jax.jit(jax.vmap(lambda H, X, m, n: solve_hamiltonian(H, X, n, mo_mask=m, smearing=smearing)))(*batch)
+    grads = jax.jit(jax.vmap(jax.grad(loss)))(*batch)
+    for b, ((H, _, n), (ref, ref_grad)) in enumerate(zip(systems, refs)):
+        nao, nmo = H.shape[0], ref.mo_energy.shape[0]
+        np.testing.assert_allclose(res.density[b, :nao, :nao], ref.density, atol=PAD_ATOL)
+        np.testing.assert_allclose(res.density[b, nao:], 0.0, atol=0)
+        np.testing.assert_allclose(res.mo_energy[b, :nmo], ref.mo_energy, atol=PAD_ATOL)
+        assert np.all(res.mo_energy[b, nmo:] > ref.mo_energy[-1])
+        np.testing.assert_allclose(res.mo_occ[b, :nmo], ref.mo_occ, atol=PAD_ATOL)
+        np.testing.assert_array_equal(res.mo_occ[b, nmo:], 0.0)
+        np.testing.assert_allclose(res.mo_occ[b].sum(), n, atol=ELECTRON_ATOL)
+        np.testing.assert_array_equal(res.mo_coeff[b, :, nmo:], 0.0)
+        scale = np.abs(ref_grad).max()
+        np.testing.assert_allclose(grads[b, :nao, :nao], ref_grad, atol=PAD_ATOL * scale)
+        np.testing.assert_array_equal(grads[b, nao:], 0.0)
+        np.testing.assert_array_equal(grads[b, :, nao:], 0.0)
