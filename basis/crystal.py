@@ -1,0 +1,402 @@
+"""Crystals as input: files, ASE ``Atoms``, PySCF ``Cell``, built-in structures.
+
+A crystal is a :class:`~basis.system.System` with a cell (lattice vectors as
+rows, Ångström). This module reads and checks crystals, chooses GTH
+pseudopotentials, builds k-point meshes and turns a crystal into a PySCF
+``pyscf.pbc.gto.Cell``. Every problem the user can cause raises a typed
+:mod:`basis.errors` exception with a one-line message.
+
+Example:
+    >>> from basis.crystal import read_crystal, to_cell, make_kpts
+    >>> si = read_crystal("si")
+    >>> cell = to_cell(si, basis="gth-szv", pseudo="gth-pade")
+    >>> make_kpts(cell, (2, 2, 2)).shape
+    (8, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from basis.errors import BasisError, GeometryError, InputError, MalformedFileError
+from basis.functional import Functional, parse_functional
+from basis.system import System, check_basis, read_systems
+
+SI_LATTICE_ANGSTROM = 5.431
+"""Conventional cubic lattice constant of silicon (room temperature)."""
+
+DIAMOND_LATTICE_ANGSTROM = 3.567
+"""Conventional cubic lattice constant of diamond."""
+
+HBN_LATTICE_ANGSTROM = 2.504
+"""In-plane lattice constant of hexagonal boron nitride."""
+
+HBN_VACUUM_ANGSTROM = 10.0
+"""Length of the out-of-plane lattice vector of the ``hbn`` monolayer cell."""
+
+VACUUM_GAP_ANGSTROM = 5.0
+"""An empty slab thicker than this along a lattice vector marks a vacuum
+direction; :func:`default_kmesh` samples it with a single k-point."""
+
+DEFAULT_KPOINTS_PER_DIRECTION = 3
+
+BUILTIN_CRYSTALS = ("si", "diamond", "hbn")
+
+_PSEUDO_FOR_FUNCTIONAL = {
+    "pbe": "gth-pbe",
+    "pbesol": "gth-pbesol",
+    "blyp": "gth-blyp",
+    "bp86": "gth-bp",
+    "olyp": "gth-olyp",
+    "hcth120": "gth-hcth120",
+    "hcth407": "gth-hcth407",
+}
+
+
+# --------------------------------------------------------------- structures
+def builtin_crystal(name: str) -> System:
+    """One of the built-in crystals (primitive cells).
+
+    Args:
+        name: ``"si"`` (diamond-structure silicon, a = 5.431 Å), ``"diamond"``
+            (a = 3.567 Å) or ``"hbn"`` (monolayer hexagonal BN, a = 2.504 Å,
+            10 Å out-of-plane lattice vector).
+
+    Raises:
+        InputError: unknown name.
+    """
+    from ase.build import bulk
+
+    key = str(name).strip().lower()
+    if key == "si":
+        atoms = bulk("Si", "diamond", a=SI_LATTICE_ANGSTROM)
+    elif key == "diamond":
+        atoms = bulk("C", "diamond", a=DIAMOND_LATTICE_ANGSTROM)
+    elif key == "hbn":
+        a = HBN_LATTICE_ANGSTROM
+        lattice = np.array(
+            [[a, 0.0, 0.0], [-0.5 * a, 0.5 * np.sqrt(3.0) * a, 0.0], [0.0, 0.0, HBN_VACUUM_ANGSTROM]]
+        )
+        frac = np.array([[1.0 / 3.0, 2.0 / 3.0, 0.5], [2.0 / 3.0, 1.0 / 3.0, 0.5]])
+        return System(symbols=("B", "N"), positions=frac @ lattice, cell=lattice)
+    else:
+        raise InputError(f"unknown built-in crystal {name!r} (built-in: {', '.join(BUILTIN_CRYSTALS)})")
+    return System.from_atoms(atoms)
+
+
+def as_crystal(system: System) -> System:
+    """Return ``system`` unchanged if it has a cell.
+
+    Raises:
+        GeometryError: the system has no cell (a molecule).
+    """
+    if system.cell is None:
+        raise GeometryError(
+            f"{system.formula} has no cell; a crystal needs lattice vectors "
+            "(CIF, POSCAR, or extxyz with Lattice=)"
+        )
+    return system
+
+
+def read_crystal(source, index: int = 0) -> System:
+    """A crystal from a built-in name, a structure file or an in-memory object.
+
+    Args:
+        source: a built-in name (``si``, ``diamond``, ``hbn``); a path to a CIF,
+            POSCAR/CONTCAR, extxyz-with-cell or any file ``ase.io.read``
+            understands; an ``ase.Atoms`` with a cell; a PySCF ``Cell``; or a
+            :class:`System` with a cell.
+        index: which frame of a multi-frame file.
+
+    Returns:
+        a :class:`System` with ``cell`` set (Ångström).
+
+    Raises:
+        MalformedFileError: missing, empty or unreadable file; no such frame.
+        GeometryError: no cell, near-zero volume, atoms overlapping (also
+            across the cell boundary), NaN coordinates.
+        UnknownElementError, ElectronCountError: bad content.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if text.strip().lower() in BUILTIN_CRYSTALS and not os.path.exists(text):
+            return builtin_crystal(text)
+        systems = read_systems(text)
+        if not -len(systems) <= index < len(systems):
+            raise MalformedFileError(f"{text}: no frame {index} ({len(systems)} frames)")
+        system = systems[index]
+        if system.cell is None:
+            raise GeometryError(
+                f"{text}: the structure has no cell; a crystal needs lattice vectors "
+                "(CIF, POSCAR, or extxyz with Lattice=)"
+            )
+        return system
+    try:
+        system = System.from_any(source)
+    except TypeError:
+        raise InputError(f"cannot read a crystal from {type(source).__name__}") from None
+    return as_crystal(system)
+
+
+# ------------------------------------------------------------ pseudopotentials
+def default_pseudo(functional: Functional | str) -> str:
+    """GTH pseudopotential family matching the functional.
+
+    ``gth-pade`` for LDA, ``gth-pbe`` for PBE, and ``gth-<name>`` for the other
+    GGAs PySCF ships GTH parameters for (pbesol, blyp, bp86, olyp, hcth120,
+    hcth407).
+
+    Raises:
+        BasisError: no GTH pseudopotential matches the functional; pass one.
+        FunctionalError: unknown functional.
+    """
+    if isinstance(functional, str):
+        functional = parse_functional(functional)
+    if functional.family == "lda":
+        return "gth-pade"
+    key = functional.name.replace("-", "").replace(",", "")
+    if functional.family == "gga" and key in _PSEUDO_FOR_FUNCTIONAL:
+        return _PSEUDO_FOR_FUNCTIONAL[key]
+    raise BasisError(
+        f"no GTH pseudopotential matches functional {functional.name!r}; choose one with --pseudo "
+        "(e.g. gth-pbe)"
+    )
+
+
+def check_pseudo(pseudo: str, symbols: Sequence[str]) -> None:
+    """Check that PySCF has pseudopotential ``pseudo`` for each element.
+
+    Raises:
+        BasisError: unknown pseudopotential family, or one element it lacks.
+    """
+    from pyscf.pbc.gto import pseudo as pp
+
+    if not isinstance(pseudo, str) or not pseudo.strip():
+        raise BasisError("the pseudopotential name is empty")
+    missing = []
+    for symbol in sorted(set(symbols)):
+        try:
+            ok = bool(pp.load(pseudo, symbol))
+        except Exception:  # PySCF raises BasisNotFoundError, KeyError, RuntimeError
+            ok = False
+        if not ok:
+            missing.append(symbol)
+    if not missing:
+        return
+    try:
+        known = bool(pp.load(pseudo, "Si")) or bool(pp.load(pseudo, "C"))
+    except Exception:
+        known = False
+    if not known:
+        raise BasisError(f"unknown pseudopotential {pseudo!r} (PySCF GTH families: gth-pade, gth-pbe, ...)")
+    raise BasisError(f"pseudopotential {pseudo!r} has no parameters for element {missing[0]}")
+
+
+# ---------------------------------------------------------------- PySCF Cell
+def to_cell(
+    system: System,
+    basis: str = "gth-szv",
+    pseudo: str = "gth-pade",
+    *,
+    mesh: Sequence[int] | None = None,
+    precision: float | None = None,
+    verbose: int = 0,
+):
+    """Build a ``pyscf.pbc.gto.Cell`` (Ångström input) for a crystal.
+
+    Args:
+        system: a crystal (``system.cell`` set).
+        basis: a basis PySCF knows for every element, e.g. ``gth-szv``, ``gth-dzvp``.
+        pseudo: GTH pseudopotential family, e.g. ``gth-pade`` (LDA), ``gth-pbe``.
+        mesh: FFT mesh; PySCF's default from the basis and ``precision`` if None.
+        precision: PySCF ``cell.precision`` (default 1e-8).
+
+    Returns:
+        a built ``Cell`` with ``dimension = 3`` (slabs keep their vacuum).
+
+    Raises:
+        GeometryError: no cell. BasisError: unknown basis or pseudopotential, or
+        one without an element. ElectronCountError: open shell or no electrons.
+    """
+    from pyscf.pbc import gto as pbcgto
+
+    as_crystal(system)
+    check_basis(basis, system.symbols)
+    check_pseudo(pseudo, system.symbols)
+    cell = pbcgto.Cell()
+    cell.atom = [(s, tuple(p)) for s, p in zip(system.symbols, system.positions)]
+    cell.a = np.array(system.cell)
+    cell.unit = "Angstrom"
+    cell.basis = basis
+    cell.pseudo = pseudo
+    cell.charge = system.charge
+    cell.spin = system.spin
+    cell.dimension = 3
+    cell.verbose = verbose
+    if precision is not None:
+        cell.precision = float(precision)
+    if mesh is not None:
+        cell.mesh = np.asarray(mesh, dtype=int)
+    try:
+        cell.build()
+    except Exception as exc:  # PySCF raises RuntimeError/ValueError for bad cells
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GeometryError(f"PySCF cannot build the cell: {first}") from None
+    system.require_closed_shell(int(cell.nelectron))
+    return cell
+
+
+# ------------------------------------------------------------------ k-points
+def check_kmesh(kmesh: Sequence[int]) -> tuple[int, int, int]:
+    """Return ``kmesh`` as three positive ints.
+
+    Raises:
+        InputError: not three positive integers.
+    """
+    try:
+        values = tuple(int(k) for k in kmesh)
+        exact = all(float(k) == int(k) for k in kmesh)
+    except (TypeError, ValueError):
+        raise InputError(f"k-point mesh {kmesh!r} must be three positive integers") from None
+    if len(values) != 3 or not exact or min(values) < 1:
+        raise InputError(f"k-point mesh {tuple(kmesh)!r} must be three positive integers")
+    return values  # type: ignore[return-value]
+
+
+def vacuum_directions(system: System, gap: float = VACUUM_GAP_ANGSTROM) -> tuple[bool, bool, bool]:
+    """For each lattice vector, whether the atoms leave an empty slab thicker than ``gap`` Å."""
+    as_crystal(system)
+    cell = np.asarray(system.cell)
+    frac = np.mod(system.positions @ np.linalg.inv(cell), 1.0)
+    recip = np.linalg.inv(cell).T
+    out = []
+    for d in range(3):
+        f = np.sort(frac[:, d])
+        gaps = np.diff(np.concatenate([f, [f[0] + 1.0]]))
+        thickness = 1.0 / np.linalg.norm(recip[d])  # distance between lattice planes
+        out.append(bool(gaps.max() * thickness > gap))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def default_kmesh(system: System, n: int = DEFAULT_KPOINTS_PER_DIRECTION) -> tuple[int, int, int]:
+    """``n`` k-points along each periodic direction, 1 along vacuum directions."""
+    return tuple(1 if vac else n for vac in vacuum_directions(system))  # type: ignore[return-value]
+
+
+def make_kpts(cell, kmesh: Sequence[int]) -> np.ndarray:
+    """Γ-centred Monkhorst–Pack mesh, (nk, 3) Cartesian k-points in 1/Bohr.
+
+    The same points as ``cell.make_kpts(kmesh)`` (fractions n/N_d, n = 0..N_d-1).
+    """
+    return np.asarray(cell.make_kpts(check_kmesh(kmesh)), dtype=np.float64)
+
+
+def scaled_kpts(cell, kpts: np.ndarray) -> np.ndarray:
+    """Cartesian k-points (1/Bohr) → fractions of the reciprocal lattice vectors."""
+    return np.asarray(cell.get_scaled_kpts(np.asarray(kpts, dtype=np.float64)), dtype=np.float64)
+
+
+def absolute_kpts(cell, frac: np.ndarray) -> np.ndarray:
+    """Fractions of the reciprocal lattice vectors → Cartesian k-points (1/Bohr)."""
+    return np.asarray(cell.get_abs_kpts(np.asarray(frac, dtype=np.float64)), dtype=np.float64)
+
+
+# -------------------------------------------------------------- band paths
+DEFAULT_PATH_POINTS = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class BandPath:
+    """k-points along straight segments between high-symmetry points.
+
+    Attributes:
+        kpts_frac: (nk, 3) k-points in units of the reciprocal lattice vectors
+            of ``system.cell``.
+        x: (nk,) distance along the path in Cartesian k, 1/Å (as ASE's
+            linear axis); no advance across a path break.
+        labels: high-symmetry points in path order, ASE's letters (``G`` = Γ).
+        label_indices: index into ``kpts_frac`` of each label.
+        path: the path string (segments separated by commas).
+    """
+
+    kpts_frac: np.ndarray
+    x: np.ndarray
+    labels: tuple[str, ...]
+    label_indices: tuple[int, ...]
+    path: str
+
+
+def band_path(system: System, path: str | None = None, npoints: int = DEFAULT_PATH_POINTS) -> BandPath:
+    """High-symmetry path through the Brillouin zone of a crystal (ASE's ``cell.bandpath``).
+
+    Args:
+        system: a crystal. Directions with vacuum (:func:`vacuum_directions`)
+            are treated as non-periodic, so a monolayer gets a 2D path.
+        path: e.g. ``"GXWKGL"``, segments separated by commas (``"GX,KL"``);
+            ASE's standard path for the lattice if None.
+        npoints: total number of k-points along the path.
+
+    Raises:
+        InputError: a point the lattice does not have, or fewer than 2 points.
+    """
+    from ase.dft.kpoints import parse_path_string
+
+    as_crystal(system)
+    if int(npoints) < 2:
+        raise InputError(f"a band path needs at least 2 points, not {npoints}")
+    pbc = [not v for v in vacuum_directions(system)]
+    atoms = system.to_atoms()
+    atoms.pbc = pbc
+    try:
+        bp = atoms.cell.bandpath(path=path, npoints=int(npoints), pbc=pbc)
+    except (KeyError, ValueError) as exc:
+        special = atoms.cell.bandpath(npoints=0, pbc=pbc).special_points
+        bad = exc.args[0] if exc.args else path
+        raise InputError(
+            f"band path {path!r}: unknown high-symmetry point {bad!r} for this lattice "
+            f"(known: {', '.join(sorted(special))})"
+        ) from None
+    except Exception as exc:  # ASE cannot classify a degenerate lattice
+        raise InputError(f"cannot build a band path for this cell ({exc})") from None
+    kpts = np.asarray(bp.kpts, dtype=np.float64)
+    labels, indices, breaks = [], [], []
+    start = 0
+    for segment in parse_path_string(bp.path):
+        if indices:
+            breaks.append(start)
+        for name in segment:
+            target = np.asarray(bp.special_points[name])
+            hits = np.flatnonzero(np.all(np.abs(kpts[start:] - target) < 1e-8, axis=1))
+            if hits.size == 0:
+                raise InputError(f"band path {bp.path!r}: point {name} is not on the sampled path")
+            start += int(hits[0])
+            labels.append(name)
+            indices.append(start)
+        start += 1
+    step = 2.0 * np.pi * np.linalg.norm(np.diff(kpts @ np.linalg.inv(np.asarray(system.cell)).T, axis=0), axis=1)
+    step[np.asarray(breaks, dtype=int) - 1] = 0.0
+    x = np.concatenate([[0.0], np.cumsum(step)])
+    return BandPath(kpts, x, tuple(labels), tuple(indices), bp.path)
+
+
+__all__ = [
+    "BUILTIN_CRYSTALS",
+    "BandPath",
+    "absolute_kpts",
+    "as_crystal",
+    "band_path",
+    "builtin_crystal",
+    "check_kmesh",
+    "check_pseudo",
+    "default_kmesh",
+    "default_pseudo",
+    "make_kpts",
+    "read_crystal",
+    "scaled_kpts",
+    "to_cell",
+    "vacuum_directions",
+]
