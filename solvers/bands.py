@@ -1,0 +1,131 @@
+"""Real-space ↔ k-space matrices and band structures.
+
+Conventions (PySCF's): Bloch AOs φ^k_μ(r) = Σ_T e^{ik·T} φ_μ(r − T), so a
+matrix between the home cell and the cell translated by T,
+
+    O(T)_μν = ⟨φ_μ(r) | O | φ_ν(r − T)⟩,
+
+gives the k-space matrix O(k) = Σ_T e^{ik·T} O(T) (S(k), h(k), H(k), ...). On a
+Γ-centred k-mesh the inverse, O(T) = Σ_k w_k e^{−ik·T} O(k), returns the
+matrices of the Born–von Kármán supercell (images beyond it folded in).
+
+Band structures from a converged SCF take the Kohn–Sham potential of its
+density to any k (:func:`solvers.periodic.fock_at_kpoints`, as PySCF's
+``mf.get_bands``) and solve F(k) C = S(k) C ε there.
+
+Example:
+    >>> import numpy as np
+    >>> from solvers.bands import bloch_sum
+    >>> H_R = np.zeros((2, 1, 1)); H_R[0] = -1.0; H_R[1] = 0.5   # on-site, one neighbour
+    >>> T = np.array([[0.0, 0, 0], [1.0, 0, 0]])
+    >>> np.round(bloch_sum(H_R, T, np.array([[0.0, 0, 0]])).real, 3)
+    array([[[-0.5]]])
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from basis.pbc_integrals import BandIntegrals, PeriodicIntegrals
+from solvers.periodic import fock_at_kpoints, generalized_eigh
+
+jax.config.update("jax_enable_x64", True)
+
+
+def cell_translations(shifts: jax.Array, lattice: jax.Array) -> jax.Array:
+    """Translations T = n · lattice (nR, 3), Bohr, from integer shifts n (nR, 3) and lattice rows."""
+    return jnp.asarray(shifts, dtype=jnp.float64) @ jnp.asarray(lattice, dtype=jnp.float64)
+
+
+def bloch_sum(matrices: jax.Array, translations: jax.Array, kpts: jax.Array) -> jax.Array:
+    """O(k) = Σ_T e^{ik·T} O(T).
+
+    Args:
+        matrices: (nR, nao, nao) real-space blocks O(T) (home cell, cell T).
+        translations: (nR, 3) Cartesian translations T, Bohr.
+        kpts: (nk, 3) Cartesian k-points, 1/Bohr.
+
+    Returns:
+        (nk, nao, nao) complex128.
+    """
+    phase = jnp.exp(1j * (jnp.asarray(kpts) @ jnp.asarray(translations).T))
+    return jnp.einsum("kr,rij->kij", phase, jnp.asarray(matrices, dtype=jnp.complex128))
+
+
+def inverse_bloch_sum(matrices_k: jax.Array, kpts: jax.Array, kweights: jax.Array, translations: jax.Array) -> jax.Array:
+    """O(T) = Σ_k w_k e^{−ik·T} O(k): real-space blocks from matrices on a k-mesh.
+
+    On a Γ-centred n1×n2×n3 mesh with the translations of one supercell
+    (:func:`supercell_shifts`), ``bloch_sum`` of the result returns ``matrices_k``
+    at the mesh points. The result is real for matrices of a real Hamiltonian.
+
+    Returns:
+        (nR, nao, nao) complex128.
+    """
+    phase = jnp.exp(-1j * (jnp.asarray(translations) @ jnp.asarray(kpts).T)) * jnp.asarray(kweights)[None, :]
+    return jnp.einsum("rk,kij->rij", phase, jnp.asarray(matrices_k, dtype=jnp.complex128))
+
+
+def supercell_shifts(kmesh: Sequence[int]) -> np.ndarray:
+    """(n1·n2·n3, 3) integer shifts of the Born–von Kármán supercell, centred on 0.
+
+    Along a direction with n k-points the shifts run over −⌊(n−1)/2⌋ … ⌊n/2⌋.
+    """
+    axes = [np.arange(-((n - 1) // 2), n // 2 + 1) for n in kmesh]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid.astype(np.int64)
+
+
+@jax.jit
+def band_energies_at(P: jax.Array, ints: PeriodicIntegrals, band: BandIntegrals) -> jax.Array:
+    """Band energies (nb, nmo), Hartree, at the k-points of ``band`` for the SCF density of ``P``."""
+    F = fock_at_kpoints(P, ints, band.hcore, band.ao)
+    e, _ = generalized_eigh(F, band.overlap)
+    return e
+
+
+def band_structure(P: jax.Array, ints: PeriodicIntegrals, chunks: Iterable[BandIntegrals]) -> np.ndarray:
+    """Band energies along a path, one chunk of k-points at a time.
+
+    Args:
+        P: (nk, nao, nao) converged density matrices at the SCF k-points.
+        ints: the SCF's integrals.
+        chunks: :class:`~basis.pbc_integrals.BandIntegrals` for consecutive
+            pieces of the path (build them lazily to bound memory; equal sizes
+            reuse one compiled function).
+
+    Returns:
+        (npath, nmo) float64 band energies, Hartree, PySCF's absolute scale.
+    """
+    out = [np.asarray(band_energies_at(P, ints, chunk)) for chunk in chunks]
+    return np.concatenate(out, axis=0)
+
+
+def chunk_slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of ``range(n)`` of at most ``size`` items."""
+    size = max(1, int(size))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def padded_chunk(kpts: np.ndarray, sl: slice, size: int) -> np.ndarray:
+    """``kpts[sl]`` padded to ``size`` rows by repeating its last row (fixed shapes for jit)."""
+    part = np.asarray(kpts[sl])
+    if len(part) < size:
+        part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)], axis=0)
+    return part
+
+
+__all__ = [
+    "band_energies_at",
+    "band_structure",
+    "bloch_sum",
+    "cell_translations",
+    "chunk_slices",
+    "inverse_bloch_sum",
+    "padded_chunk",
+    "supercell_shifts",
+]
