@@ -1,0 +1,263 @@
+"""``vardft bands``: band structure of a crystal along a high-symmetry path.
+
+``--scf`` runs vardft's JAX k-point SCF (the settings of PySCF's ``KRKS`` with
+FFT density fitting), takes the Kohn–Sham potential of the converged density
+to every k-point on the path and diagonalises F(k) there, as PySCF's
+``mf.get_bands`` does. ``--compare-pyscf`` runs PySCF's own SCF and
+``get_bands`` on the same path and reports the largest difference.
+``--model RUN_DIR`` (bands from a trained model) is not available yet.
+
+Example:
+    vardft bands si --scf --xc pbe --basis gth-szv --kmesh 3 3 3 --path GXWKGL --plot bands.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+HARTREE_TO_EV = 27.211386245988
+"""CODATA 2018, PySCF's ``pyscf.data.nist.HARTREE2EV``."""
+
+BAND_CHUNK_BYTES = 256 * 2**20
+"""Bloch AO memory per chunk of path k-points."""
+
+PYSCF_CONV_TOL = 1e-10
+"""Energy convergence of the PySCF reference SCF for ``--compare-pyscf``."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bands",
+        help="band structure of a crystal along a high-symmetry path",
+        description=(
+            "Band structure of a crystal: from vardft's JAX k-point SCF (--scf) or, later, "
+            "a trained model (--model). INPUT is a CIF/POSCAR/extxyz-with-cell file or a "
+            "built-in crystal: si, diamond, hbn."
+        ),
+    )
+    p.add_argument("input", metavar="INPUT", help="structure file with a cell, or si | diamond | hbn")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scf", action="store_true", help="bands from vardft's JAX k-point SCF")
+    source.add_argument("--model", metavar="RUN_DIR", help="bands from a trained model (not available yet)")
+    p.add_argument("--xc", default="pbe", help="LDA or GGA functional, PySCF names (default pbe)")
+    p.add_argument("--basis", default="gth-szv", help="GTH basis (default gth-szv)")
+    p.add_argument("--pseudo", default=None, help="GTH pseudopotential (default: gth-pade for LDA, gth-pbe for PBE)")
+    p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
+                   help="SCF k-point mesh (default 3 per periodic direction, 1 along vacuum)")
+    p.add_argument("--path", default=None, help="high-symmetry path, e.g. GXWKGL or GX,KL (default: ASE's for the lattice)")
+    p.add_argument("--npoints", type=int, default=None, help="k-points along the path (default 60)")
+    p.add_argument("--plot", metavar="FILE", default=None, help="write the band structure plot (png, pdf, svg)")
+    p.add_argument("--compare-pyscf", action="store_true", help="also run PySCF's KRKS + get_bands and compare")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def scf_band_structure(
+    system,
+    xc: str = "pbe",
+    basis: str = "gth-szv",
+    pseudo: str | None = None,
+    kmesh=None,
+    path: str | None = None,
+    npoints: int | None = None,
+    compare_pyscf: bool = False,
+) -> dict:
+    """Band structure of crystal ``system`` from vardft's JAX SCF; a JSON-ready dict.
+
+    Keys: ``labels`` (list of {label, index}), ``kpoints_frac`` (nk × 3, units of
+    the reciprocal lattice vectors), ``x`` (nk, path coordinate, 1/Å),
+    ``bands_ev`` (nk × nbands, absolute energies, eV), ``fermi_ev`` (highest
+    occupied SCF state), ``energy_eh`` (per cell), ``xc``, ``basis``, ``pseudo``,
+    ``kmesh``, ``path``, ``formula``, ``n_electrons``, ``converged``, ``n_iter``,
+    ``timings_s``; with ``compare_pyscf`` also ``pyscf`` ({``bands_ev``,
+    ``fermi_ev``, ``energy_eh``, ``max_abs_band_diff_mev``, ``energy_diff_eh``}).
+
+    Raises:
+        InputError subclasses for bad crystals, functionals, bases, meshes or paths.
+    """
+    from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path
+    from basis.pbc_integrals import (
+        bloch_ao_nbytes,
+        build_band_integrals,
+        make_periodic_mean_field,
+        periodic_integrals_from_mean_field,
+    )
+    from solvers.bands import band_structure, chunk_slices, padded_chunk
+    from solvers.periodic import run_periodic_scf
+
+    npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
+    timings = {}
+    t0 = time.perf_counter()
+    bp = band_path(system, path, npoints)
+    mf = make_periodic_mean_field(system, xc=xc, basis=basis, pseudo=pseudo, kmesh=kmesh)
+    cell = mf.cell
+    ints = periodic_integrals_from_mean_field(mf)
+    timings["integrals"] = time.perf_counter() - t0
+
+    result = run_periodic_scf(ints)
+    timings.update(result.timings)
+
+    t0 = time.perf_counter()
+    kpts_path = absolute_kpts(cell, bp.kpts_frac)
+    per_k = bloch_ao_nbytes(1, ints.ngrid, ints.nao, ints.functional)
+    size = int(max(1, min(len(kpts_path), BAND_CHUNK_BYTES // per_k)))
+    slices = chunk_slices(len(kpts_path), size)
+    chunks = (build_band_integrals(cell, padded_chunk(kpts_path, sl, size), ints.functional) for sl in slices)
+    padded = band_structure(result.dm, ints, chunks)
+    bands = np.concatenate([padded[i * size : i * size + (sl.stop - sl.start)] for i, sl in enumerate(slices)])
+    timings["bands"] = time.perf_counter() - t0
+
+    out = {
+        "formula": system.formula,
+        "xc": ints.functional.name,
+        "basis": ints.basis,
+        "pseudo": ints.pseudo,
+        "kmesh": list(ints.kmesh),
+        "path": bp.path,
+        "labels": [{"label": lab, "index": int(i)} for lab, i in zip(bp.labels, bp.label_indices)],
+        "kpoints_frac": bp.kpts_frac.tolist(),
+        "x": bp.x.tolist(),
+        "bands_ev": (bands * HARTREE_TO_EV).tolist(),
+        "fermi_ev": float(result.fermi) * HARTREE_TO_EV,
+        "energy_eh": float(result.energy),
+        "n_electrons": int(ints.n_electrons),
+        "converged": bool(result.converged),
+        "n_iter": int(result.n_iter),
+    }
+    if compare_pyscf:
+        t0 = time.perf_counter()
+        mf.conv_tol = PYSCF_CONV_TOL
+        mf.kernel()
+        ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)
+        timings["pyscf"] = time.perf_counter() - t0
+        out["pyscf"] = {
+            "bands_ev": (ref_bands * HARTREE_TO_EV).tolist(),
+            "fermi_ev": float(mf.get_fermi()) * HARTREE_TO_EV,
+            "energy_eh": float(mf.e_tot),
+            "converged": bool(mf.converged),
+            "max_abs_band_diff_mev": float(np.abs(ref_bands - bands).max() * HARTREE_TO_EV * 1e3),
+            "energy_diff_eh": float(result.energy) - float(mf.e_tot),
+        }
+    out["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
+    return out
+
+
+def _pretty(label: str) -> str:
+    return "Γ" if label == "G" else label
+
+
+def plot_bands(data: dict, filename: str) -> None:
+    """Draw ``data`` (from :func:`scf_band_structure`) to ``filename``.
+
+    Vertical lines mark the high-symmetry points (``X|K`` at a path break), a
+    dashed line the Fermi level; PySCF's bands, when present, as dots.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(data["x"])
+    bands = np.asarray(data["bands_ev"])
+    fermi = data["fermi_ev"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.plot(x, bands, color="tab:blue", lw=1.4)
+    ax.plot([], [], color="tab:blue", lw=1.4, label="vardft (JAX SCF)")
+    if "pyscf" in data:
+        ref = np.asarray(data["pyscf"]["bands_ev"])
+        ax.plot(x, ref, ls="none", marker="o", ms=2.5, color="tab:orange")
+        ax.plot([], [], ls="none", marker="o", ms=2.5, color="tab:orange", label="PySCF get_bands")
+    ticks, names = [], []
+    for item in data["labels"]:
+        xi = float(x[item["index"]])
+        if ticks and abs(xi - ticks[-1]) < 1e-9:
+            names[-1] = f"{names[-1]}|{_pretty(item['label'])}"
+        else:
+            ticks.append(xi)
+            names.append(_pretty(item["label"]))
+    for xi in ticks:
+        ax.axvline(xi, color="0.6", lw=0.8)
+    ax.axhline(fermi, color="tab:red", ls="--", lw=1.0, label=f"Fermi level {fermi:.2f} eV")
+    ax.set_xticks(ticks, names)
+    ax.set_xlim(x[0], x[-1])
+    top = min(float(bands.max()), fermi + 15.0)
+    ax.set_ylim(float(bands.min()) - 1.0, top + 1.0)
+    ax.set_ylabel("energy (eV)")
+    ax.set_title(
+        f"{data['formula']}  {data['xc'].upper()} / {data['basis']} / {data['pseudo']}, "
+        f"k-mesh {'x'.join(str(k) for k in data['kmesh'])}"
+    )
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=150)
+    plt.close(fig)
+
+
+def _gap(data: dict) -> tuple[float, float, float] | None:
+    bands = np.asarray(data["bands_ev"])
+    nocc = data["n_electrons"] // 2
+    if bands.shape[1] <= nocc:
+        return None
+    vbm, cbm = bands[:, nocc - 1].max(), bands[:, nocc:].min()
+    return float(vbm), float(cbm), float(cbm - vbm)
+
+
+def _summary(data: dict, plot: str | None) -> str:
+    lines = [
+        f"{data['formula']}  {data['xc']} / {data['basis']} / {data['pseudo']}  "
+        f"k-mesh {'x'.join(str(k) for k in data['kmesh'])}",
+        f"SCF energy      {data['energy_eh']:.10f} Eh per cell "
+        f"({'converged' if data['converged'] else 'NOT converged'} in {data['n_iter']} cycles)",
+        f"Fermi level     {data['fermi_ev']:.4f} eV (highest occupied state)",
+    ]
+    gap = _gap(data)
+    if gap is not None:
+        lines.append(f"band gap        {gap[2]:.4f} eV along the path (VBM {gap[0]:.4f}, CBM {gap[1]:.4f} eV)")
+    names = " ".join(_pretty(item["label"]) for item in data["labels"])
+    lines.append(f"path            {data['path']} ({len(data['x'])} k-points: {names}), {len(data['bands_ev'][0])} bands")
+    if "pyscf" in data:
+        ref = data["pyscf"]
+        lines.append(
+            f"vs PySCF        max |Δε| = {ref['max_abs_band_diff_mev']:.2e} meV, "
+            f"ΔE = {ref['energy_diff_eh']:.2e} Eh per cell"
+        )
+    if plot:
+        lines.append(f"plot            {plot}")
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in data["timings_s"].items())
+    lines.append(f"time            {times}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from basis.crystal import read_crystal
+    from basis.errors import InputError
+
+    if args.model is not None:
+        raise InputError("--model: band structures from a trained model are not available yet; use --scf")
+    system = read_crystal(args.input)
+    data = scf_band_structure(
+        system,
+        xc=args.xc,
+        basis=args.basis,
+        pseudo=args.pseudo,
+        kmesh=args.kmesh,
+        path=args.path,
+        npoints=args.npoints,
+        compare_pyscf=args.compare_pyscf,
+    )
+    if args.plot:
+        try:
+            plot_bands(data, args.plot)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot write plot {args.plot}: {exc}") from None
+    if args.json:
+        json.dump(data, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(_summary(data, args.plot))
+    return 0
