@@ -104,3 +104,15 @@ def truncate_log(run_dir: str, step: int) -> None:
     records = [r for r in read_log(run_dir) if r.get("step", 0) <= step]
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
     atomic_write_bytes(os.path.join(run_dir, LOG_FILE), data)
+
+
+def load_state_dict(run_dir: str) -> dict:
+    """The raw nested dict of a checkpoint (no template needed)."""
+    path = os.path.join(run_dir, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint in {run_dir}")
+    try:
+        with open(path, "rb") as f:
+            return serialization.msgpack_restore(f.read())
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}") from None

@@ -1,0 +1,444 @@
+"""Label-free training of the Hamiltonian network (library; the CLI is thin).
+
+:func:`train` takes a :class:`TrainConfig`, a dataset and a run directory,
+and returns the trained parameters. Everything that defines a run lives in
+``RUN_DIR/config.json``; parameters and optimizer state are checkpointed
+atomically every ``checkpoint_every`` steps, at the end, and on Ctrl-C /
+SIGTERM. ``resume=True`` continues from the checkpoint and reproduces the
+losses of an uninterrupted run: the data order of step ``s`` depends only on
+``(seed, s)``.
+
+The predicted Hamiltonian is ``H = H_base + ΔH_θ``: ``H_base`` is the Fock
+matrix of PySCF's minao guess density (``baseline="minao"``, one Fock build
+per geometry, no SCF) or zero (``baseline="none"``), and the network learns
+the rest. Both are exactly equivariant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct as flax_struct
+
+from basis.errors import CheckpointError, InputError
+from basis.integrals import DEFAULT_GRID_LEVEL, Integrals
+from basis.system import System
+from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
+from solvers.energy import energy_and_fock
+from vardft import checkpoint as ckpt
+from vardft.data import Dataset, IntegralCache, check_dataset
+from vardft.losses import LossWeights, molecule_loss
+
+BASELINES = ("minao", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run except the model architecture.
+
+    Attributes:
+        xc, basis: level of theory (PySCF names).
+        preset: model size preset, "S", "M" or "L".
+        steps: optimizer steps.
+        batch_size: molecules per step.
+        learning_rate: peak learning rate (after linear warm-up; cosine decay after).
+        warmup_steps: linear warm-up length.
+        final_lr_fraction: learning rate at the last step / peak.
+        weight_decay: AdamW decoupled weight decay.
+        grad_clip: global gradient-norm clip.
+        loss: weights of the loss terms.
+        baseline: "minao" (H = F[P_minao] + ΔH) or "none" (H = ΔH).
+        output_scale: ΔH = output_scale × network output, Hartree (the network's
+            outputs start at O(1); the baseline is already within ~0.02 Eh).
+        grid_level: PySCF grid level of the training energy (validation always uses 3).
+        seed: parameter initialisation and data order.
+        checkpoint_every: steps between checkpoints.
+        eval_every: steps between label-free validation (energy, self-consistency).
+        max_minutes: stop (with a checkpoint) after this much wall time; None = no limit.
+    """
+
+    xc: str = "pbe"
+    basis: str = "def2-svp"
+    preset: str = "S"
+    steps: int = 2000
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.01
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    loss: LossWeights = LossWeights()
+    baseline: str = "minao"
+    output_scale: float = 0.01
+    grid_level: int = DEFAULT_GRID_LEVEL
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    max_minutes: float | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["loss"] = LossWeights(**d.get("loss", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ------------------------------------------------------------------ data
+@flax_struct.dataclass
+class SetArrays:
+    """Arrays of ``n`` conformations of one composition, stacked on axis 0 (a pytree).
+
+    Attributes:
+        batch: :class:`vardft.hamiltonian.Batch` of all molecules (model input).
+        ints: stacked :class:`Integrals`, padded to ``N`` AOs.
+        X: (n, N, N) padded orthogonalizers.
+        mo_mask: (n, N) real columns of X.
+        h_base: (n, N, N) baseline Hamiltonians, Hartree.
+    """
+
+    batch: Any
+    ints: Integrals
+    X: jax.Array
+    mo_mask: jax.Array
+    h_base: jax.Array
+
+
+@dataclasses.dataclass
+class PreparedSet:
+    """Systems of one composition and their stacked arrays."""
+
+    systems: tuple[System, ...]
+    arrays: SetArrays
+
+    def __len__(self) -> int:
+        return len(self.systems)
+
+
+def pad_integrals(ints: Integrals, nao: int) -> Integrals:
+    """Zero-pad every AO axis of ``ints`` to ``nao`` (padded AOs carry no density)."""
+    p = nao - ints.nao
+    if p == 0:
+        return ints
+    pad2 = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, p), (0, p)])  # noqa: E731
+    return ints.replace(
+        overlap=pad2(ints.overlap),
+        hcore=pad2(ints.hcore),
+        cderi=pad2(ints.cderi),
+        ao=jnp.pad(ints.ao, [(0, 0), (0, 0), (0, p)]),
+        dm_guess=pad2(ints.dm_guess),
+    )
+
+
+_fock_of = jax.jit(lambda P, ints: energy_and_fock(P, ints)[2])
+
+
+def baseline_hamiltonian(ints: Integrals, baseline: str) -> jax.Array:
+    """(nao, nao) H_base for one molecule, Hartree."""
+    if baseline == "minao":
+        return _fock_of(ints.dm_guess, ints)
+    if baseline == "none":
+        return jnp.zeros_like(ints.overlap)
+    raise InputError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def prepare_set(
+    systems: Sequence[System],
+    model_config,
+    config: TrainConfig,
+    cache: IntegralCache,
+    pad_to: tuple[int, int, int] | None = None,
+    progress: bool = False,
+) -> PreparedSet:
+    """Integrals, orthogonalizers, baselines and model inputs for one composition."""
+    from vardft.hamiltonian import prepare_batch
+
+    batch = prepare_batch(list(systems), model_config, pad_to=pad_to)
+    n_slots = batch.ao_mask.shape[1]
+    ints_list, xs, masks, bases = [], [], [], []
+    for ints in cache.get_many(systems, config.xc, config.basis, config.grid_level, progress=progress):
+        X, mask = pad_orthogonalizer(canonical_orthogonalizer(np.asarray(ints.overlap)), n_slots, n_slots)
+        base = np.asarray(baseline_hamiltonian(ints, config.baseline))
+        padded = pad_integrals(ints, n_slots)
+        ints_list.append(padded)
+        xs.append(X)
+        masks.append(mask)
+        bases.append(np.pad(base, [(0, n_slots - base.shape[0])] * 2))
+    arrays = SetArrays(
+        batch=batch,
+        ints=stack_trees(ints_list),
+        X=jnp.asarray(np.stack(xs)),
+        mo_mask=jnp.asarray(np.stack(masks)),
+        h_base=jnp.asarray(np.stack(bases)),
+    )
+    return PreparedSet(systems=tuple(systems), arrays=arrays)
+
+
+def composition_groups(systems: Sequence[System]) -> dict[tuple, list[System]]:
+    groups: dict[tuple, list[System]] = {}
+    for s in systems:
+        groups.setdefault((s.symbols, s.charge), []).append(s)
+    return groups
+
+
+# ------------------------------------------------------------ optimisation
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=max(1, min(config.warmup_steps, config.steps - 1)),
+        decay_steps=max(config.steps, 2),
+        end_value=config.learning_rate * config.final_lr_fraction,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+    )
+
+
+def _gather(tree, idx):
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def _batch_terms(params, data: SetArrays, idx, weights: LossWeights, output_scale: float):
+    from vardft.hamiltonian import predict_hamiltonian
+
+    batch = _gather(data.batch, idx)
+    H = data.h_base[idx] + output_scale * predict_hamiltonian(params, batch)
+    per_mol = jax.vmap(molecule_loss, in_axes=(0, 0, 0, 0, 0, None))(
+        H, _gather(data.ints, idx), data.X[idx], data.mo_mask[idx], batch.ao_mask, weights
+    )
+    return per_mol
+
+
+def make_train_step(optimizer: optax.GradientTransformation, weights: LossWeights, output_scale: float):
+    """A jitted step: (params, opt_state, data, idx) → (params, opt_state, metrics)."""
+
+    def loss_fn(params, data, idx):
+        terms = _batch_terms(params, data, idx, weights, output_scale)
+        return jnp.mean(terms.loss), terms
+
+    @jax.jit
+    def step(params, opt_state, data: SetArrays, idx):
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, data, idx)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        metrics = {
+            "loss": loss,
+            "energy": jnp.mean(terms.energy),
+            "sc_rmse": jnp.sqrt(jnp.mean(terms.self_consistency_rmse**2)),
+            "sc_mae": jnp.mean(terms.self_consistency_mae),
+            "grad_norm": optax.global_norm(grads),
+            "finite": finite,
+        }
+        return keep(new_params, params), keep(new_opt_state, opt_state), metrics
+
+    return step
+
+
+def make_eval_fn(weights: LossWeights, output_scale: float):
+    """Jitted per-molecule label-free metrics: energy and self-consistency, (B,) each."""
+
+    @jax.jit
+    def evaluate(params, data: SetArrays, idx):
+        terms = _batch_terms(params, data, idx, weights, output_scale)
+        return {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
+
+    return evaluate
+
+
+def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+    """Indices of the molecules of step ``step``: a function of (seed, step) only."""
+    rng = np.random.default_rng([seed, step])
+    return np.sort(rng.choice(n, size=min(batch_size, n), replace=False)).astype(np.int32)
+
+
+# ----------------------------------------------------------------- driver
+class _StopRequested:
+    """Turns SIGINT/SIGTERM into a flag checked between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+@dataclasses.dataclass
+class TrainResult:
+    params: Any
+    step: int
+    interrupted: bool
+    skipped_steps: int
+    wall_time: float
+    history: list
+
+
+def model_config_for(config: TrainConfig, elements: Sequence[str]):
+    from vardft.model import ModelConfig
+
+    return ModelConfig.preset(config.preset, basis=config.basis, elements=tuple(sorted(set(elements), key=_z)))
+
+
+def _z(symbol: str) -> int:
+    from basis.system import atomic_number
+
+    return atomic_number(symbol)
+
+
+def write_run_config(run_dir: str, config: TrainConfig, model_config, dataset: Dataset) -> None:
+    ckpt.save_config(
+        run_dir,
+        {
+            "train": config.to_dict(),
+            "model": model_config.to_dict(),
+            "xc": config.xc,
+            "basis": config.basis,
+            "baseline": config.baseline,
+            "dataset": dataset.name,
+            "n_train": len(dataset.train),
+            "n_validation": len(dataset.validation),
+        },
+    )
+
+
+def train(
+    dataset: Dataset,
+    run_dir: str,
+    config: TrainConfig = TrainConfig(),
+    *,
+    resume: bool = False,
+    cache: IntegralCache | None = None,
+    progress: bool = True,
+    log=print,
+) -> TrainResult:
+    """Train label-free on ``dataset.train``; checkpoints and logs in ``run_dir``.
+
+    Only datasets of one composition (conformations of one molecule) are
+    batched in one compiled step; several compositions are trained round-robin.
+    """
+    from tqdm.auto import tqdm
+
+    from vardft.model import init_params
+
+    check_dataset(dataset)
+    cache = cache or IntegralCache(None)
+    elements = sorted({s for sys_ in dataset.train + dataset.validation for s in sys_.symbols})
+    model_config = model_config_for(config, elements)
+    os.makedirs(run_dir, exist_ok=True)
+    if resume:
+        saved = ckpt.load_config(run_dir)
+        if saved["train"] != json.loads(json.dumps(config.to_dict())):
+            config = TrainConfig.from_dict(saved["train"])
+            log(f"resuming with the run's saved settings ({run_dir}/config.json)")
+            model_config = model_config_for(config, elements)
+    elif ckpt.has_checkpoint(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    write_run_config(run_dir, config, model_config, dataset)
+
+    start = time.perf_counter()
+    groups = composition_groups(dataset.train)
+    sets = [prepare_set(g, model_config, config, cache, progress=progress) for g in groups.values()]
+    val_groups = composition_groups(dataset.validation)
+    val_sets = [prepare_set(g, model_config, config, cache, progress=progress) for g in val_groups.values()]
+
+    optimizer = make_optimizer(config)
+    params = init_params(jax.random.PRNGKey(config.seed), model_config)
+    opt_state = optimizer.init(params)
+    state = {"params": params, "opt_state": opt_state, "step": 0, "skipped": 0}
+    if resume:
+        state = ckpt.load_checkpoint(run_dir, state)
+        ckpt.truncate_log(run_dir, int(state["step"]))
+    elif os.path.exists(os.path.join(run_dir, ckpt.LOG_FILE)):
+        os.remove(os.path.join(run_dir, ckpt.LOG_FILE))
+    params, opt_state = state["params"], state["opt_state"]
+    step0, skipped = int(state["step"]), int(state["skipped"])
+
+    step_fn = make_train_step(optimizer, config.loss, config.output_scale)
+    eval_fn = make_eval_fn(config.loss, config.output_scale)
+    history = []
+
+    def save(step):
+        ckpt.save_checkpoint(run_dir, {"params": params, "opt_state": opt_state, "step": step, "skipped": skipped})
+
+    interrupted = False
+    step = step0
+    deadline = None if config.max_minutes is None else start + 60.0 * config.max_minutes
+    bar = tqdm(total=config.steps, initial=step0, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    with _StopRequested() as stop:
+        while step < config.steps:
+            data = sets[step % len(sets)]
+            idx = jnp.asarray(batch_indices(config.seed, step, len(data), config.batch_size))
+            params, opt_state, metrics = step_fn(params, opt_state, data.arrays, idx)
+            step += 1
+            m = {k: float(v) for k, v in metrics.items()}
+            if not m["finite"]:
+                skipped += 1
+            record = {"step": step, **{k: v for k, v in m.items() if k != "finite"}, "skipped": skipped,
+                      "time": time.perf_counter() - start}
+            if val_sets and (step % config.eval_every == 0 or step == config.steps):
+                v = _evaluate_sets(eval_fn, params, val_sets, config.batch_size)
+                record.update({f"val_{k}": val for k, val in v.items()})
+            ckpt.append_log(run_dir, record)
+            history.append(record)
+            bar.set_postfix(loss=f"{m['loss']:.5f}", E=f"{m['energy']:.5f}", sc=f"{m['sc_rmse']:.1e}", refresh=False)
+            bar.update(1)
+            if step % config.checkpoint_every == 0:
+                save(step)
+            if stop.requested or (deadline is not None and time.perf_counter() > deadline):
+                interrupted = stop.requested
+                break
+    bar.close()
+    save(step)
+    return TrainResult(params, step, interrupted, skipped, time.perf_counter() - start, history)
+
+
+def _evaluate_sets(eval_fn, params, sets: Sequence[PreparedSet], batch_size: int) -> dict:
+    """Mean label-free metrics over all molecules of ``sets`` (fixed batch shape)."""
+    values: dict[str, list] = {}
+    for data in sets:
+        for start in range(0, len(data), batch_size):
+            real = np.arange(start, min(start + batch_size, len(data)))
+            idx = np.resize(real, batch_size).astype(np.int32)  # pad by repeating, keep one shape
+            out = eval_fn(params, data.arrays, jnp.asarray(idx))
+            for k, v in out.items():
+                values.setdefault(k, []).extend(np.asarray(v)[: len(real)].tolist())
+    out = {k: float(np.mean(v)) for k, v in values.items() if k != "sc_rmse"}
+    out["sc_rmse"] = float(np.sqrt(np.mean(np.square(values["sc_rmse"]))))
+    return out
