@@ -17,6 +17,7 @@ the rest. Both are exactly equivariant.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -250,7 +251,7 @@ def make_train_step(optimizer: optax.GradientTransformation, weights: LossWeight
             "energy": jnp.mean(terms.energy),
             "sc_rmse": jnp.sqrt(jnp.mean(terms.self_consistency_rmse**2)),
             "sc_mae": jnp.mean(terms.self_consistency_mae),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "finite": finite,
         }
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
@@ -267,6 +268,22 @@ def make_eval_fn(weights: LossWeights, output_scale: float):
         return {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
 
     return evaluate
+
+
+def _optimizer_key(config: TrainConfig) -> TrainConfig:
+    """The part of a config that the compiled step depends on (others reset to defaults)."""
+    d = TrainConfig()
+    return dataclasses.replace(
+        d, steps=config.steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        final_lr_fraction=config.final_lr_fraction, weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip, loss=config.loss, output_scale=config.output_scale,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_functions(key: TrainConfig):
+    """Jitted step and evaluation, shared by every train() call with the same settings."""
+    return make_train_step(make_optimizer(key), key.loss, key.output_scale), make_eval_fn(key.loss, key.output_scale)
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
@@ -347,11 +364,13 @@ def train(
     cache: IntegralCache | None = None,
     progress: bool = True,
     log=print,
+    on_step=None,
 ) -> TrainResult:
     """Train label-free on ``dataset.train``; checkpoints and logs in ``run_dir``.
 
     Only datasets of one composition (conformations of one molecule) are
     batched in one compiled step; several compositions are trained round-robin.
+    ``on_step(record)`` is called after every step (tests, notebooks).
     """
     from tqdm.auto import tqdm
 
@@ -390,8 +409,7 @@ def train(
     params, opt_state = state["params"], state["opt_state"]
     step0, skipped = int(state["step"]), int(state["skipped"])
 
-    step_fn = make_train_step(optimizer, config.loss, config.output_scale)
-    eval_fn = make_eval_fn(config.loss, config.output_scale)
+    step_fn, eval_fn = _compiled_functions(_optimizer_key(config))
     history = []
 
     def save(step):
@@ -419,6 +437,8 @@ def train(
             history.append(record)
             bar.set_postfix(loss=f"{m['loss']:.5f}", E=f"{m['energy']:.5f}", sc=f"{m['sc_rmse']:.1e}", refresh=False)
             bar.update(1)
+            if on_step is not None:
+                on_step(record)
             if step % config.checkpoint_every == 0:
                 save(step)
             if stop.requested or (deadline is not None and time.perf_counter() > deadline):

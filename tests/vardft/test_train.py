@@ -1,0 +1,130 @@
+"""Label-free training: it learns, it resumes exactly, and its run directory predicts and validates."""
+
+import dataclasses
+import os
+import signal
+
+import h5py
+import numpy as np
+import pytest
+from pyscf import dft
+
+from basis.errors import CheckpointError
+from vardft.api import load
+from vardft.cli import main
+from vardft.data import Dataset, IntegralCache, load_dataset
+from vardft.losses import LossWeights
+from vardft.train import TrainConfig, train
+from vardft.validate import frame_metrics
+
+BASIS = "sto-3g"
+CONFIG = TrainConfig(
+    xc="pbe", basis=BASIS, preset="S", steps=16, batch_size=4, learning_rate=1e-2, warmup_steps=2,
+    checkpoint_every=4, eval_every=8, grid_level=1, loss=LossWeights(1.0, 300.0, 0.0),
+)
+
+
+@pytest.fixture(scope="module")
+def water():
+    return load_dataset("water", seed=0, n_train=8, n_validation=2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return IntegralCache(str(tmp_path_factory.mktemp("integrals")))
+
+
+@pytest.fixture(scope="module")
+def trained(water, cache, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    result = train(water, run_dir, CONFIG, cache=cache, progress=False)
+    return run_dir, result
+
+
+def test_training_lowers_energy_and_self_consistency_error(trained):
+    _, result = trained
+    h = result.history
+    assert len(h) == CONFIG.steps and result.skipped_steps == 0
+    first = np.mean([r["energy"] for r in h[:3]]), np.mean([r["sc_rmse"] for r in h[:3]])
+    last = np.mean([r["energy"] for r in h[-3:]]), np.mean([r["sc_rmse"] for r in h[-3:]])
+    assert last[0] < first[0], (first, last)
+    assert last[1] < first[1], (first, last)
+
+
+def test_resume_after_interruption_reproduces_losses(trained, water, cache, tmp_path):
+    _, reference = trained
+    run_dir = str(tmp_path / "run")
+
+    def interrupt_after_checkpoint(record):
+        if record["step"] == 5:  # after the checkpoint at step 4: step 5 is lost
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train(water, run_dir, CONFIG, cache=cache, progress=False, on_step=interrupt_after_checkpoint)
+    assert first.interrupted and first.step == 5
+    resumed = train(water, run_dir, CONFIG, cache=cache, progress=False, resume=True)
+    assert resumed.step == CONFIG.steps
+    ref = {r["step"]: r["loss"] for r in reference.history}
+    got = {r["step"]: r["loss"] for r in resumed.history}
+    assert sorted(got) == list(range(6, CONFIG.steps + 1))
+    for step, loss in got.items():
+        assert loss == ref[step], (step, loss, ref[step])
+
+
+def test_existing_checkpoint_is_not_overwritten(trained, water, cache):
+    run_dir, _ = trained
+    with pytest.raises(CheckpointError):
+        train(water, run_dir, CONFIG, cache=cache, progress=False)
+
+
+def test_validate_metrics_match_direct_pyscf(trained, water):
+    run_dir, _ = trained
+    model = load(run_dir)
+    system = water.validation[0]
+    H = model.hamiltonians([system])[0]
+    m = frame_metrics(system, H, "pbe", BASIS)
+    # independent PySCF computation of the same quantities
+    mol = system.to_mole(BASIS)
+    mf = dft.RKS(mol, xc="pbe").density_fit()
+    mf.verbose = 0
+    mf.kernel()
+    S = mf.get_ovlp()
+    eps, C = np.linalg.eigh(np.linalg.inv(np.linalg.cholesky(S)) @ H @ np.linalg.inv(np.linalg.cholesky(S)).T)
+    nocc = mol.nelectron // 2
+    C = np.linalg.inv(np.linalg.cholesky(S)).T @ C
+    P = 2 * C[:, :nocc] @ C[:, :nocc].T
+    assert abs(m["energy_pyscf"] - mf.e_tot) < 1e-8
+    assert abs(m["energy_error"] - (mf.energy_tot(dm=P) - mf.e_tot)) < 1e-8
+    assert m["energy_error"] > -1e-8  # variational
+    assert abs(m["hamiltonian_mae"] - np.abs(H - mf.get_fock()).mean()) < 1e-10
+    assert abs(m["occupied_energy_mae"] - np.abs(eps[:nocc] - mf.mo_energy[:nocc]).mean()) < 1e-8
+    assert abs(m["lumo_error"] - (eps[nocc] - mf.mo_energy[nocc])) < 1e-8
+    cos = np.abs(np.sum(C[:, :nocc] * mf.mo_coeff[:, :nocc], axis=0)) / (
+        np.linalg.norm(C[:, :nocc], axis=0) * np.linalg.norm(mf.mo_coeff[:, :nocc], axis=0))
+    assert abs(m["orbital_cosine"] - cos.mean()) < 1e-6
+
+
+def test_cli_predict_writes_pyscf_ordered_h5(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    xyz = tmp_path / "two.xyz"
+    xyz.write_text(
+        "3\n\nO 0 0 0\nH 0 0 0.96\nH 0.93 0 -0.24\n3\n\nO 0 0 0\nH 0 0 0.99\nH 0.90 0 -0.30\n"
+    )
+    out = tmp_path / "pred.h5"
+    assert main(["predict", run_dir, str(xyz), "--out", str(out)]) == 0
+    with h5py.File(out) as f:
+        assert sorted(f.keys()) == ["0", "1"]
+        g = f["1"]
+        for name in ("hamiltonian", "overlap", "density_matrix", "mo_energy", "mo_coeff", "energy"):
+            assert name in g
+        assert g.attrs["basis"] == BASIS and g.attrs["xc"] == "pbe"
+        mol = dft.RKS(__import__("pyscf").gto.M(atom="O 0 0 0; H 0 0 0.99; H 0.90 0 -0.30", basis=BASIS)).mol
+        np.testing.assert_allclose(g["overlap"][()], mol.intor("int1e_ovlp"), atol=1e-12)
+        P = g["density_matrix"][()]
+        assert abs(np.trace(P @ g["overlap"][()]) - 10) < 1e-8
+
+
+def test_cli_errors_for_runs(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope"), "H2O"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert main(["train", "no-such-dataset", "--out", str(tmp_path / "r")]) == 2
+    assert "no such file or built-in dataset" in capsys.readouterr().err
