@@ -153,6 +153,7 @@ def make_periodic_mean_field(
     basis: str = "gth-szv",
     pseudo: str | None = None,
     kmesh: Sequence[int] | None = None,
+    mesh: Sequence[int] | None = None,
 ):
     """The PySCF object whose settings vardft reproduces (not run).
 
@@ -168,6 +169,9 @@ def make_periodic_mean_field(
             gth-pbe for PBE).
         kmesh: Γ-centred Monkhorst–Pack mesh; 3 per periodic direction and 1
             along vacuum if None.
+        mesh: FFT mesh for Coulomb and XC; PySCF's default (``cell.mesh``) if
+            None. A coarser mesh is less accurate but still matches PySCF run
+            on the same mesh (what the tests use).
 
     Raises:
         InputError subclasses for bad crystal, functional, basis, pseudo or mesh.
@@ -177,7 +181,7 @@ def make_periodic_mean_field(
     functional = check_periodic_functional(xc)
     pseudo = default_pseudo(functional) if pseudo is None else pseudo
     kmesh = default_kmesh(system) if kmesh is None else check_kmesh(kmesh)
-    cell = to_cell(system, basis=basis, pseudo=pseudo)
+    cell = to_cell(system, basis=basis, pseudo=pseudo, mesh=mesh)
     mf = pbcdft.KRKS(cell, make_kpts(cell, kmesh), xc=functional.name)
     mf.verbose = 0
     mf.kmesh = tuple(kmesh)
@@ -249,12 +253,13 @@ def build_periodic_integrals(
     basis: str = "gth-szv",
     pseudo: str | None = None,
     kmesh: Sequence[int] | None = None,
+    mesh: Sequence[int] | None = None,
 ) -> PeriodicIntegrals:
     """Integrals of crystal ``system`` for ``xc`` in ``basis`` on a k-mesh.
 
     See :func:`make_periodic_mean_field` for the arguments and defaults.
     """
-    return periodic_integrals_from_mean_field(make_periodic_mean_field(system, xc, basis, pseudo, kmesh))
+    return periodic_integrals_from_mean_field(make_periodic_mean_field(system, xc, basis, pseudo, kmesh, mesh))
 
 
 def build_band_integrals(
