@@ -1,0 +1,490 @@
+"""Hamiltonian blocks ↔ irreps, AO-matrix assembly and padded batches.
+
+The model predicts one square *block* per atom (diagonal block) and one per
+ordered atom pair within the cutoff (off-diagonal block). Every block uses a
+common *canonical* shell layout for the model's basis and elements (for each
+``l``, the largest number of ``l`` shells any element has; shells sorted by
+``l``), so blocks of all atoms and pairs have one shape ``(nc, nc)``; an
+element's real AOs occupy a subset of the slots (:attr:`BlockLayout.element_slots`).
+
+A block is written in irreps by the Clebsch–Gordan expansion
+``l1 ⊗ l2 → ⊕_L L`` (parity ``(-1)^(l1+l2)``) of each shell pair, after the
+PySCF ↔ e3nn change of basis of :mod:`basis.layout`; :func:`irreps_to_block`
+and :func:`block_to_irreps` are exact inverses (an orthogonal map).
+
+:func:`prepare_batch` pads molecules into fixed-shape buckets and precomputes,
+in numpy, the edge list and the gather index that places block entries into
+the AO matrix, so the jitted assembly has no Python loop over atoms or pairs
+and one compiled function serves every molecule in a bucket. Edges carry a
+lattice-shift vector (zero for molecules) so that periodic H(R) blocks can use
+the same machinery later.
+
+Example:
+    >>> import jax
+    >>> from basis.system import System
+    >>> from vardft.model import ModelConfig, init_params
+    >>> from vardft.hamiltonian import prepare_batch, predict_hamiltonian, unpad
+    >>> cfg = ModelConfig.preset("S", basis="def2-svp", elements=("H", "O"))
+    >>> water = System(("O", "H", "H"), [[0, 0, 0.12], [0, 0.76, -0.47], [0, -0.76, -0.47]])
+    >>> batch = prepare_batch([water], cfg)
+    >>> params = init_params(jax.random.PRNGKey(0), cfg)
+    >>> H = predict_hamiltonian(params, batch)
+    >>> unpad(H, batch, 0).shape
+    (24, 24)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from basis.errors import BasisError
+from basis.layout import e3nn_to_pyscf, element_layout
+from basis.system import System, canonical_symbol
+
+__all__ = [
+    "BlockLayout",
+    "block_layout",
+    "irreps_to_block",
+    "block_to_irreps",
+    "Batch",
+    "prepare_batch",
+    "bucket_size",
+    "assemble",
+    "predict_hamiltonian",
+    "unpad",
+    "BOHR_ANGSTROM",
+]
+
+BOHR_ANGSTROM = 0.52917721092
+"""One Bohr in Ångström (PySCF's value)."""
+
+CG_ORTHOGONALITY_TOL = 1e-12
+
+
+# ----------------------------------------------------------------- layout
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Group:
+    """All shell pairs with angular momenta (l1, l2) in a canonical block."""
+
+    l1: int
+    l2: int
+    irreps_index: np.ndarray  # (n1*n2, d1*d2) positions in the irreps vector, columns (L, M)
+    block_index: np.ndarray  # (n1*n2, d1*d2) positions in the flattened block, columns (m1, m2)
+    cg: np.ndarray  # (d1*d2, d1*d2) orthogonal: block entries (m1, m2) = cg @ irreps (L, M)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockLayout:
+    """Canonical block layout for one basis and a set of elements.
+
+    Attributes:
+        basis: PySCF basis name.
+        elements: element symbols, in the order used for species indices.
+        counts: ``counts[l]`` canonical shells of angular momentum ``l``.
+        nc: side of a canonical block, ``sum(counts[l] * (2l + 1))``.
+        element_slots: per element, (nao_e,) int slot of each of its AOs (PySCF order).
+        irreps: e3nn irreps string of a block (dimension ``nc**2``), sorted by (L, parity).
+        lmax: largest ``l`` of the basis over the elements; blocks need ``L <= 2 lmax``.
+    """
+
+    basis: str
+    elements: tuple[str, ...]
+    counts: tuple[int, ...]
+    nc: int
+    element_slots: tuple[np.ndarray, ...]
+    irreps: str
+    groups: tuple[_Group, ...]
+
+    @property
+    def lmax(self) -> int:
+        return len(self.counts) - 1
+
+    @functools.cached_property
+    def padded_maps(self):
+        """Index maps and Clebsch–Gordan matrices for one batched block ↔ irreps map.
+
+        Every shell pair ``q`` (all groups together, ``Q`` of them) is padded to
+        ``dmax**2`` entries, ``dmax = 2 lmax + 1``. Returns ``(irreps_index (Q, dmax²),
+        cg (Q, dmax², dmax²), block_position (nc²,), block_index (Q, dmax²),
+        irreps_position (nc²,))``; index ``nc²`` means the zero pad.
+        """
+        dmax2 = (2 * self.lmax + 1) ** 2
+        nc2 = self.nc * self.nc
+        irr_idx, blk_idx, cgs = [], [], []
+        for g in self.groups:
+            q, d = g.irreps_index.shape
+            irr_idx.append(np.pad(g.irreps_index, ((0, 0), (0, dmax2 - d)), constant_values=nc2))
+            blk_idx.append(np.pad(g.block_index, ((0, 0), (0, dmax2 - d)), constant_values=nc2))
+            cgs.append(np.broadcast_to(np.pad(g.cg, ((0, dmax2 - d), (0, dmax2 - d))), (q, dmax2, dmax2)))
+        irr_idx, blk_idx, cg = np.concatenate(irr_idx), np.concatenate(blk_idx), np.concatenate(cgs)
+        blk_pos = np.zeros(nc2, dtype=np.int64)
+        irr_pos = np.zeros(nc2, dtype=np.int64)
+        flat_b, flat_i = blk_idx.reshape(-1), irr_idx.reshape(-1)
+        blk_pos[flat_b[flat_b < nc2]] = np.nonzero(flat_b < nc2)[0]
+        irr_pos[flat_i[flat_i < nc2]] = np.nonzero(flat_i < nc2)[0]
+        return irr_idx, np.ascontiguousarray(cg), blk_pos, blk_idx, irr_pos
+
+    @property
+    def element_nao(self) -> np.ndarray:
+        """(n_elements,) AOs per element."""
+        return np.array([len(s) for s in self.element_slots], dtype=np.int64)
+
+    def species_index(self, symbols: Sequence[str]) -> np.ndarray:
+        """(natom,) int32 index of each symbol in :attr:`elements`."""
+        lookup = {s: k for k, s in enumerate(self.elements)}
+        out = []
+        for s in symbols:
+            s = canonical_symbol(s)
+            if s not in lookup:
+                raise BasisError(f"element {s} is not one of the model's elements {self.elements}")
+            out.append(lookup[s])
+        return np.asarray(out, dtype=np.int32)
+
+
+def _parity(l: int) -> str:
+    return "e" if l % 2 == 0 else "o"
+
+
+def _cg_matrix(l1: int, l2: int) -> np.ndarray:
+    """Orthogonal (d1 d2, d1 d2): PySCF block entries (m1, m2) from irreps (L, M), L ascending."""
+    import e3nn_jax as e3nn
+
+    q1, q2 = e3nn_to_pyscf(l1), e3nn_to_pyscf(l2)
+    cols = []
+    for L in range(abs(l1 - l2), l1 + l2 + 1):
+        c = np.asarray(e3nn.clebsch_gordan(l1, l2, L), dtype=np.float64)  # numpy, float64
+        c = np.einsum("ia,jb,abm->ijm", q1, q2, c).reshape((2 * l1 + 1) * (2 * l2 + 1), 2 * L + 1)
+        cols.append(c / np.linalg.norm(c, axis=0, keepdims=True))
+    u = np.concatenate(cols, axis=1)
+    if np.abs(u.T @ u - np.eye(u.shape[0])).max() > CG_ORTHOGONALITY_TOL:
+        raise RuntimeError(f"Clebsch-Gordan change of basis for {l1}x{l2} is not orthogonal")
+    return u
+
+
+@functools.lru_cache(maxsize=None)
+def block_layout(basis: str, elements: tuple[str, ...]) -> BlockLayout:
+    """Canonical block layout for ``basis`` and ``elements`` (cached).
+
+    Args:
+        basis: PySCF basis name.
+        elements: tuple of element symbols (order defines species indices).
+
+    Raises:
+        BasisError: unknown basis or an element it lacks; duplicate elements.
+    """
+    elements = tuple(canonical_symbol(s) for s in elements)
+    if len(set(elements)) != len(elements) or not elements:
+        raise BasisError(f"elements must be distinct and non-empty, got {elements}")
+    lays = [element_layout(basis, s) for s in elements]
+    lmax = max(lay.lmax for lay in lays)
+    counts = tuple(max(lay.count(l) for lay in lays) for l in range(lmax + 1))
+    dims = [2 * l + 1 for l in range(lmax + 1)]
+    offset_l = np.concatenate([[0], np.cumsum([c * d for c, d in zip(counts, dims)])]).astype(np.int64)
+    nc = int(offset_l[-1])
+
+    slots = []
+    for lay in lays:
+        seen = [0] * (lmax + 1)
+        idx = []
+        for l, c in lay.shells:
+            for _ in range(c):
+                start = offset_l[l] + seen[l] * dims[l]
+                idx.extend(range(start, start + dims[l]))
+                seen[l] += 1
+        s = np.asarray(idx, dtype=np.int64)
+        s.flags.writeable = False
+        slots.append(s)
+
+    # irreps of a block: chunk (L, parity) holds one irrep per (l1, l2, k1, k2) that produces it
+    chunk_members: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+    for l1 in range(lmax + 1):
+        for l2 in range(lmax + 1):
+            for q in range(counts[l1] * counts[l2]):
+                for L in range(abs(l1 - l2), l1 + l2 + 1):
+                    chunk_members.setdefault((L, _parity(l1 + l2)), []).append((l1, l2, q))
+    keys = sorted(chunk_members, key=lambda k: (k[0], k[1] == "o"))
+    irreps = "+".join(f"{len(chunk_members[k])}x{k[0]}{k[1]}" for k in keys)
+    position: dict[tuple[int, int, int, int], int] = {}
+    offset = 0
+    for L, p in keys:
+        for u, (l1, l2, q) in enumerate(chunk_members[(L, p)]):
+            position[(l1, l2, q, L)] = offset + u * (2 * L + 1)
+        offset += len(chunk_members[(L, p)]) * (2 * L + 1)
+    assert offset == nc * nc
+
+    groups = []
+    for l1 in range(lmax + 1):
+        for l2 in range(lmax + 1):
+            n1, n2, d1, d2 = counts[l1], counts[l2], dims[l1], dims[l2]
+            if n1 * n2 == 0:
+                continue
+            irr = np.array(
+                [
+                    np.concatenate([position[(l1, l2, q, L)] + np.arange(2 * L + 1) for L in range(abs(l1 - l2), l1 + l2 + 1)])
+                    for q in range(n1 * n2)
+                ],
+                dtype=np.int64,
+            )
+            k1, k2 = np.divmod(np.arange(n1 * n2), n2)
+            rows = offset_l[l1] + k1[:, None] * d1 + np.arange(d1)[None, :]  # (q, d1)
+            cols = offset_l[l2] + k2[:, None] * d2 + np.arange(d2)[None, :]  # (q, d2)
+            blk = (rows[:, :, None] * nc + cols[:, None, :]).reshape(n1 * n2, d1 * d2)
+            groups.append(_Group(l1, l2, irr, blk, _cg_matrix(l1, l2)))
+    return BlockLayout(basis, elements, counts, nc, tuple(slots), irreps, tuple(groups))
+
+
+def irreps_to_block(x, layout: BlockLayout):
+    """Irreps coefficients → square blocks in PySCF orientation.
+
+    Args:
+        x: (..., nc**2) array laid out as ``layout.irreps`` (e3nn basis).
+        layout: :class:`BlockLayout`.
+
+    Returns:
+        (..., nc, nc) blocks; rows/columns are the canonical slots.
+    """
+    x = jnp.asarray(x)
+    irr_idx, cg, blk_pos, _, _ = layout.padded_maps
+    x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (1,), x.dtype)], axis=-1)[..., irr_idx]
+    y = jnp.einsum("...qc,qrc->...qr", x, jnp.asarray(cg, x.dtype))
+    y = y.reshape(*y.shape[:-2], -1)[..., blk_pos]
+    return y.reshape(*x.shape[:-2], layout.nc, layout.nc)
+
+
+def block_to_irreps(block, layout: BlockLayout):
+    """Square blocks → irreps coefficients; the exact inverse of :func:`irreps_to_block`.
+
+    Args:
+        block: (..., nc, nc) blocks in canonical slots, PySCF orientation.
+
+    Returns:
+        (..., nc**2) array laid out as ``layout.irreps``.
+    """
+    block = jnp.asarray(block)
+    _, cg, _, blk_idx, irr_pos = layout.padded_maps
+    flat = block.reshape(*block.shape[:-2], -1)
+    flat = jnp.concatenate([flat, jnp.zeros(flat.shape[:-1] + (1,), flat.dtype)], axis=-1)[..., blk_idx]
+    y = jnp.einsum("...qr,qrc->...qc", flat, jnp.asarray(cg, flat.dtype))
+    return y.reshape(*y.shape[:-2], -1)[..., irr_pos]
+
+
+# ------------------------------------------------------------------ batch
+@flax.struct.dataclass
+class Batch:
+    """Padded molecules with precomputed indices (numpy or jax arrays).
+
+    ``B`` molecules, ``A`` atom slots, ``E`` edge slots, ``N`` AO slots each;
+    shapes are fixed per bucket. Positions are in **Bohr**.
+
+    Attributes:
+        species: (B, A) int32 index into ``config.elements`` (0 for padding).
+        positions: (B, A, 3) float, Bohr (0 for padding).
+        atom_mask: (B, A) bool, real atoms.
+        edge_index: (B, E, 2) int32 local atom indices ``(i, j)`` of ordered pairs
+            within the cutoff, both directions present; padding ``(0, 0)``.
+        edge_shift: (B, E, 3) float, Bohr: lattice shift of atom ``j``, so that
+            ``r_ij = positions[j] + edge_shift - positions[i]``; zero for molecules.
+        edge_mask: (B, E) bool, real edges.
+        ao_gather: (B, N*N) int32 into the per-molecule flattened blocks
+            ``[A diagonal blocks | E edge blocks | one zero]`` of ``nc*nc`` entries each.
+        ao_mask: (B, N) bool, real AOs (they come first, in PySCF order).
+        nao: (B,) int32 real AOs per molecule.
+        config: the model's :class:`vardft.model.ModelConfig` (static).
+    """
+
+    species: Any
+    positions: Any
+    atom_mask: Any
+    edge_index: Any
+    edge_shift: Any
+    edge_mask: Any
+    ao_gather: Any
+    ao_mask: Any
+    nao: Any
+    config: Any = flax.struct.field(pytree_node=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(B, A, E, N) padded sizes."""
+        b, a = self.species.shape
+        return b, a, self.edge_index.shape[1], self.ao_mask.shape[1]
+
+    def with_positions(self, positions) -> "Batch":
+        """Same batch (edges, indices) with new positions, (B, A, 3) Bohr.
+
+        The edge list is kept: pairs that were beyond the cutoff stay absent.
+        """
+        return self.replace(positions=positions)
+
+
+def bucket_size(n: int, minimum: int = 1) -> int:
+    """Round ``n`` up to a bucket size: at most ~25% padding, few distinct sizes.
+
+    Sizes are ``m * 2**k`` with ``m`` in 4..7 (1..8 exact), so molecules of
+    similar size share one compiled function.
+    """
+    n = max(int(n), minimum)
+    if n <= 8:
+        return n
+    step = 2 ** (int(math.floor(math.log2(n))) - 2)
+    return int(math.ceil(n / step) * step)
+
+
+def _molecule_indices(system: System, layout: BlockLayout, cutoff_bohr: float):
+    """Per-molecule edges and AO gather (unpadded), all numpy."""
+    if system.is_periodic:
+        raise NotImplementedError("crystals are not supported yet; edges carry a zero lattice shift")
+    species = layout.species_index(system.symbols)
+    pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
+    natom = len(species)
+    dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    within = (dist < cutoff_bohr) & ~np.eye(natom, dtype=bool)
+    ei, ej = np.nonzero(within)
+    edges = np.stack([ei, ej], axis=1).astype(np.int32)
+    nao_atom = layout.element_nao[species]
+    ao_atom = np.repeat(np.arange(natom), nao_atom)
+    ao_slot = np.concatenate([layout.element_slots[s] for s in species])
+    return species, pos, edges, ao_atom, ao_slot
+
+
+def prepare_batch(
+    systems: Sequence[System],
+    config,
+    *,
+    batch_size: int | None = None,
+    pad_to: tuple[int, int, int] | None = None,
+) -> Batch:
+    """Pad molecules into one fixed-shape :class:`Batch` (numpy; call outside jit).
+
+    Args:
+        systems: molecules (:class:`basis.system.System`, positions in Å).
+        config: :class:`vardft.model.ModelConfig` (basis, elements, cutoff in Å).
+        batch_size: pad the batch to this many molecules (default: ``len(systems)``);
+            padding molecules have no atoms and give an all-zero H.
+        pad_to: ``(atoms, edges, aos)`` slot counts; default: the bucket sizes
+            (:func:`bucket_size`) of the largest molecule.
+
+    Returns:
+        :class:`Batch` with positions in Bohr.
+
+    Raises:
+        BasisError: an element outside ``config.elements`` or the basis.
+        ValueError: ``pad_to`` or ``batch_size`` too small.
+    """
+    systems = [System.from_any(s) for s in systems]
+    if not systems:
+        raise ValueError("prepare_batch needs at least one system")
+    layout = block_layout(config.basis, tuple(config.elements))
+    nc2 = layout.nc * layout.nc
+    cutoff_bohr = config.cutoff / BOHR_ANGSTROM
+    mols = [_molecule_indices(s, layout, cutoff_bohr) for s in systems]
+    need = (
+        max(len(m[0]) for m in mols),
+        max(len(m[2]) for m in mols),
+        max(len(m[3]) for m in mols),
+    )
+    if pad_to is None:
+        pad_to = (bucket_size(need[0]), bucket_size(need[1]), bucket_size(need[2]))
+    a_max, e_max, n_max = (int(v) for v in pad_to)
+    if a_max < need[0] or e_max < need[1] or n_max < need[2]:
+        raise ValueError(f"pad_to={pad_to} is smaller than needed {need}")
+    b = len(systems) if batch_size is None else int(batch_size)
+    if b < len(systems):
+        raise ValueError(f"batch_size={b} < {len(systems)} systems")
+
+    species = np.zeros((b, a_max), np.int32)
+    positions = np.zeros((b, a_max, 3), np.float64)
+    atom_mask = np.zeros((b, a_max), bool)
+    edge_index = np.zeros((b, e_max, 2), np.int32)
+    edge_shift = np.zeros((b, e_max, 3), np.float64)
+    edge_mask = np.zeros((b, e_max), bool)
+    zero = (a_max + e_max) * nc2
+    ao_gather = np.full((b, n_max, n_max), zero, np.int32)
+    ao_mask = np.zeros((b, n_max), bool)
+    nao = np.zeros((b,), np.int32)
+    for k, (sp, pos, edges, ao_atom, ao_slot) in enumerate(mols):
+        natom, nedge, n = len(sp), len(edges), len(ao_atom)
+        species[k, :natom] = sp
+        positions[k, :natom] = pos
+        atom_mask[k, :natom] = True
+        edge_index[k, :nedge] = edges
+        edge_mask[k, :nedge] = True
+        ao_mask[k, :n] = True
+        nao[k] = n
+        block_of = np.full((natom, natom), -1, np.int64)
+        block_of[np.arange(natom), np.arange(natom)] = np.arange(natom)
+        block_of[edges[:, 0], edges[:, 1]] = a_max + np.arange(nedge)
+        blk = block_of[ao_atom[:, None], ao_atom[None, :]]
+        idx = blk * nc2 + ao_slot[:, None] * layout.nc + ao_slot[None, :]
+        ao_gather[k, :n, :n] = np.where(blk >= 0, idx, zero)
+    if zero + 1 >= 2**31:
+        raise ValueError("batch too large for int32 gather indices")
+    return Batch(
+        species=species,
+        positions=positions,
+        atom_mask=atom_mask,
+        edge_index=edge_index,
+        edge_shift=edge_shift,
+        edge_mask=edge_mask,
+        ao_gather=ao_gather.reshape(b, n_max * n_max),
+        ao_mask=ao_mask,
+        nao=nao,
+        config=config,
+    )
+
+
+def assemble(diag_blocks, edge_blocks, ao_gather):
+    """Place blocks into symmetric AO matrices (jit-able, differentiable).
+
+    Args:
+        diag_blocks: (B, A, nc, nc) one block per atom slot.
+        edge_blocks: (B, E, nc, nc) block ``H_ij`` for each edge ``(i, j)``.
+        ao_gather: (B, N*N) int indices from :func:`prepare_batch`.
+
+    Returns:
+        (B, N, N) ``(M + M^T) / 2`` of the gathered matrix ``M``; AOs without a
+        block (padding, pairs beyond the cutoff) are exactly zero.
+    """
+    b, n2 = ao_gather.shape
+    n = int(round(math.sqrt(n2)))
+    flat = jnp.concatenate(
+        [
+            diag_blocks.reshape(b, -1),
+            edge_blocks.reshape(b, -1),
+            jnp.zeros((b, 1), diag_blocks.dtype),
+        ],
+        axis=1,
+    )
+    m = jnp.take_along_axis(flat, ao_gather, axis=1).reshape(b, n, n)
+    return 0.5 * (m + jnp.swapaxes(m, 1, 2))
+
+
+@jax.jit
+def predict_hamiltonian(params, batch: Batch):
+    """H for every molecule of a batch (jitted; one compilation per bucket shape).
+
+    Args:
+        params: model parameters from :func:`vardft.model.init_params`.
+        batch: :class:`Batch` from :func:`prepare_batch`; ``batch.config`` is static.
+
+    Returns:
+        (B, N, N) Kohn–Sham matrices in Hartree, PySCF AO order, padded AOs
+        zero. Differentiable w.r.t. ``params`` and ``batch.positions``.
+    """
+    from vardft.model import HamiltonianModel
+
+    return HamiltonianModel(batch.config).apply(params, batch)
+
+
+def unpad(H, batch: Batch, index: int) -> np.ndarray:
+    """(nao, nao) numpy H of molecule ``index`` of a batch, PySCF AO order."""
+    n = int(np.asarray(batch.nao)[index])
+    return np.asarray(H[index, :n, :n])
