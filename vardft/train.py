@@ -50,6 +50,7 @@ class TrainConfig:
     Attributes:
         xc, basis: level of theory (PySCF names).
         preset: model size preset, "S", "M" or "L".
+        model_overrides: ((field, value), ...) applied on top of the preset.
         steps: optimizer steps.
         batch_size: molecules per step.
         learning_rate: peak learning rate (after linear warm-up; cosine decay after).
@@ -71,6 +72,7 @@ class TrainConfig:
     xc: str = "pbe"
     basis: str = "def2-svp"
     preset: str = "S"
+    model_overrides: tuple = ()
     steps: int = 2000
     batch_size: int = 8
     learning_rate: float = 3e-3
@@ -95,6 +97,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["loss"] = LossWeights(**d.get("loss", {}))
+        d["model_overrides"] = tuple(tuple(kv) for kv in d.get("model_overrides", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -330,7 +333,12 @@ class TrainResult:
 def model_config_for(config: TrainConfig, elements: Sequence[str]):
     from vardft.model import ModelConfig
 
-    return ModelConfig.preset(config.preset, basis=config.basis, elements=tuple(sorted(set(elements), key=_z)))
+    return ModelConfig.preset(
+        config.preset,
+        **dict(config.model_overrides),
+        basis=config.basis,
+        elements=tuple(sorted(set(elements), key=_z)),
+    )
 
 
 def _z(symbol: str) -> int:

@@ -19,7 +19,7 @@ from vardft.validate import frame_metrics
 
 BASIS = "sto-3g"
 CONFIG = TrainConfig(
-    xc="pbe", basis=BASIS, preset="S", steps=16, batch_size=4, learning_rate=1e-2, warmup_steps=2,
+    xc="pbe", basis=BASIS, preset="S", model_overrides=(("num_layers", 1), ("channels", 8)), steps=16, batch_size=4, learning_rate=1e-2, warmup_steps=2,
     checkpoint_every=4, eval_every=8, grid_level=1, loss=LossWeights(1.0, 300.0, 0.0),
 )
 
