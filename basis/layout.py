@@ -198,7 +198,8 @@ def _e3nn_to_pyscf_cached(l: int) -> np.ndarray:
 
     u = _fit_points(l)
     irrep = e3nn.Irrep(l, (-1) ** l)
-    with jax.enable_x64(True):
+    # eager float64 evaluation, also when first called while an outer function is traced
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
         y_e3nn = np.asarray(
             e3nn.spherical_harmonics(str(irrep), jnp.asarray(u, dtype=jnp.float64), normalize=True).array,
             dtype=np.float64,
