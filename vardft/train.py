@@ -32,7 +32,7 @@ import optax
 from flax import struct as flax_struct
 
 from basis.errors import CheckpointError, InputError
-from basis.integrals import DEFAULT_GRID_LEVEL, Integrals
+from basis.integrals import Integrals
 from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.energy import energy_and_fock
@@ -41,6 +41,12 @@ from vardft.data import Dataset, IntegralCache, check_dataset
 from vardft.losses import LossWeights, molecule_loss
 
 BASELINES = ("minao", "none")
+
+TRAIN_GRID_LEVEL = 1
+"""PySCF grid level of the training energy. Measured on water PBE/def2-SVP at the
+converged density: level 1 has 10,128 points (level 3: 33,704) and changes the Fock
+matrix by 1.7 μEh MAE (134 μEh max), far below the accuracy targets, for a 3× cheaper
+step. Validation and prediction energies always use level 3."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +89,7 @@ class TrainConfig:
     loss: LossWeights = LossWeights()
     baseline: str = "minao"
     output_scale: float = 0.01
-    grid_level: int = DEFAULT_GRID_LEVEL
+    grid_level: int = TRAIN_GRID_LEVEL
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int = 100
