@@ -15,7 +15,8 @@ P, ``jax.grad`` returns g = ∂E/∂Re P − i ∂E/∂Im P; with dE = Σ_k w_k 
 that is g(k) = w_k F(k)ᵀ, so F(k) = g(k)ᵀ / w_k, Hermitian, equal to
 ``mf.get_fock(dm=P)`` (h + J + V_xc).
 
-Eigenvectors at each k follow from F(k) C = S(k) C ε. Occupations: the
+Eigenvectors at each k follow from F(k) C = S(k) C ε (canonical orthogonalisation,
+near-linearly-dependent directions removed as in PySCF). Occupations: the
 lowest n_electrons/2 × nk states over all k doubly occupied (PySCF's
 default), or Fermi–Dirac / Gaussian smearing (PySCF's ``smearing`` with the
 same σ and conventions; the SCF reports E, and the free energy E − σS).
@@ -28,7 +29,7 @@ Example:
     >>> ints = build_periodic_integrals(read_crystal("si"), xc="lda,vwn", basis="gth-szv", kmesh=(2, 2, 2))
     >>> result = run_periodic_scf(ints)
     >>> round(float(result.energy), 4)
-    -7.8559
+    -7.773
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ jax.config.update("jax_enable_x64", True)
 
 DEFAULT_CONV_TOL = 1e-10
 """SCF convergence on the energy change, Hartree per cell."""
+
+LINDEP_THRESHOLD = 1e-6
+"""Overlap eigenvalues at or below this are removed, PySCF's default
+(``scf_hf_overlap_zero_eigenvalue_threshold``)."""
+
+INVALID_ORBITAL_ENERGY = 1e30
+"""Band energy of a removed (linearly dependent) direction, as PySCF reports it."""
+
+_REMOVED_LEVEL = 1e4  # Hartree; far above any band, small enough to keep eigh accurate
 
 DEFAULT_DIIS_SPACE = 8
 SMEARING_METHODS = ("fermi", "gaussian")
@@ -195,19 +205,39 @@ def fock_at_kpoints(P: jax.Array, ints: PeriodicIntegrals, hcore: jax.Array, ao:
 
 
 # ------------------------------------------------------------ eigenproblems
-def generalized_eigh(F: jax.Array, S: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Solve F C = S C ε for Hermitian F, S (batched over leading axes).
+def canonical_orthogonalizer(S: jax.Array, threshold: float = LINDEP_THRESHOLD) -> tuple[jax.Array, jax.Array]:
+    """X = U s^{-1/2} from S = U s U†, with the columns of s ≤ ``threshold`` set to zero.
 
-    Symmetric orthogonalisation X = S^{-1/2}; no basis functions are removed.
+    Shapes stay fixed (nao columns) so that one compiled function serves every k.
 
     Returns:
-        ε (..., nmo) ascending, Hartree; C (..., nao, nmo) with C† S C = 1.
+        X (..., nao, nao) with X† S X = 1 on the kept columns; keep (..., nao) bool.
     """
     s, U = jnp.linalg.eigh(hermitian_part(S))
-    X = (U / jnp.sqrt(s)[..., None, :]) @ jnp.conj(jnp.swapaxes(U, -1, -2))
+    keep = s > threshold
+    scale = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, s, 1.0)), 0.0)
+    return U * scale[..., None, :].astype(U.dtype), keep
+
+
+def generalized_eigh(F: jax.Array, S: jax.Array, threshold: float = LINDEP_THRESHOLD) -> tuple[jax.Array, jax.Array]:
+    """Solve F C = S C ε for Hermitian F, S (batched over leading axes), as PySCF's KRKS does.
+
+    Canonical orthogonalisation: directions with overlap eigenvalue ≤
+    ``threshold`` (near-linear dependence of the AOs) are removed; their
+    places are filled at the top of the spectrum with ε = 1e30 and C = 0,
+    PySCF's ``INVALID_ORBITAL_ENERGY`` convention.
+
+    Returns:
+        ε (..., nmo) ascending, Hartree; C (..., nao, nmo) with C† S C = 1 on
+        the valid columns.
+    """
+    X, keep = canonical_orthogonalizer(S, threshold)
     Fo = hermitian_part(jnp.conj(jnp.swapaxes(X, -1, -2)) @ F @ X)
+    # removed directions are decoupled (zero rows); lift them above every band
+    Fo = Fo + jnp.where(keep, 0.0, _REMOVED_LEVEL)[..., None, :] * jnp.eye(F.shape[-1], dtype=Fo.dtype)
     e, Co = jnp.linalg.eigh(Fo)
-    return e, X @ Co
+    invalid = e > 0.5 * _REMOVED_LEVEL
+    return jnp.where(invalid, INVALID_ORBITAL_ENERGY, e), X @ Co
 
 
 def density_matrices(C: jax.Array, occ: jax.Array) -> jax.Array:
@@ -237,7 +267,7 @@ def _smeared_occupations(mo_energy, n_electrons, kweights, smearing: Smearing):
         return jnp.sum(kweights[:, None] * f)
 
     lo = jnp.min(mo_energy) - 10.0
-    hi = jnp.max(mo_energy) + 10.0
+    hi = jnp.max(jnp.where(mo_energy < 0.5 * INVALID_ORBITAL_ENERGY, mo_energy, -jnp.inf)) + 10.0
 
     def step(_, bounds):
         lo, hi = bounds
@@ -501,9 +531,12 @@ def run_periodic_scf(
 __all__ = [
     "DEFAULT_CONV_TOL",
     "DIISState",
+    "INVALID_ORBITAL_ENERGY",
+    "LINDEP_THRESHOLD",
     "PeriodicEnergyComponents",
     "PeriodicSCFResult",
     "Smearing",
+    "canonical_orthogonalizer",
     "commutator_error",
     "density_matrices",
     "density_on_mesh",

@@ -159,3 +159,22 @@ def test_rejects_hybrids_and_hf():
     for xc in ("b3lyp", "hf"):
         with pytest.raises(FunctionalError):
             check_periodic_functional(xc)
+
+
+def test_generalized_eigh_removes_linear_dependence():
+    """Directions with overlap eigenvalue ≤ 1e-6 are removed as in PySCF (ε = 1e30, C = 0)."""
+    rng = np.random.default_rng(2)
+    n = 6
+    A = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+    U, _ = np.linalg.qr(A)
+    s = np.array([1e-8, 1e-3, 0.5, 1.0, 1.5, 2.0])
+    S = (U * s) @ U.conj().T
+    F = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+    F = F + F.conj().T
+    e, C = pe.generalized_eigh(jnp.asarray(F)[None], jnp.asarray(S)[None])
+    e, C = np.asarray(e[0]), np.asarray(C[0])
+    X = U[:, 1:] / np.sqrt(s[1:])
+    ref = np.linalg.eigvalsh(X.conj().T @ F @ X)
+    assert np.abs(e[:-1] - ref).max() < 1e-12 * np.abs(ref).max()
+    assert e[-1] == pe.INVALID_ORBITAL_ENERGY and np.abs(C[:, -1]).max() == 0.0
+    assert np.abs(C[:, :-1].conj().T @ S @ C[:, :-1] - np.eye(n - 1)).max() < 1e-10
