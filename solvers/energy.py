@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from basis.integrals import Integrals
-from solvers.xc import density_on_grid, xc_energy
+from solvers.xc import xc_energy_from_density_matrix
 
 
 class EnergyComponents(NamedTuple):
@@ -47,8 +47,7 @@ def energy_components(P: jax.Array, ints: Integrals) -> EnergyComponents:
     else:
         exchange = jnp.zeros((), P.dtype)
     if functional.needs_grid:
-        rho = density_on_grid(P, ints.ao)
-        exc = xc_energy(functional, rho, ints.weights)
+        exc = xc_energy_from_density_matrix(functional, P, ints.ao, ints.weights)
     else:
         exc = jnp.zeros((), P.dtype)
     return EnergyComponents(one, hartree, exchange, exc, ints.e_nuc)

@@ -109,3 +109,85 @@ def density_on_grid(P: jax.Array, ao: jax.Array) -> jax.Array:
         return rho[None]
     grad = 2.0 * jnp.einsum("xgi,gi->xg", ao[1:4], t)
     return jnp.concatenate([rho[None], grad], axis=0)
+
+
+# --------------------------------------------------------------------------
+# Host path: E_xc and V_xc from the density matrix in one callback.
+#
+# XLA's CPU backend is slow at the row-wise contractions ρ = Σ_i φ_gi (φP)_gi
+# and ∇ρ (benchmarks/solver_core.py --profile: 70–95 % of an energy+Fock
+# evaluation). On the host the same work is two BLAS products and one
+# element-wise pass. The custom VJP returns V_xc, the exact ∂E_xc/∂P.
+
+
+def _host_xc_energy_and_potential(name: str, family: str, P, ao, weights):
+    """E_xc (Hartree) and V_xc (nao, nao) of a closed-shell P on the grid (numpy, host)."""
+    from pyscf.dft import libxc
+
+    P = np.asarray(P, dtype=np.float64)
+    ao = np.asarray(ao, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    t = ao[0] @ P  # (g, n)
+    rho0 = np.einsum("gi,gi->g", ao[0], t)
+    if family == "lda":
+        exc, vxc = libxc.eval_xc(name, rho0, spin=0, deriv=1)[:2]
+        wv0 = w * vxc[0]
+        aow = ao[0] * wv0[:, None]
+        V = ao[0].T @ aow
+    else:
+        grad = 2.0 * np.einsum("xgi,gi->xg", ao[1:4], t)
+        rho = np.concatenate([rho0[None], grad], axis=0)
+        exc, vxc = libxc.eval_xc(name, rho, spin=0, deriv=1)[:2]
+        vrho, vsigma = vxc[0], vxc[1]
+        # E depends on P through ρ and ∇ρ: V = Σ_g w [vρ φφ^T + 2 vσ ∇ρ·(∇φ φ^T + φ ∇φ^T)]
+        wv0 = 0.5 * w * vrho
+        wvg = 2.0 * w * vsigma * grad  # (3, g)
+        aow = ao[0] * wv0[:, None] + np.einsum("xg,xgi->gi", wvg, ao[1:4])
+        V = ao[0].T @ aow
+        V = V + V.T
+    if family == "lda":
+        V = 0.5 * (V + V.T)
+    e = float(np.dot(w * rho0, exc))
+    return np.float64(e), V
+
+
+def _host_eval(functional: Functional, P, ao, weights):
+    nao = P.shape[-1]
+    shapes = (jax.ShapeDtypeStruct((), jnp.float64), jax.ShapeDtypeStruct((nao, nao), jnp.float64))
+    return jax.pure_callback(
+        functools.partial(_host_xc_energy_and_potential, functional.name, functional.family),
+        shapes,
+        P,
+        ao,
+        weights,
+        vmap_method="sequential",
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def xc_energy_from_density_matrix(functional: Functional, P: jax.Array, ao: jax.Array, weights: jax.Array) -> jax.Array:
+    """Semi-local XC energy of density matrix P, Hartree; ∂E/∂P = V_xc.
+
+    Args:
+        functional: parsed functional (static).
+        P: (nao, nao) symmetric density matrix.
+        ao: (nderiv, ngrid, nao) AO values (nderiv = 1 for LDA, 4 for GGA). Constant.
+        weights: (ngrid,) quadrature weights. Constant.
+
+    Equal to ``xc_energy(functional, density_on_grid(P, ao), weights)``; the
+    work is done on the host in one callback (first derivatives only).
+    """
+    return _host_eval(functional, P, ao, weights)[0]
+
+
+def _xcP_fwd(functional, P, ao, weights):
+    e, V = _host_eval(functional, P, ao, weights)
+    return e, (V, ao, weights)
+
+
+def _xcP_bwd(functional, res, g):
+    V, ao, weights = res
+    return g * V, jnp.zeros_like(ao), jnp.zeros_like(weights)
+
+
+xc_energy_from_density_matrix.defvjp(_xcP_fwd, _xcP_bwd)
