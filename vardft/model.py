@@ -275,20 +275,41 @@ class _Linear(nn.Module):
 
 
 class _TensorProduct(nn.Module):
-    """Channel-wise ``x ⊗ y → out`` over all allowed paths, learnable weight per (path, channel)."""
+    """Equivariant product of per-channel features with a few shared "basis" features.
+
+    ``out[e,u,k] = sum_g coeff[e,u,g] sum_{a,b} x[e,u,a] basis[e,g,b] T[a,b,k]``, where
+    ``T`` holds the Clebsch–Gordan coefficients of every allowed path times a
+    learnable weight per path. ``coeff`` is scalar (e.g. radial), so the product
+    is equivariant; contracting ``basis`` with ``T`` first, once per edge and
+    basis feature rather than per channel, keeps it cheap.
+
+    Args (call):
+        x: (E, C, Da) features in ``layout_a``.
+        basis: (E, G, Db) features in ``layout_b``, or (E, Db) spherical harmonics
+            when ``by_degree``: then basis feature ``g`` is the degree-``g`` part.
+        coeff: (E, C, G) scalar coefficients.
+    """
 
     layout_a: _Layout
     layout_b: _Layout
     layout_out: _Layout
+    by_degree: bool = False
     dtype: Any = jnp.float64
 
     @nn.compact
-    def __call__(self, x, y):
+    def __call__(self, x, basis, coeff):
         t, path, n_paths = _tp_tensor(self.layout_a, self.layout_b, self.layout_out)
-        c = x.shape[-2]
-        w = self.param("path_w", _init("path_w"), (n_paths, c), self.dtype)
-        tw = jnp.asarray(t, self.dtype)[None] * jnp.moveaxis(w[path], -1, 0)  # (C, Da, Db, Dout)
-        return jnp.einsum("...ua,...ub,uabk->...uk", x, y, tw)
+        w = self.param("path_w", _init("path_w"), (n_paths,), self.dtype)
+        tw = jnp.asarray(t, self.dtype) * w[path]
+        if self.by_degree:
+            parts = []
+            for k in range(len(self.layout_b.irreps)):
+                sl = self.layout_b.component_slice(k)
+                parts.append(jnp.einsum("eb,abk->eak", basis[:, sl], tw[:, sl, :]))
+            m = jnp.stack(parts, axis=1)
+        else:
+            m = jnp.einsum("egb,abk->egak", basis, tw)
+        return jnp.einsum("eua,eug,egak->euk", x, coeff, m)
 
 
 class _Gate(nn.Module):
@@ -403,10 +424,11 @@ class HamiltonianModel(nn.Module):
             e3nn.Irreps.spherical_harmonics(lmax_out), vec, normalize=True, normalization="component"
         ).array  # (E, (lmax_out + 1)^2), e3nn basis
 
-        def weighted_sh(lmax, name):
-            """(E, C, (lmax+1)^2) spherical harmonics times a radial weight per channel and degree."""
-            w = _RadialMLP(cfg.radial_hidden, c, lmax + 1, dt, name=name)(radial)
-            return sh[:, None, : (lmax + 1) ** 2] * (w @ jnp.asarray(_layout(lmax, False).expand, dt))
+        def sh_product(layout_in, lmax, layout_out, x, name):
+            """x ⊗ Y(r̂), weighted per channel and harmonic degree by a radial MLP."""
+            coeff = _RadialMLP(cfg.radial_hidden, c, lmax + 1, dt, name=f"{name}_radial")(radial)
+            tp = _TensorProduct(layout_in, _layout(lmax, False), layout_out, True, dt, name=name)
+            return tp(x, sh[:, : (lmax + 1) ** 2], coeff)
 
         hidden = _layout(cfg.lmax_hidden, True)
         final = _layout(lmax_out, True)
@@ -418,9 +440,7 @@ class HamiltonianModel(nn.Module):
             target = final if t == cfg.num_layers - 1 else hidden
             lsh = lmax_out if t == cfg.num_layers - 1 else cfg.lmax_hidden
             x = _Linear(h_layout, h_layout, c, dtype=dt, name=f"pre_{t}")(h)
-            msg = _TensorProduct(h_layout, _layout(lsh, False), target, dt, name=f"tp_{t}")(
-                x[src], weighted_sh(lsh, f"radial_{t}")
-            )
+            msg = sh_product(h_layout, lsh, target, x[src], f"tp_{t}")
             agg = jax.ops.segment_sum(msg, dst, num_segments=n) / math.sqrt(cfg.avg_neighbors)
             u = _Linear(target, target, c, dtype=dt, name=f"post_{t}")(agg)
             u = u + _Linear(h_layout, target, c, n_el, dt, name=f"self_{t}")(h, species)
@@ -437,13 +457,13 @@ class HamiltonianModel(nn.Module):
 
         # ---- 4. off-diagonal blocks
         left = _Linear(final, hidden, c, dtype=dt, name="pair_left")(h)
-        right = _Linear(final, hidden, c, dtype=dt, name="pair_right")(h)
-        f1 = _TensorProduct(hidden, hidden, final, dt, name="pair_tp_nodes")(left[dst], right[src])
+        heads = max(2, c // 4)
+        right = _Linear(final, hidden, heads, dtype=dt, name="pair_right")(h)
+        coeff = _RadialMLP(cfg.radial_hidden, c, heads, dt, name="pair_tp_nodes_radial")(radial)
+        f1 = _TensorProduct(hidden, hidden, final, False, dt, name="pair_tp_nodes")(left[dst], right[src], coeff)
         s = _Linear(final, hidden, c, dtype=dt, name="pair_i")(h)[dst]
         s = s + _Linear(final, hidden, c, dtype=dt, name="pair_j")(h)[src]
-        f2 = _TensorProduct(hidden, _layout(lmax_out, False), final, dt, name="pair_tp_sh")(
-            s, weighted_sh(lmax_out, "pair_radial_sh")
-        )
+        f2 = sh_product(hidden, lmax_out, final, s, "pair_tp_sh")
         f = _Linear(final, final, c, dtype=dt, name="pair_mix_nodes")(f1)
         f = f + _Linear(final, final, c, dtype=dt, name="pair_mix_sh")(f2)
         w = _RadialMLP(cfg.radial_hidden, c, len(final.irreps), dt, name="pair_radial")(radial)
