@@ -25,6 +25,7 @@ EQUIVARIANCE_RTOL = 1e-10  # relative to max |H|
 EQUIVARIANCE_RTOL_FLOAT32 = 1e-4
 FLOAT32_VS_FLOAT64_RTOL = 1e-4
 FIT_MAE_TOL = 1e-5  # Hartree
+ADAM_EPS = 1e-16
 FD_STEP = 1e-4  # Bohr
 FD_RTOL = 1e-6
 ELEMENTS = ("H", "C", "N", "O", "F")
@@ -221,14 +222,17 @@ def test_fits_pyscf_fock(water_fock):
 
 @pytest.mark.slow
 def test_adam_training_reduces_fock_error(water_fock):
-    """Plain gradient training of all weights on the same label (Adam): the error falls steadily."""
+    """Plain gradient training of all weights on the same label (Adam): the error falls fast.
+
+    Measured: with a 4000-step warmup-cosine schedule the same setup reaches MAE 1.05e-5 Eh."""
     water, fock = water_fock
     cfg = ModelConfig.preset("S", elements=("H", "O"))
     params = init_params(jax.random.PRNGKey(0), cfg)
     batch = prepare_batch([water], cfg)
     target = jnp.asarray(fock)[None]
-    steps = 150
-    opt = optax.adam(optax.exponential_decay(1e-2, steps, 0.1))
+    steps = 300
+    # Fock errors of ~1e-5 Eh give gradients far below Adam's default eps = 1e-8
+    opt = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 20, steps, 1e-4), eps=ADAM_EPS)
     state = opt.init(params)
 
     @jax.jit
@@ -243,4 +247,4 @@ def test_adam_training_reduces_fock_error(water_fock):
         params, state, _ = step(params, state)
     mae = float(jnp.abs(predict_hamiltonian(params, batch) - target).mean())
     print(f"Adam {steps} steps: MAE {mae0:.2e} -> {mae:.2e} Eh in {time.perf_counter() - t0:.1f} s")
-    assert mae < mae0 / 20
+    assert mae < mae0 / 50
