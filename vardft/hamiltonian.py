@@ -92,6 +92,8 @@ class BlockLayout:
         nc: side of a canonical block, ``sum(counts[l] * (2l + 1))``.
         element_slots: per element, (nao_e,) int slot of each of its AOs (PySCF order).
         irreps: e3nn irreps string of a block (dimension ``nc**2``), sorted by (L, parity).
+        groups: per shell-pair type ``(l1, l2)``: index maps and the orthogonal
+            Clebsch–Gordan matrix (PySCF orientation) between block entries and irreps.
         lmax: largest ``l`` of the basis over the elements; blocks need ``L <= 2 lmax``.
     """
 
