@@ -63,6 +63,8 @@ class TrainConfig:
         warmup_steps: linear warm-up length.
         final_lr_fraction: learning rate at the last step / peak.
         weight_decay: AdamW decoupled weight decay.
+        adam_eps: Adam's ε. Gradients of μEh-level errors are far below optax's
+            default 1e-8, which then stalls training (measured on a water Fock fit).
         grad_clip: global gradient-norm clip.
         loss: weights of the loss terms.
         baseline: "minao" (H = F[P_minao] + ΔH) or "none" (H = ΔH).
@@ -77,14 +79,15 @@ class TrainConfig:
 
     xc: str = "pbe"
     basis: str = "def2-svp"
-    preset: str = "S"
+    preset: str = "L"
     model_overrides: tuple = ()
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 8
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     final_lr_fraction: float = 0.01
     weight_decay: float = 0.0
+    adam_eps: float = 1e-16
     grad_clip: float = 10.0
     loss: LossWeights = LossWeights()
     baseline: str = "minao"
@@ -220,7 +223,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(schedule, weight_decay=config.weight_decay),
+        optax.adamw(schedule, eps=config.adam_eps, weight_decay=config.weight_decay),
     )
 
 
@@ -284,7 +287,7 @@ def _optimizer_key(config: TrainConfig) -> TrainConfig:
     d = TrainConfig()
     return dataclasses.replace(
         d, steps=config.steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
-        final_lr_fraction=config.final_lr_fraction, weight_decay=config.weight_decay,
+        final_lr_fraction=config.final_lr_fraction, weight_decay=config.weight_decay, adam_eps=config.adam_eps,
         grad_clip=config.grad_clip, loss=config.loss, output_scale=config.output_scale,
     )
 
