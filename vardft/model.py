@@ -383,7 +383,8 @@ class _BlockReadout(nn.Module):
 
 # ------------------------------------------------------------------ model
 class HamiltonianModel(nn.Module):
-    """Species and positions → H, (B, N, N) float64 Hartree in PySCF AO order.
+    """Species and positions → H, (B, N, N) float64 Hartree in PySCF AO order
+    (crystals: real-space blocks H(R), (B, nR, N, N), see :class:`vardft.hamiltonian.Batch`).
 
     Call with a :class:`vardft.hamiltonian.Batch` prepared for the same config:
     ``HamiltonianModel(cfg).apply(params, batch)`` (or
@@ -421,8 +422,8 @@ class HamiltonianModel(nn.Module):
         envelope = e3nn.poly_envelope(*ENVELOPE_DERIVATIVES, cutoff)(r) * edge_mask
         radial = e3nn.bessel(r, cfg.num_radial, cutoff) * envelope[:, None]
         sh = e3nn.spherical_harmonics(
-            e3nn.Irreps.spherical_harmonics(lmax_out), vec, normalize=True, normalization="component"
-        ).array  # (E, (lmax_out + 1)^2), e3nn basis
+            e3nn.Irreps.spherical_harmonics(max(lmax_out, cfg.lmax_hidden)), vec, normalize=True, normalization="component"
+        ).array  # (E, (max(lmax_out, lmax_hidden) + 1)^2), e3nn basis; hidden layers may exceed 2·lmax(basis)
 
         def sh_product(layout_in, lmax, layout_out, x, name):
             """x ⊗ Y(r̂), weighted per channel and harmonic degree by a radial MLP."""
@@ -473,7 +474,9 @@ class HamiltonianModel(nn.Module):
         off = irreps_to_block(o * envelope[:, None], layout).reshape(b, e, layout.nc, layout.nc)
 
         # ---- 5. AO matrix
-        return assemble(diag, off, jnp.asarray(batch.ao_gather)).astype(jnp.float64)
+        # crystals: H(R) per lattice shift, (B, nR, N, N), H(−R) = H(R)^T
+        shift_inverse = None if batch.shift_inverse is None else jnp.asarray(batch.shift_inverse)
+        return assemble(diag, off, jnp.asarray(batch.ao_gather), shift_inverse).astype(jnp.float64)
 
 
 def _dummy_batch(config: ModelConfig) -> Batch:

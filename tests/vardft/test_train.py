@@ -128,3 +128,22 @@ def test_cli_errors_for_runs(tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
     assert main(["train", "no-such-dataset", "--out", str(tmp_path / "r")]) == 2
     assert "no such file or built-in dataset" in capsys.readouterr().err
+
+
+def test_cli_train_zero_steps_writes_a_usable_untrained_model(tmp_path, capsys):
+    run_dir = str(tmp_path / "untrained")
+    args = ["train", "water", "--out", run_dir, "--steps", "0", "--basis", BASIS, "--preset", "L",
+            "--n-train", "2", "--cache", "none", "--quiet"]
+    assert main(args) == 0
+    assert sorted(os.listdir(run_dir)) == ["checkpoint.msgpack", "config.json"]
+    model = load(run_dir)
+    assert model.step == 0 and model.basis == BASIS and model.xc == "pbe"
+    pred = model.predict(water_molecule())
+    assert pred.hamiltonian.shape == (7, 7) and np.isfinite(pred.energy)
+    np.testing.assert_allclose(pred.hamiltonian, pred.hamiltonian.T, atol=1e-14)
+
+
+def water_molecule():
+    from basis.system import System
+
+    return System(("O", "H", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 0.96], [0.93, 0.0, -0.24]])
