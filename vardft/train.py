@@ -81,7 +81,7 @@ class TrainConfig:
     basis: str = "def2-svp"
     preset: str = "L"
     model_overrides: tuple = ()
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 8
     learning_rate: float = 3e-3
     warmup_steps: int = 50
