@@ -147,3 +147,20 @@ def water_molecule():
     from basis.system import System
 
     return System(("O", "H", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 0.96], [0.93, 0.0, -0.24]])
+
+
+def test_initial_guess_seeds_pyscf(trained, water):
+    from vardft import initial_guess
+
+    run_dir, _ = trained
+    system = water.validation[1]
+    mol = system.to_mole(BASIS)
+    dm0 = initial_guess(run_dir, mol)
+    assert dm0.shape == (mol.nao, mol.nao)
+    assert abs(np.trace(dm0 @ mol.intor("int1e_ovlp")) - mol.nelectron) < 1e-8
+    mf = dft.RKS(mol, xc="pbe").density_fit()
+    mf.verbose = 0
+    e_seeded = mf.kernel(dm0=dm0)
+    reference = dft.RKS(mol, xc="pbe").density_fit()
+    reference.verbose = 0
+    assert mf.converged and abs(e_seeded - reference.kernel()) < 1e-7
