@@ -15,9 +15,18 @@ and :func:`block_to_irreps` are exact inverses (an orthogonal map).
 :func:`prepare_batch` pads molecules into fixed-shape buckets and precomputes,
 in numpy, the edge list and the gather index that places block entries into
 the AO matrix, so the jitted assembly has no Python loop over atoms or pairs
-and one compiled function serves every molecule in a bucket. Edges carry a
-lattice-shift vector (zero for molecules) so that periodic H(R) blocks can use
-the same machinery later.
+and one compiled function serves every molecule in a bucket.
+
+Crystals (a :class:`~basis.system.System` with a cell) use the same model on a
+*periodic graph*: edges ``(i, j, R)`` join atom ``i`` of the home cell to atom
+``j`` of the cell shifted by the integer lattice vector ``R`` within the
+cutoff (also ``i = j`` for ``R != 0``), each with its Cartesian shift
+``edge_shift = R · lattice`` (Bohr). The output is then the real-space
+Hamiltonian ``H(R)`` (B, nR, N, N) for every ``R`` that has an edge (``R = 0``
+first; :attr:`Batch.lattice_shift`), symmetrised as
+``H(R) = (M(R) + M(−R)ᵀ) / 2`` so that ``H(−R) = H(R)ᵀ`` exactly;
+:func:`bloch_sum_batch` gives ``H(k) = Σ_R e^{ik·T_R} H(R)`` (PySCF's
+convention, :mod:`solvers.bands`).
 
 Example:
     >>> import jax
@@ -60,6 +69,8 @@ __all__ = [
     "assemble",
     "predict_hamiltonian",
     "unpad",
+    "unpad_real_space",
+    "bloch_sum_batch",
     "BOHR_ANGSTROM",
 ]
 
@@ -300,6 +311,14 @@ class Batch:
         ao_mask: (B, N) bool, real AOs (they come first, in PySCF order).
         nao: (B,) int32 real AOs per molecule.
         config: the model's :class:`vardft.model.ModelConfig` (static).
+
+    Crystals only (``None`` for molecules); ``nR`` lattice-vector slots:
+        lattice_shift: (B, nR, 3) int32 integer shift ``R`` of each output block
+            ``H(R)``; ``R = 0`` in slot 0; padding slots zero.
+        shift_inverse: (B, nR) int32 slot of ``−R`` (padding slots: themselves).
+        shift_mask: (B, nR) bool, real slots.
+        lattice: (B, 3, 3) float, lattice vectors as rows, Bohr.
+        For crystals ``ao_gather`` is (B, nR*N*N), one ``N x N`` matrix ``M(R)`` per slot.
     """
 
     species: Any
@@ -312,10 +331,19 @@ class Batch:
     ao_mask: Any
     nao: Any
     config: Any = flax.struct.field(pytree_node=False)
+    lattice_shift: Any = None
+    shift_inverse: Any = None
+    shift_mask: Any = None
+    lattice: Any = None
+
+    @property
+    def is_periodic(self) -> bool:
+        """True for a batch of crystals (output H(R), (B, nR, N, N))."""
+        return self.shift_inverse is not None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        """(B, A, E, N) padded sizes."""
+        """(B, A, E, N) padded sizes (crystals: see also ``shift_mask.shape[1]`` = nR)."""
         b, a = self.species.shape
         return b, a, self.edge_index.shape[1], self.ao_mask.shape[1]
 
@@ -340,10 +368,15 @@ def bucket_size(n: int, minimum: int = 1) -> int:
     return int(math.ceil(n / step) * step)
 
 
+def _ao_map(species, layout: BlockLayout):
+    nao_atom = layout.element_nao[species]
+    ao_atom = np.repeat(np.arange(len(species)), nao_atom)
+    ao_slot = np.concatenate([layout.element_slots[s] for s in species])
+    return ao_atom, ao_slot
+
+
 def _molecule_indices(system: System, layout: BlockLayout, cutoff_bohr: float):
     """Per-molecule edges and AO gather (unpadded), all numpy."""
-    if system.is_periodic:
-        raise NotImplementedError("crystals are not supported yet; edges carry a zero lattice shift")
     species = layout.species_index(system.symbols)
     pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
     natom = len(species)
@@ -351,10 +384,129 @@ def _molecule_indices(system: System, layout: BlockLayout, cutoff_bohr: float):
     within = (dist < cutoff_bohr) & ~np.eye(natom, dtype=bool)
     ei, ej = np.nonzero(within)
     edges = np.stack([ei, ej], axis=1).astype(np.int32)
-    nao_atom = layout.element_nao[species]
-    ao_atom = np.repeat(np.arange(natom), nao_atom)
-    ao_slot = np.concatenate([layout.element_slots[s] for s in species])
+    ao_atom, ao_slot = _ao_map(species, layout)
     return species, pos, edges, ao_atom, ao_slot
+
+
+@dataclasses.dataclass(frozen=True)
+class _CrystalGraph:
+    """Periodic graph of one crystal (numpy, unpadded)."""
+
+    species: np.ndarray  # (natom,)
+    positions: np.ndarray  # (natom, 3) Bohr
+    lattice: np.ndarray  # (3, 3) Bohr, rows
+    edges: np.ndarray  # (E, 2) int32 (i, j)
+    edge_slot: np.ndarray  # (E,) slot of the edge's lattice shift in ``shifts``
+    shifts: np.ndarray  # (nR, 3) int, zero first
+    inverse: np.ndarray  # (nR,) slot of −R
+    ao_atom: np.ndarray
+    ao_slot: np.ndarray
+
+
+def _crystal_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> _CrystalGraph:
+    """Edges (i, j, R) with |x_j + R·lattice − x_i| < cutoff, except (i, i, 0)."""
+    species = layout.species_index(system.symbols)
+    pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
+    lattice = np.asarray(system.cell, dtype=np.float64) / BOHR_ANGSTROM
+    natom = len(species)
+    # |n_a| ≤ (cutoff + largest |x_j − x_i|) / (spacing of the lattice planes a)
+    spread = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1).max()
+    recip = np.linalg.inv(lattice).T  # rows b_a / 2π; plane spacing 1 / |b_a / 2π|
+    nmax = np.ceil((cutoff_bohr + spread) * np.linalg.norm(recip, axis=1)).astype(np.int64)
+    axes = [np.arange(-m, m + 1) for m in nmax]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    vec = pos[None, :, None, :] + (grid @ lattice)[None, None, :, :] - pos[:, None, None, :]  # (i, j, n, 3)
+    within = np.linalg.norm(vec, axis=-1) < cutoff_bohr
+    zero = int(np.flatnonzero((grid == 0).all(axis=1))[0])
+    within[np.arange(natom), np.arange(natom), zero] = False
+    ei, ej, en = np.nonzero(within)
+    used = np.union1d(en, [zero])
+    # order the shifts: zero first, then by |n|_1, then lexicographically (deterministic)
+    keys = [tuple(grid[u]) for u in used]
+    order = sorted(range(len(used)), key=lambda q: (sum(abs(v) for v in keys[q]), keys[q]))
+    used = used[order]
+    shifts = grid[used]
+    slot_of = np.full(len(grid), -1, np.int64)
+    slot_of[used] = np.arange(len(used))
+    lookup = {tuple(n): q for q, n in enumerate(shifts)}
+    inverse = np.array([lookup[tuple(-n)] for n in shifts], dtype=np.int64)
+    edges = np.stack([ei, ej], axis=1).astype(np.int32)
+    ao_atom, ao_slot = _ao_map(species, layout)
+    return _CrystalGraph(species, pos, lattice, edges, slot_of[en], shifts, inverse, ao_atom, ao_slot)
+
+
+def _prepare_crystals(systems, config, layout, batch_size, pad_to) -> Batch:
+    nc2 = layout.nc * layout.nc
+    graphs = [_crystal_graph(s, layout, config.cutoff / BOHR_ANGSTROM) for s in systems]
+    need = (
+        max(len(g.species) for g in graphs),
+        max(len(g.edges) for g in graphs),
+        max(len(g.ao_atom) for g in graphs),
+        max(len(g.shifts) for g in graphs),
+    )
+    if pad_to is None:
+        pad_to = tuple(bucket_size(v) for v in need)
+    if len(pad_to) == 3:
+        pad_to = tuple(pad_to) + (bucket_size(need[3]),)
+    a_max, e_max, n_max, r_max = (int(v) for v in pad_to)
+    if any(p < q for p, q in zip((a_max, e_max, n_max, r_max), need)):
+        raise ValueError(f"pad_to={pad_to} is smaller than needed {need} (atoms, edges, aos, shifts)")
+    b = len(systems) if batch_size is None else int(batch_size)
+    if b < len(systems):
+        raise ValueError(f"batch_size={b} < {len(systems)} systems")
+
+    species = np.zeros((b, a_max), np.int32)
+    positions = np.zeros((b, a_max, 3), np.float64)
+    atom_mask = np.zeros((b, a_max), bool)
+    edge_index = np.zeros((b, e_max, 2), np.int32)
+    edge_shift = np.zeros((b, e_max, 3), np.float64)
+    edge_mask = np.zeros((b, e_max), bool)
+    zero = (a_max + e_max) * nc2
+    ao_gather = np.full((b, r_max, n_max, n_max), zero, np.int64)
+    ao_mask = np.zeros((b, n_max), bool)
+    nao = np.zeros((b,), np.int32)
+    lattice_shift = np.zeros((b, r_max, 3), np.int32)
+    shift_inverse = np.tile(np.arange(r_max, dtype=np.int32), (b, 1))
+    shift_mask = np.zeros((b, r_max), bool)
+    lattice = np.tile(np.eye(3), (b, 1, 1))
+    for k, g in enumerate(graphs):
+        natom, nedge, n, nr = len(g.species), len(g.edges), len(g.ao_atom), len(g.shifts)
+        species[k, :natom] = g.species
+        positions[k, :natom] = g.positions
+        atom_mask[k, :natom] = True
+        edge_index[k, :nedge] = g.edges
+        edge_shift[k, :nedge] = g.shifts[g.edge_slot] @ g.lattice
+        edge_mask[k, :nedge] = True
+        ao_mask[k, :n] = True
+        nao[k] = n
+        lattice_shift[k, :nr] = g.shifts
+        shift_inverse[k, :nr] = g.inverse
+        shift_mask[k, :nr] = True
+        lattice[k] = g.lattice
+        block_of = np.full((nr, natom, natom), -1, np.int64)
+        block_of[0, np.arange(natom), np.arange(natom)] = np.arange(natom)
+        block_of[g.edge_slot, g.edges[:, 0], g.edges[:, 1]] = a_max + np.arange(nedge)
+        blk = block_of[:, g.ao_atom[:, None], g.ao_atom[None, :]]
+        idx = blk * nc2 + g.ao_slot[None, :, None] * layout.nc + g.ao_slot[None, None, :]
+        ao_gather[k, :nr, :n, :n] = np.where(blk >= 0, idx, zero)
+    if zero + 1 >= 2**31:
+        raise ValueError("batch too large for int32 gather indices")
+    return Batch(
+        species=species,
+        positions=positions,
+        atom_mask=atom_mask,
+        edge_index=edge_index,
+        edge_shift=edge_shift,
+        edge_mask=edge_mask,
+        ao_gather=ao_gather.reshape(b, -1).astype(np.int32),
+        ao_mask=ao_mask,
+        nao=nao,
+        config=config,
+        lattice_shift=lattice_shift,
+        shift_inverse=shift_inverse,
+        shift_mask=shift_mask,
+        lattice=lattice,
+    )
 
 
 def prepare_batch(
@@ -362,17 +514,21 @@ def prepare_batch(
     config,
     *,
     batch_size: int | None = None,
-    pad_to: tuple[int, int, int] | None = None,
+    pad_to: tuple[int, ...] | None = None,
 ) -> Batch:
-    """Pad molecules into one fixed-shape :class:`Batch` (numpy; call outside jit).
+    """Pad molecules (or crystals) into one fixed-shape :class:`Batch` (numpy; call outside jit).
 
     Args:
         systems: molecules (:class:`basis.system.System`, positions in Å).
         config: :class:`vardft.model.ModelConfig` (basis, elements, cutoff in Å).
         batch_size: pad the batch to this many molecules (default: ``len(systems)``);
             padding molecules have no atoms and give an all-zero H.
-        pad_to: ``(atoms, edges, aos)`` slot counts; default: the bucket sizes
+        pad_to: ``(atoms, edges, aos)`` slot counts, for crystals optionally
+            ``(atoms, edges, aos, shifts)``; default: the bucket sizes
             (:func:`bucket_size`) of the largest molecule.
+
+    Crystals (systems with a cell, all of them or none) give a periodic batch
+    whose model output is H(R), (B, nR, N, N); see :class:`Batch`.
 
     Returns:
         :class:`Batch` with positions in Bohr.
@@ -385,6 +541,11 @@ def prepare_batch(
     if not systems:
         raise ValueError("prepare_batch needs at least one system")
     layout = block_layout(config.basis, tuple(config.elements))
+    periodic = {s.is_periodic for s in systems}
+    if len(periodic) > 1:
+        raise ValueError("a batch holds either molecules or crystals, not both")
+    if periodic.pop():
+        return _prepare_crystals(systems, config, layout, batch_size, pad_to)
     nc2 = layout.nc * layout.nc
     cutoff_bohr = config.cutoff / BOHR_ANGSTROM
     mols = [_molecule_indices(s, layout, cutoff_bohr) for s in systems]
@@ -443,19 +604,31 @@ def prepare_batch(
     )
 
 
-def assemble(diag_blocks, edge_blocks, ao_gather):
+def assemble(diag_blocks, edge_blocks, ao_gather, shift_inverse=None):
     """Place blocks into symmetric AO matrices (jit-able, differentiable).
 
     Args:
         diag_blocks: (B, A, nc, nc) one block per atom slot.
         edge_blocks: (B, E, nc, nc) block ``H_ij`` for each edge ``(i, j)``.
-        ao_gather: (B, N*N) int indices from :func:`prepare_batch`.
+        ao_gather: (B, N*N) int indices from :func:`prepare_batch`;
+            for crystals (B, nR*N*N).
+        shift_inverse: ``None`` (molecules) or (B, nR) slot of ``−R`` for each ``R``.
 
     Returns:
         (B, N, N) ``(M + M^T) / 2`` of the gathered matrix ``M``; AOs without a
-        block (padding, pairs beyond the cutoff) are exactly zero.
+        block (padding, pairs beyond the cutoff) are exactly zero. Crystals:
+        (B, nR, N, N) ``H(R) = (M(R) + M(−R)^T) / 2``.
     """
     b, n2 = ao_gather.shape
+    if shift_inverse is not None:
+        nr = shift_inverse.shape[1]
+        n = int(round(math.sqrt(n2 // nr)))
+        flat = jnp.concatenate(
+            [diag_blocks.reshape(b, -1), edge_blocks.reshape(b, -1), jnp.zeros((b, 1), diag_blocks.dtype)], axis=1
+        )
+        m = jnp.take_along_axis(flat, ao_gather, axis=1).reshape(b, nr, n, n)
+        m_neg = jnp.take_along_axis(m, jnp.asarray(shift_inverse)[:, :, None, None], axis=1)
+        return 0.5 * (m + jnp.swapaxes(m_neg, 2, 3))
     n = int(round(math.sqrt(n2)))
     flat = jnp.concatenate(
         [
@@ -480,6 +653,8 @@ def predict_hamiltonian(params, batch: Batch):
     Returns:
         (B, N, N) Kohn–Sham matrices in Hartree, PySCF AO order, padded AOs
         zero. Differentiable w.r.t. ``params`` and ``batch.positions``.
+        For crystals: real-space blocks H(R), (B, nR, N, N), for the shifts
+        ``batch.lattice_shift`` (padding slots zero).
     """
     from vardft.model import HamiltonianModel
 
@@ -490,3 +665,34 @@ def unpad(H, batch: Batch, index: int) -> np.ndarray:
     """(nao, nao) numpy H of molecule ``index`` of a batch, PySCF AO order."""
     n = int(np.asarray(batch.nao)[index])
     return np.asarray(H[index, :n, :n])
+
+
+def unpad_real_space(H, batch: Batch, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """H(R) of crystal ``index`` of a periodic batch, numpy.
+
+    Returns:
+        ``(H_R (nR, nao, nao), shifts (nR, 3) int)``; ``R = 0`` first; the
+        Cartesian translations are ``shifts @ lattice``.
+    """
+    n = int(np.asarray(batch.nao)[index])
+    nr = int(np.asarray(batch.shift_mask)[index].sum())
+    return np.asarray(H[index, :nr, :n, :n]), np.asarray(batch.lattice_shift)[index, :nr].astype(np.int64)
+
+
+def bloch_sum_batch(H_R, batch: Batch, kpts):
+    """H(k) = Σ_R e^{ik·T_R} H(R) for every crystal of a periodic batch (jit-able).
+
+    Args:
+        H_R: (B, nR, N, N) real-space blocks (the model's output).
+        batch: the periodic :class:`Batch` they belong to.
+        kpts: (B, nk, 3) or (nk, 3) Cartesian k-points, 1/Bohr.
+
+    Returns:
+        (B, nk, N, N) complex128, Hermitian; padding slots contribute nothing.
+    """
+    T = jnp.einsum("brx,bxy->bry", jnp.asarray(batch.lattice_shift, jnp.float64), jnp.asarray(batch.lattice))
+    kpts = jnp.asarray(kpts, jnp.float64)
+    if kpts.ndim == 2:
+        kpts = jnp.broadcast_to(kpts, (T.shape[0],) + kpts.shape)
+    phase = jnp.exp(1j * jnp.einsum("bkx,brx->bkr", kpts, T)) * jnp.asarray(batch.shift_mask)[:, None, :]
+    return jnp.einsum("bkr,brij->bkij", phase, jnp.asarray(H_R).astype(jnp.complex128))
