@@ -48,9 +48,9 @@ def test_bands_scf_matches_pyscf_get_bands(tmp_path, capsys):
     assert plot.exists() and plot.stat().st_size > 10_000
 
 
-def test_model_not_available(capsys):
+def test_model_missing_run_dir(capsys):
     line = _one_line_error(capsys, ["bands", "si", "--model", "runs/none"])
-    assert "not available yet" in line
+    assert "runs/none" in line
 
 
 def test_no_cell(tmp_path, capsys):

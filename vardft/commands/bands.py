@@ -5,7 +5,10 @@ FFT density fitting), takes the Kohn–Sham potential of the converged density
 to every k-point on the path and diagonalises F(k) there, as PySCF's
 ``mf.get_bands`` does. ``--compare-pyscf`` runs PySCF's own SCF and
 ``get_bands`` on the same path and reports the largest difference.
-``--model RUN_DIR`` (bands from a trained model) is not available yet.
+``--model RUN_DIR`` takes a crystal model trained by :mod:`vardft.train_crystal`:
+its real-space H(R) is Bloch-summed to every k on the path and solved with S(k)
+from PySCF (``--xc``, ``--basis``, ``--pseudo`` and ``--kmesh`` then come from the
+model's run directory).
 
 Example:
     vardft bands si --scf --xc pbe --basis gth-szv --kmesh 3 3 3 --path GXWKGL --plot bands.png
@@ -23,7 +26,7 @@ import numpy as np
 HARTREE_TO_EV = 27.211386245988
 """CODATA 2018, PySCF's ``pyscf.data.nist.HARTREE2EV``."""
 
-BAND_CHUNK_BYTES = 256 * 2**20
+BAND_CHUNK_BYTES = 512 * 2**20
 """Bloch AO memory per chunk of path k-points."""
 
 PYSCF_CONV_TOL = 1e-10
@@ -35,15 +38,15 @@ def register(subparsers) -> None:
         "bands",
         help="band structure of a crystal along a high-symmetry path",
         description=(
-            "Band structure of a crystal: from vardft's JAX k-point SCF (--scf) or, later, "
-            "a trained model (--model). INPUT is a CIF/POSCAR/extxyz-with-cell file or a "
+            "Band structure of a crystal: from vardft's JAX k-point SCF (--scf) or "
+            "a trained crystal model (--model). INPUT is a CIF/POSCAR/extxyz-with-cell file or a "
             "built-in crystal: si, diamond, hbn."
         ),
     )
     p.add_argument("input", metavar="INPUT", help="structure file with a cell, or si | diamond | hbn")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--scf", action="store_true", help="bands from vardft's JAX k-point SCF")
-    source.add_argument("--model", metavar="RUN_DIR", help="bands from a trained model (not available yet)")
+    source.add_argument("--model", metavar="RUN_DIR", help="bands from a crystal model trained by vardft (its xc, basis, pseudo)")
     p.add_argument("--xc", default="pbe", help="LDA or GGA functional, PySCF names (default pbe)")
     p.add_argument("--basis", default="gth-szv", help="GTH basis (default gth-szv)")
     p.add_argument("--pseudo", default=None, help="GTH pseudopotential (default: gth-pade for LDA, gth-pbe for PBE)")
@@ -82,12 +85,12 @@ def scf_band_structure(
     """
     from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path
     from basis.pbc_integrals import (
+        band_integral_chunks,
         bloch_ao_nbytes,
-        build_band_integrals,
         make_periodic_mean_field,
         periodic_integrals_from_mean_field,
     )
-    from solvers.bands import band_structure, chunk_slices, padded_chunk
+    from solvers.bands import band_structure
     from solvers.periodic import run_periodic_scf
 
     npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
@@ -105,11 +108,8 @@ def scf_band_structure(
     t0 = time.perf_counter()
     kpts_path = absolute_kpts(cell, bp.kpts_frac)
     per_k = bloch_ao_nbytes(1, ints.ngrid, ints.nao, ints.functional)
-    size = int(max(1, min(len(kpts_path), BAND_CHUNK_BYTES // per_k)))
-    slices = chunk_slices(len(kpts_path), size)
-    chunks = (build_band_integrals(cell, padded_chunk(kpts_path, sl, size), ints.functional) for sl in slices)
-    padded = band_structure(result.dm, ints, chunks)
-    bands = np.concatenate([padded[i * size : i * size + (sl.stop - sl.start)] for i, sl in enumerate(slices)])
+    size = int(max(1, BAND_CHUNK_BYTES // per_k))
+    bands = band_structure(result.dm, ints, band_integral_chunks(cell, kpts_path, ints.functional, size))
     timings["bands"] = time.perf_counter() - t0
 
     out = {
@@ -147,6 +147,80 @@ def scf_band_structure(
     return out
 
 
+def model_band_structure(
+    system,
+    run_dir: str,
+    path: str | None = None,
+    npoints: int | None = None,
+    compare_pyscf: bool = False,
+) -> dict:
+    """Band structure of ``system`` from the crystal model in ``run_dir``; the keys of
+    :func:`scf_band_structure` (``energy_eh``, ``converged``, ``n_iter`` only with
+    ``compare_pyscf``, from PySCF). ``fermi_ev`` is the highest occupied band on the path.
+
+    Raises:
+        CheckpointError: no run directory or not a crystal model; InputError subclasses
+        for bad crystals or paths, or elements the model does not know.
+    """
+    from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path, default_pseudo, to_cell
+    from vardft.train_crystal import load_crystal_model, predict_bands
+
+    npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
+    timings = {}
+    t0 = time.perf_counter()
+    params, model_cfg, cfg = load_crystal_model(run_dir)
+    pseudo = cfg.pseudo or default_pseudo(cfg.xc)
+    bp = band_path(system, path, npoints)
+    cell = to_cell(system, basis=cfg.basis, pseudo=pseudo)
+    kpts_path = absolute_kpts(cell, bp.kpts_frac)
+    overlap = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts_path))
+    timings["integrals"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bands = predict_bands(params, model_cfg, system, kpts_path, cfg.output_scale, overlap)
+    timings["model"] = time.perf_counter() - t0
+    n_electrons = int(cell.nelectron)
+    nocc = n_electrons // 2
+    out = {
+        "formula": system.formula,
+        "xc": cfg.xc,
+        "basis": cfg.basis,
+        "pseudo": pseudo,
+        "kmesh": list(cfg.kmesh),
+        "path": bp.path,
+        "labels": [{"label": lab, "index": int(i)} for lab, i in zip(bp.labels, bp.label_indices)],
+        "kpoints_frac": bp.kpts_frac.tolist(),
+        "x": bp.x.tolist(),
+        "bands_ev": (bands * HARTREE_TO_EV).tolist(),
+        "fermi_ev": float(bands[:, nocc - 1].max()) * HARTREE_TO_EV,
+        "n_electrons": n_electrons,
+        "model": run_dir,
+    }
+    if compare_pyscf:
+        from basis.pbc_integrals import make_periodic_mean_field
+
+        t0 = time.perf_counter()
+        mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh)
+        mf.conv_tol = PYSCF_CONV_TOL
+        mf.kernel()
+        ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)
+        timings["pyscf"] = time.perf_counter() - t0
+        nb = min(bands.shape[1], nocc + 4)
+        out["energy_eh"] = float(mf.e_tot)
+        out["converged"] = bool(mf.converged)
+        out["n_iter"] = int(getattr(mf, "cycles", -1) or -1)
+        out["pyscf"] = {
+            "bands_ev": (ref_bands * HARTREE_TO_EV).tolist(),
+            "fermi_ev": float(mf.get_fermi()) * HARTREE_TO_EV,
+            "energy_eh": float(mf.e_tot),
+            "converged": bool(mf.converged),
+            "max_abs_band_diff_mev": float(np.abs(ref_bands - bands).max() * HARTREE_TO_EV * 1e3),
+            "band_mae_mev": float(np.abs(ref_bands[:, :nb] - bands[:, :nb]).mean() * HARTREE_TO_EV * 1e3),
+            "energy_diff_eh": 0.0,
+        }
+    out["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
+    return out
+
+
 def _pretty(label: str) -> str:
     return "Γ" if label == "G" else label
 
@@ -167,7 +241,7 @@ def plot_bands(data: dict, filename: str) -> None:
     fermi = data["fermi_ev"]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.plot(x, bands, color="tab:blue", lw=1.4)
-    ax.plot([], [], color="tab:blue", lw=1.4, label="vardft (JAX SCF)")
+    ax.plot([], [], color="tab:blue", lw=1.4, label="vardft (model)" if "model" in data else "vardft (JAX SCF)")
     if "pyscf" in data:
         ref = np.asarray(data["pyscf"]["bands_ev"])
         ax.plot(x, ref, ls="none", marker="o", ms=2.5, color="tab:orange")
@@ -211,8 +285,15 @@ def _summary(data: dict, plot: str | None) -> str:
     lines = [
         f"{data['formula']}  {data['xc']} / {data['basis']} / {data['pseudo']}  "
         f"k-mesh {'x'.join(str(k) for k in data['kmesh'])}",
+    ]
+    if "model" in data:
+        lines.append(f"model           {data['model']}")
+    if "energy_eh" in data:
+        lines.append(
         f"SCF energy      {data['energy_eh']:.10f} Eh per cell "
-        f"({'converged' if data['converged'] else 'NOT converged'} in {data['n_iter']} cycles)",
+        f"({'converged' if data['converged'] else 'NOT converged'} in {data['n_iter']} cycles)"
+        + (" (PySCF)" if "model" in data else ""))
+    lines += [
         f"Fermi level     {data['fermi_ev']:.4f} eV (highest occupied state)",
     ]
     gap = _gap(data)
@@ -224,7 +305,8 @@ def _summary(data: dict, plot: str | None) -> str:
         ref = data["pyscf"]
         lines.append(
             f"vs PySCF        max |Δε| = {ref['max_abs_band_diff_mev']:.2e} meV, "
-            f"ΔE = {ref['energy_diff_eh']:.2e} Eh per cell"
+            + (f"MAE (valence + 4 conduction) {ref['band_mae_mev']:.1f} meV" if "band_mae_mev" in ref
+               else f"ΔE = {ref['energy_diff_eh']:.2e} Eh per cell")
         )
     if plot:
         lines.append(f"plot            {plot}")
@@ -237,19 +319,21 @@ def run(args: argparse.Namespace) -> int:
     from basis.crystal import read_crystal
     from basis.errors import InputError
 
-    if args.model is not None:
-        raise InputError("--model: band structures from a trained model are not available yet; use --scf")
     system = read_crystal(args.input)
-    data = scf_band_structure(
-        system,
-        xc=args.xc,
-        basis=args.basis,
-        pseudo=args.pseudo,
-        kmesh=args.kmesh,
-        path=args.path,
-        npoints=args.npoints,
-        compare_pyscf=args.compare_pyscf,
-    )
+    if args.model is not None:
+        data = model_band_structure(system, args.model, path=args.path, npoints=args.npoints,
+                                    compare_pyscf=args.compare_pyscf)
+    else:
+        data = scf_band_structure(
+            system,
+            xc=args.xc,
+            basis=args.basis,
+            pseudo=args.pseudo,
+            kmesh=args.kmesh,
+            path=args.path,
+            npoints=args.npoints,
+            compare_pyscf=args.compare_pyscf,
+        )
     if args.plot:
         try:
             plot_bands(data, args.plot)

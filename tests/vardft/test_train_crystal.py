@@ -1,0 +1,87 @@
+"""Label-free training on crystals: complex density with safe gradients, a short run, bands --model."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from basis.crystal import read_crystal
+from basis.pbc_integrals import build_periodic_integrals
+from vardft.cli import main
+from vardft.train_crystal import (
+    CrystalTrainConfig,
+    crystal_dataset,
+    hermitian_density,
+    load_crystal_model,
+    train_crystal,
+    _real_orthogonalizers,
+)
+
+DENSITY_TOL = 1e-10
+FD_STEP = 1e-6
+FD_RTOL = 1e-5
+SMALL_MESH = (9, 9, 9)
+CONFIG = CrystalTrainConfig(xc="lda,vwn", mesh=SMALL_MESH, steps=4, learning_rate=1e-2)
+
+
+@pytest.fixture(scope="module")
+def si_ints():
+    """Perfect Si: threefold-degenerate valence-band top at Γ."""
+    return build_periodic_integrals(read_crystal("si"), "lda,vwn", "gth-szv", None, (2, 2, 2), SMALL_MESH)
+
+
+def test_hermitian_density_matches_numpy_and_has_finite_gradients(si_ints):
+    ints = si_ints
+    H = np.asarray(ints.hcore)
+    S = np.asarray(ints.overlap)
+    X, mask = _real_orthogonalizers(S, ints.nao)
+    P, eps = hermitian_density(jnp.asarray(H), X, mask, ints.n_electrons)
+    nocc = ints.n_electrons // 2
+    for k in range(ints.nkpts):
+        e, C = scipy.linalg.eigh(H[k], S[k])
+        assert np.abs(np.asarray(eps[k]) - e).max() < DENSITY_TOL
+        ref = 2 * C[:, :nocc] @ C[:, :nocc].conj().T
+        assert np.abs(np.asarray(P[k]) - ref).max() < DENSITY_TOL
+    w = np.asarray(ints.kweights)
+    assert abs(np.sum(w * np.einsum("kij,kji->k", np.asarray(P), S).real) - ints.n_electrons) < DENSITY_TOL
+
+    # gradient of a real function of P(H) through the degenerate Γ point: finite, equal to FD
+    A = jnp.asarray(np.random.default_rng(0).normal(size=H.shape) + 1j * np.random.default_rng(1).normal(size=H.shape))
+    A = A + jnp.conj(jnp.swapaxes(A, 1, 2))
+
+    def f(h):
+        p, _ = hermitian_density(h, X, mask, ints.n_electrons)
+        return jnp.sum(jnp.einsum("kij,kji->k", p, A).real)
+
+    g = jax.grad(f)(jnp.asarray(H))
+    assert np.all(np.isfinite(np.asarray(g)))
+    d = np.random.default_rng(2).normal(size=H.shape) + 1j * np.random.default_rng(3).normal(size=H.shape)
+    d = jnp.asarray(d + np.conj(np.swapaxes(d, 1, 2)))
+    fd = (f(jnp.asarray(H) + FD_STEP * d) - f(jnp.asarray(H) - FD_STEP * d)) / (2 * FD_STEP)
+    analytic = jnp.sum(jnp.real(g * d))  # jax.grad of real f(z): ∂f/∂Re z − i ∂f/∂Im z
+    assert abs(float(analytic) - float(fd)) < FD_RTOL * abs(float(fd))
+
+
+def test_crystal_dataset_is_deterministic():
+    a, b = crystal_dataset("si", 2, seed=3), crystal_dataset("si", 2, seed=3)
+    assert np.array_equal(a[1].positions, b[1].positions) and np.array_equal(a[1].cell, b[1].cell)
+    assert not np.array_equal(a[0].cell, a[1].cell)
+
+
+def test_training_lowers_the_energy_and_bands_from_the_model(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    result = train_crystal(crystal_dataset("si", 2, seed=0), CONFIG, run_dir=run_dir)
+    energies = [h["energy"] for h in result.history]
+    assert all(np.isfinite(energies))
+    assert energies[-1] < energies[0]
+    params, model_cfg, cfg = load_crystal_model(run_dir)
+    assert cfg == CONFIG and model_cfg == result.model_config
+    assert main(["bands", "si", "--model", run_dir, "--path", "GX", "--npoints", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    bands = np.asarray(data["bands_ev"])
+    assert bands.shape == (3, 8) and np.all(np.isfinite(bands))
+    assert (data["xc"], data["basis"], data["pseudo"]) == ("lda,vwn", "gth-szv", "gth-pade")
+    assert data["fermi_ev"] == pytest.approx(bands[:, 3].max())
