@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -293,6 +293,45 @@ def build_band_integrals(
 
 
 
+def band_integral_chunks(
+    cell,
+    kpts: np.ndarray,
+    functional: Functional | str,
+    chunk_size: int,
+    mesh: Sequence[int] | None = None,
+) -> Iterator[tuple[int, BandIntegrals]]:
+    """:class:`BandIntegrals` for consecutive pieces of a list of k-points.
+
+    S(k) and h(k) come from one PySCF call for all k-points (small); the Bloch
+    AOs, the large part, are evaluated one chunk at a time. Every chunk has
+    ``chunk_size`` k-points (the last padded by repeating its final point) so
+    that one compiled function serves them all.
+
+    Yields:
+        (n_valid, chunk): the first ``n_valid`` k-points of ``chunk`` are new.
+    """
+    from pyscf.pbc import dft as pbcdft
+
+    functional = check_periodic_functional(functional)
+    kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+    mesh = np.asarray(cell.mesh if mesh is None else mesh, dtype=int)
+    size = max(1, min(int(chunk_size), len(kpts)))
+    nk, nao = len(kpts), cell.nao_nr()
+    mf = pbcdft.KRKS(cell, kpts, xc=functional.name)
+    mf.with_df.mesh = mesh
+    overlap = np.asarray(mf.get_ovlp(cell, kpts), dtype=np.complex128).reshape(nk, nao, nao)
+    hcore = np.asarray(mf.get_hcore(cell, kpts), dtype=np.complex128).reshape(nk, nao, nao)
+    coords = np.asarray(cell.get_uniform_grids(mesh), dtype=np.float64)
+    for start in range(0, nk, size):
+        idx = np.minimum(np.arange(start, start + size), nk - 1)
+        yield min(size, nk - start), BandIntegrals(
+            overlap=jnp.asarray(overlap[idx]),
+            hcore=jnp.asarray(hcore[idx]),
+            ao=jnp.asarray(bloch_ao(cell, coords, kpts[idx], functional.ao_deriv)),
+            kpts=jnp.asarray(kpts[idx]),
+        )
+
+
 def lattice_shifts(cell, rcut: float | None = None) -> np.ndarray:
     """(nR, 3) integer cell shifts n of the translations T = n · lattice PySCF sums over.
 
@@ -340,6 +379,7 @@ __all__ = [
     "BandIntegrals",
     "PeriodicIntegrals",
     "bloch_ao",
+    "band_integral_chunks",
     "bloch_ao_nbytes",
     "build_band_integrals",
     "build_periodic_integrals",

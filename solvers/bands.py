@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from basis.pbc_integrals import BandIntegrals, PeriodicIntegrals
-from solvers.periodic import fock_at_kpoints, generalized_eigh
+from solvers.periodic import effective_potential, fock_at_kpoints, generalized_eigh, potential_matrices
 
 jax.config.update("jax_enable_x64", True)
 
@@ -88,35 +88,35 @@ def band_energies_at(P: jax.Array, ints: PeriodicIntegrals, band: BandIntegrals)
     return e
 
 
-def band_structure(P: jax.Array, ints: PeriodicIntegrals, chunks: Iterable[BandIntegrals]) -> np.ndarray:
+@jax.jit
+def _bands_in_potential(v: jax.Array, band: BandIntegrals) -> jax.Array:
+    F = band.hcore + potential_matrices(v, band.ao)
+    e, _ = generalized_eigh(F, band.overlap)
+    return e
+
+
+def band_structure(P: jax.Array, ints: PeriodicIntegrals, chunks: Iterable[tuple[int, BandIntegrals]]) -> np.ndarray:
     """Band energies along a path, one chunk of k-points at a time.
+
+    The Kohn–Sham potential of the SCF density is computed once
+    (:func:`solvers.periodic.effective_potential`); each chunk then needs only
+    its own h(k), S(k) and Bloch AOs.
 
     Args:
         P: (nk, nao, nao) converged density matrices at the SCF k-points.
         ints: the SCF's integrals.
-        chunks: :class:`~basis.pbc_integrals.BandIntegrals` for consecutive
-            pieces of the path (build them lazily to bound memory; equal sizes
-            reuse one compiled function).
+        chunks: (n_valid, :class:`~basis.pbc_integrals.BandIntegrals`) for
+            consecutive pieces of the path, e.g. from
+            :func:`basis.pbc_integrals.band_integral_chunks` (built lazily to
+            bound memory; equal sizes reuse one compiled function).
 
     Returns:
-        (npath, nmo) float64 band energies, Hartree, PySCF's absolute scale.
+        (npath, nmo) float64 band energies, Hartree, PySCF's absolute scale
+        (1e30 for directions removed as linearly dependent).
     """
-    out = [np.asarray(band_energies_at(P, ints, chunk)) for chunk in chunks]
+    v = jax.jit(effective_potential)(P, ints)
+    out = [np.asarray(_bands_in_potential(v, chunk))[:n] for n, chunk in chunks]
     return np.concatenate(out, axis=0)
-
-
-def chunk_slices(n: int, size: int) -> list[slice]:
-    """Consecutive slices of ``range(n)`` of at most ``size`` items."""
-    size = max(1, int(size))
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def padded_chunk(kpts: np.ndarray, sl: slice, size: int) -> np.ndarray:
-    """``kpts[sl]`` padded to ``size`` rows by repeating its last row (fixed shapes for jit)."""
-    part = np.asarray(kpts[sl])
-    if len(part) < size:
-        part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)], axis=0)
-    return part
 
 
 __all__ = [
@@ -124,8 +124,6 @@ __all__ = [
     "band_structure",
     "bloch_sum",
     "cell_translations",
-    "chunk_slices",
     "inverse_bloch_sum",
-    "padded_chunk",
     "supercell_shifts",
 ]

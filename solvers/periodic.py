@@ -176,12 +176,37 @@ def energy_and_fock(P: jax.Array, ints: PeriodicIntegrals) -> tuple[jax.Array, P
     return e, comps, _fock_from_grad(g, ints.kweights)
 
 
+def effective_potential(P: jax.Array, ints: PeriodicIntegrals) -> jax.Array:
+    """Kohn–Sham potential of the density of ``P`` on the mesh, ∂(E_H + E_xc)/∂(ρ, ∇ρ).
+
+    Returns:
+        (nderiv, ngrid) float64: the derivative of the Hartree + XC energy with
+        respect to ρ (and, for GGAs, ∇ρ) at each mesh point, including the
+        quadrature weight (so Σ_r v·δρ is the first-order energy change).
+    """
+    rho0 = density_on_mesh(P, ints.ao, ints.kweights)
+    return jax.grad(lambda rho: sum(_two_electron(rho, ints)))(rho0)
+
+
+def potential_matrices(v: jax.Array, ao: jax.Array) -> jax.Array:
+    """Matrices ⟨φ^k_μ|v|φ^k_ν⟩ of a potential from :func:`effective_potential` (nb, nao, nao).
+
+    The gradient, with respect to P(k), of Σ_r v(r)·ρ_P(k)(r), mapped to a
+    Hermitian matrix as the Fock matrix is (k-weight 1): for GGAs this carries
+    the ∇ρ terms, exactly as PySCF's V_xc.
+    """
+    ones = jnp.ones((ao.shape[0],), dtype=jnp.float64)
+    zero = jnp.zeros((ao.shape[0], ao.shape[-1], ao.shape[-1]), dtype=jnp.complex128)
+    g = jax.grad(lambda Pb: jnp.sum(v * density_on_mesh(Pb, ao, ones)))(zero)
+    return _fock_from_grad(g, ones)
+
+
 def fock_at_kpoints(P: jax.Array, ints: PeriodicIntegrals, hcore: jax.Array, ao: jax.Array) -> jax.Array:
     """Kohn–Sham matrices at arbitrary k-points for the density of ``P`` (as ``mf.get_bands``).
 
-    The potential of the SCF density, differentiated with respect to a
-    density matrix P' at the new k-points added to it:
-    F(k') = h(k') + ∂(E_H + E_xc)[ρ_P + ρ'_{P'}]/∂P'(k') at P' = 0.
+    F(k') = h(k') + ∂(E_H + E_xc)[ρ_P + ρ'_{P'}]/∂P'(k') at P' = 0: the
+    potential of the SCF density (:func:`effective_potential`) in the Bloch
+    AOs at k' (:func:`potential_matrices`).
 
     Args:
         P: (nk, nao, nao) density matrices at the SCF k-points.
@@ -192,16 +217,7 @@ def fock_at_kpoints(P: jax.Array, ints: PeriodicIntegrals, hcore: jax.Array, ao:
     Returns:
         (nb, nao, nao) complex128 F(k'), Hartree.
     """
-    rho0 = density_on_mesh(P, ints.ao, ints.kweights)
-    ones = jnp.ones((ao.shape[0],), dtype=jnp.float64)
-
-    def e_band(Pb):
-        rho = rho0 + density_on_mesh(Pb, ao, ones)
-        eh, exc = _two_electron(rho, ints)
-        return eh + exc + jnp.sum(jnp.einsum("kij,kji->k", hermitian_part(Pb), hcore).real)
-
-    g = jax.grad(e_band)(jnp.zeros(hcore.shape, dtype=jnp.complex128))
-    return _fock_from_grad(g, ones)
+    return hcore + potential_matrices(effective_potential(P, ints), ao)
 
 
 # ------------------------------------------------------------ eigenproblems
@@ -546,11 +562,13 @@ __all__ = [
     "energy_and_fock",
     "energy_components",
     "fock",
+    "effective_potential",
     "fock_at_kpoints",
     "generalized_eigh",
     "hartree_energy",
     "hermitian_part",
     "occupations",
+    "potential_matrices",
     "run_periodic_scf",
     "total_energy",
 ]

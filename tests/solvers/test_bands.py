@@ -6,6 +6,7 @@ import pytest
 
 from basis.crystal import read_crystal, to_cell
 from basis.pbc_integrals import (
+    band_integral_chunks,
     build_band_integrals,
     lattice_shifts,
     make_periodic_mean_field,
@@ -17,9 +18,7 @@ from solvers.bands import (
     band_structure,
     bloch_sum,
     cell_translations,
-    chunk_slices,
     inverse_bloch_sum,
-    padded_chunk,
     supercell_shifts,
 )
 from solvers.periodic import run_periodic_scf
@@ -64,13 +63,6 @@ def test_inverse_bloch_sum_round_trip(si_cell):
     assert supercell_shifts((3, 1, 2)).shape == (6, 3)
 
 
-def test_chunks_cover_the_path():
-    slices = chunk_slices(10, 4)
-    assert [(s.start, s.stop) for s in slices] == [(0, 4), (4, 8), (8, 10)]
-    k = np.arange(30.0).reshape(10, 3)
-    assert np.array_equal(padded_chunk(k, slices[-1], 4)[2:], np.repeat(k[-1:], 2, axis=0))
-
-
 def test_bands_match_pyscf_get_bands():
     system = read_crystal("si")
     mf = make_periodic_mean_field(system, xc="pbe", basis="gth-szv", kmesh=(2, 2, 2), mesh=TEST_MESH)
@@ -81,8 +73,11 @@ def test_bands_match_pyscf_get_bands():
     assert np.abs(np.asarray(band_energies_at(result.dm, ints, at_mesh)) - np.asarray(result.mo_energy)).max() < 1e-9
     # off the mesh, in two chunks, against PySCF's get_bands with its own converged density
     kpath = mf.cell.get_abs_kpts(np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.1], [0.25, 0.0, 0.25], [0.5, 0.0, 0.5], [0.5, 0.25, 0.75]]))
-    chunks = (build_band_integrals(mf.cell, padded_chunk(kpath, sl, 3), ints.functional) for sl in chunk_slices(5, 3))
-    ours = band_structure(result.dm, ints, chunks)[:5]
+    chunks = list(band_integral_chunks(mf.cell, kpath, ints.functional, chunk_size=3))
+    assert [n for n, _ in chunks] == [3, 2] and chunks[1][1].ao.shape[0] == 3  # last chunk padded
+    assert np.allclose(np.asarray(chunks[1][1].kpts[2]), kpath[4])
+    ours = band_structure(result.dm, ints, chunks)
+    assert ours.shape == (5, ints.nao)
     mf.conv_tol = 1e-11
     mf.kernel()
     ref = np.asarray(mf.get_bands(kpath)[0])
