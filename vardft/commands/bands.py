@@ -75,7 +75,9 @@ def scf_band_structure(
     Keys: ``labels`` (list of {label, index}), ``kpoints_frac`` (nk × 3, units of
     the reciprocal lattice vectors), ``x`` (nk, path coordinate, 1/Å),
     ``bands_ev`` (nk × nbands, absolute energies, eV), ``fermi_ev`` (highest
-    occupied SCF state), ``energy_eh`` (per cell), ``xc``, ``basis``, ``pseudo``,
+    occupied state on the SCF k-mesh, PySCF's ``get_fermi``), ``vbm_ev``,
+    ``cbm_ev``, ``gap_ev`` (along the path; ``None`` without conduction
+    bands), ``energy_eh`` (per cell), ``xc``, ``basis``, ``pseudo``,
     ``kmesh``, ``path``, ``formula``, ``n_electrons``, ``converged``, ``n_iter``,
     ``timings_s``; with ``compare_pyscf`` also ``pyscf`` ({``bands_ev``,
     ``fermi_ev``, ``energy_eh``, ``max_abs_band_diff_mev``, ``energy_diff_eh``}).
@@ -129,6 +131,8 @@ def scf_band_structure(
         "converged": bool(result.converged),
         "n_iter": int(result.n_iter),
     }
+    gap = _gap(out)
+    out["vbm_ev"], out["cbm_ev"], out["gap_ev"] = gap if gap is not None else (None, None, None)
     if compare_pyscf:
         t0 = time.perf_counter()
         mf.conv_tol = PYSCF_CONV_TOL
@@ -238,12 +242,14 @@ def plot_bands(data: dict, filename: str) -> None:
 
     x = np.asarray(data["x"])
     bands = np.asarray(data["bands_ev"])
+    bands = np.where(bands > 1e20, np.nan, bands)  # directions removed as linearly dependent
     fermi = data["fermi_ev"]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.plot(x, bands, color="tab:blue", lw=1.4)
     ax.plot([], [], color="tab:blue", lw=1.4, label="vardft (model)" if "model" in data else "vardft (JAX SCF)")
     if "pyscf" in data:
         ref = np.asarray(data["pyscf"]["bands_ev"])
+        ref = np.where(ref > 1e20, np.nan, ref)
         ax.plot(x, ref, ls="none", marker="o", ms=2.5, color="tab:orange")
         ax.plot([], [], ls="none", marker="o", ms=2.5, color="tab:orange", label="PySCF get_bands")
     ticks, names = [], []
@@ -259,8 +265,8 @@ def plot_bands(data: dict, filename: str) -> None:
     ax.axhline(fermi, color="tab:red", ls="--", lw=1.0, label=f"Fermi level {fermi:.2f} eV")
     ax.set_xticks(ticks, names)
     ax.set_xlim(x[0], x[-1])
-    top = min(float(bands.max()), fermi + 15.0)
-    ax.set_ylim(float(bands.min()) - 1.0, top + 1.0)
+    top = min(float(np.nanmax(bands)), fermi + 15.0)
+    ax.set_ylim(float(np.nanmin(bands)) - 1.0, top + 1.0)
     ax.set_ylabel("energy (eV)")
     ax.set_title(
         f"{data['formula']}  {data['xc'].upper()} / {data['basis']} / {data['pseudo']}, "
@@ -275,7 +281,7 @@ def plot_bands(data: dict, filename: str) -> None:
 def _gap(data: dict) -> tuple[float, float, float] | None:
     bands = np.asarray(data["bands_ev"])
     nocc = data["n_electrons"] // 2
-    if bands.shape[1] <= nocc:
+    if bands.shape[1] <= nocc or bands[:, nocc:].min() > 1e20:
         return None
     vbm, cbm = bands[:, nocc - 1].max(), bands[:, nocc:].min()
     return float(vbm), float(cbm), float(cbm - vbm)
@@ -294,7 +300,7 @@ def _summary(data: dict, plot: str | None) -> str:
         f"({'converged' if data['converged'] else 'NOT converged'} in {data['n_iter']} cycles)"
         + (" (PySCF)" if "model" in data else ""))
     lines += [
-        f"Fermi level     {data['fermi_ev']:.4f} eV (highest occupied state)",
+        f"Fermi level     {data['fermi_ev']:.4f} eV (highest occupied state on the SCF k-mesh)",
     ]
     gap = _gap(data)
     if gap is not None:
