@@ -46,6 +46,12 @@ def test_bands_scf_matches_pyscf_get_bands(tmp_path, capsys):
     # Fermi level = highest occupied state (4 doubly occupied bands), absolute scale
     assert abs(data["fermi_ev"] - data["pyscf"]["fermi_ev"]) * 1e3 < BAND_TOL_MEV
     assert plot.exists() and plot.stat().st_size > 10_000
+    assert 0.0 < data["gap_ev"] == data["cbm_ev"] - data["vbm_ev"]
+    assert data["vbm_ev"] >= data["fermi_ev"] - 1e-9  # Γ (the SCF k-point) is on the path
+    from vardft.commands.bands import _summary
+
+    text = _summary(data, str(plot))
+    assert "band gap" in text and "vs PySCF" in text and str(plot) in text
 
 
 def test_model_missing_run_dir(capsys):
