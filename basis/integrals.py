@@ -101,8 +101,11 @@ def integrals_from_mean_field(mf) -> Integrals:
     functional = parse_functional(getattr(mf, "xc", "hf") if hasattr(mf, "grids") else "hf")
     nao = mol.nao_nr()
     if mf.with_df._cderi is None:
+        # in memory whatever the process already holds (PySCF goes to disk below its max_memory)
+        mf.with_df.max_memory = max(mf.with_df.max_memory, 10**6)
         mf.with_df.build()
-    cderi = _unpack_cderi(mf.with_df._cderi, nao)
+    # loop() reads the factor in blocks whether PySCF kept it in memory or on disk
+    cderi = _unpack_cderi(np.vstack([np.asarray(b) for b in mf.with_df.loop()]), nao)
     if functional.needs_grid:
         if mf.grids.coords is None:
             mf.grids.build(with_non0tab=False)
