@@ -17,8 +17,8 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training wall-time budget")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the water defaults)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training wall-time cap")
+    p.add_argument("--steps", type=int, default=500, help="training steps (the full water defaults use 2000)")
     p.add_argument("--frames", type=int, default=8, help="held-out conformations to validate")
     p.add_argument("--json", action="store_true", help="print the validation result as JSON")
     p.set_defaults(func=run)
@@ -35,9 +35,7 @@ def run(args) -> int:
     from vardft.train import TrainConfig, train
     from vardft.validate import format_table
 
-    config = dataclasses.replace(TrainConfig(), max_minutes=args.minutes)
-    if args.steps is not None:
-        config = dataclasses.replace(config, steps=args.steps)
+    config = dataclasses.replace(TrainConfig(), max_minutes=args.minutes, steps=args.steps)
     if os.path.isdir(args.out) and os.path.exists(os.path.join(args.out, "config.json")):
         shutil.rmtree(args.out)
     dataset = load_dataset("water", seed=config.seed)
