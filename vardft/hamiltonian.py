@@ -375,8 +375,8 @@ def _ao_map(species, layout: BlockLayout):
     return ao_atom, ao_slot
 
 
-def _molecule_indices(system: System, layout: BlockLayout, cutoff_bohr: float):
-    """Per-molecule edges and AO gather (unpadded), all numpy."""
+def _molecule_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> "_Graph":
+    """Edges (i, j) within the cutoff; a molecule is a graph with the single shift R = 0."""
     species = layout.species_index(system.symbols)
     pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
     natom = len(species)
@@ -385,12 +385,15 @@ def _molecule_indices(system: System, layout: BlockLayout, cutoff_bohr: float):
     ei, ej = np.nonzero(within)
     edges = np.stack([ei, ej], axis=1).astype(np.int32)
     ao_atom, ao_slot = _ao_map(species, layout)
-    return species, pos, edges, ao_atom, ao_slot
+    return _Graph(
+        species, pos, np.eye(3), edges, np.zeros(len(edges), np.int64),
+        np.zeros((1, 3), np.int64), np.zeros(1, np.int64), ao_atom, ao_slot,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
-class _CrystalGraph:
-    """Periodic graph of one crystal (numpy, unpadded)."""
+class _Graph:
+    """Graph of one molecule or crystal (numpy, unpadded); molecules have one shift, R = 0."""
 
     species: np.ndarray  # (natom,)
     positions: np.ndarray  # (natom, 3) Bohr
@@ -403,7 +406,7 @@ class _CrystalGraph:
     ao_slot: np.ndarray
 
 
-def _crystal_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> _CrystalGraph:
+def _crystal_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> _Graph:
     """Edges (i, j, R) with |x_j + R·lattice − x_i| < cutoff, except (i, i, 0)."""
     species = layout.species_index(system.symbols)
     pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
@@ -432,12 +435,12 @@ def _crystal_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> _
     inverse = np.array([lookup[tuple(-n)] for n in shifts], dtype=np.int64)
     edges = np.stack([ei, ej], axis=1).astype(np.int32)
     ao_atom, ao_slot = _ao_map(species, layout)
-    return _CrystalGraph(species, pos, lattice, edges, slot_of[en], shifts, inverse, ao_atom, ao_slot)
+    return _Graph(species, pos, lattice, edges, slot_of[en], shifts, inverse, ao_atom, ao_slot)
 
 
-def _prepare_crystals(systems, config, layout, batch_size, pad_to) -> Batch:
+def _pad_graphs(graphs: Sequence[_Graph], config, layout: BlockLayout, batch_size, pad_to, periodic: bool) -> Batch:
+    """Pad graphs into one :class:`Batch`; crystals keep the shift axis R, molecules (R = 0 only) drop it."""
     nc2 = layout.nc * layout.nc
-    graphs = [_crystal_graph(s, layout, config.cutoff / BOHR_ANGSTROM) for s in systems]
     need = (
         max(len(g.species) for g in graphs),
         max(len(g.edges) for g in graphs),
@@ -445,15 +448,20 @@ def _prepare_crystals(systems, config, layout, batch_size, pad_to) -> Batch:
         max(len(g.shifts) for g in graphs),
     )
     if pad_to is None:
-        pad_to = tuple(bucket_size(v) for v in need)
-    if len(pad_to) == 3:
-        pad_to = tuple(pad_to) + (bucket_size(need[3]),)
-    a_max, e_max, n_max, r_max = (int(v) for v in pad_to)
+        pad_to = tuple(bucket_size(v) for v in need[:3])
+    if periodic:
+        if len(pad_to) == 3:
+            pad_to = tuple(pad_to) + (bucket_size(need[3]),)
+        a_max, e_max, n_max, r_max = (int(v) for v in pad_to)
+        labels = " (atoms, edges, aos, shifts)"
+    else:
+        a_max, e_max, n_max = (int(v) for v in pad_to)
+        r_max, labels, need = 1, "", need[:3]
     if any(p < q for p, q in zip((a_max, e_max, n_max, r_max), need)):
-        raise ValueError(f"pad_to={pad_to} is smaller than needed {need} (atoms, edges, aos, shifts)")
-    b = len(systems) if batch_size is None else int(batch_size)
-    if b < len(systems):
-        raise ValueError(f"batch_size={b} < {len(systems)} systems")
+        raise ValueError(f"pad_to={pad_to} is smaller than needed {need}{labels}")
+    b = len(graphs) if batch_size is None else int(batch_size)
+    if b < len(graphs):
+        raise ValueError(f"batch_size={b} < {len(graphs)} systems")
 
     species = np.zeros((b, a_max), np.int32)
     positions = np.zeros((b, a_max, 3), np.float64)
@@ -491,7 +499,7 @@ def _prepare_crystals(systems, config, layout, batch_size, pad_to) -> Batch:
         ao_gather[k, :nr, :n, :n] = np.where(blk >= 0, idx, zero)
     if zero + 1 >= 2**31:
         raise ValueError("batch too large for int32 gather indices")
-    return Batch(
+    common = dict(
         species=species,
         positions=positions,
         atom_mask=atom_mask,
@@ -502,11 +510,10 @@ def _prepare_crystals(systems, config, layout, batch_size, pad_to) -> Batch:
         ao_mask=ao_mask,
         nao=nao,
         config=config,
-        lattice_shift=lattice_shift,
-        shift_inverse=shift_inverse,
-        shift_mask=shift_mask,
-        lattice=lattice,
     )
+    if not periodic:
+        return Batch(**common)
+    return Batch(**common, lattice_shift=lattice_shift, shift_inverse=shift_inverse, shift_mask=shift_mask, lattice=lattice)
 
 
 def prepare_batch(
@@ -544,64 +551,10 @@ def prepare_batch(
     periodic = {s.is_periodic for s in systems}
     if len(periodic) > 1:
         raise ValueError("a batch holds either molecules or crystals, not both")
-    if periodic.pop():
-        return _prepare_crystals(systems, config, layout, batch_size, pad_to)
-    nc2 = layout.nc * layout.nc
-    cutoff_bohr = config.cutoff / BOHR_ANGSTROM
-    mols = [_molecule_indices(s, layout, cutoff_bohr) for s in systems]
-    need = (
-        max(len(m[0]) for m in mols),
-        max(len(m[2]) for m in mols),
-        max(len(m[3]) for m in mols),
-    )
-    if pad_to is None:
-        pad_to = (bucket_size(need[0]), bucket_size(need[1]), bucket_size(need[2]))
-    a_max, e_max, n_max = (int(v) for v in pad_to)
-    if a_max < need[0] or e_max < need[1] or n_max < need[2]:
-        raise ValueError(f"pad_to={pad_to} is smaller than needed {need}")
-    b = len(systems) if batch_size is None else int(batch_size)
-    if b < len(systems):
-        raise ValueError(f"batch_size={b} < {len(systems)} systems")
-
-    species = np.zeros((b, a_max), np.int32)
-    positions = np.zeros((b, a_max, 3), np.float64)
-    atom_mask = np.zeros((b, a_max), bool)
-    edge_index = np.zeros((b, e_max, 2), np.int32)
-    edge_shift = np.zeros((b, e_max, 3), np.float64)
-    edge_mask = np.zeros((b, e_max), bool)
-    zero = (a_max + e_max) * nc2
-    ao_gather = np.full((b, n_max, n_max), zero, np.int32)
-    ao_mask = np.zeros((b, n_max), bool)
-    nao = np.zeros((b,), np.int32)
-    for k, (sp, pos, edges, ao_atom, ao_slot) in enumerate(mols):
-        natom, nedge, n = len(sp), len(edges), len(ao_atom)
-        species[k, :natom] = sp
-        positions[k, :natom] = pos
-        atom_mask[k, :natom] = True
-        edge_index[k, :nedge] = edges
-        edge_mask[k, :nedge] = True
-        ao_mask[k, :n] = True
-        nao[k] = n
-        block_of = np.full((natom, natom), -1, np.int64)
-        block_of[np.arange(natom), np.arange(natom)] = np.arange(natom)
-        block_of[edges[:, 0], edges[:, 1]] = a_max + np.arange(nedge)
-        blk = block_of[ao_atom[:, None], ao_atom[None, :]]
-        idx = blk * nc2 + ao_slot[:, None] * layout.nc + ao_slot[None, :]
-        ao_gather[k, :n, :n] = np.where(blk >= 0, idx, zero)
-    if zero + 1 >= 2**31:
-        raise ValueError("batch too large for int32 gather indices")
-    return Batch(
-        species=species,
-        positions=positions,
-        atom_mask=atom_mask,
-        edge_index=edge_index,
-        edge_shift=edge_shift,
-        edge_mask=edge_mask,
-        ao_gather=ao_gather.reshape(b, n_max * n_max),
-        ao_mask=ao_mask,
-        nao=nao,
-        config=config,
-    )
+    is_periodic = periodic.pop()
+    make_graph = _crystal_graph if is_periodic else _molecule_graph
+    graphs = [make_graph(s, layout, config.cutoff / BOHR_ANGSTROM) for s in systems]
+    return _pad_graphs(graphs, config, layout, batch_size, pad_to, is_periodic)
 
 
 def assemble(diag_blocks, edge_blocks, ao_gather, shift_inverse=None):
