@@ -60,6 +60,37 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _band_record(system, xc, basis, pseudo, kmesh, bp, bands, fermi) -> dict:
+    """The JSON keys shared by SCF and model bands (bands and ``fermi`` in Hartree, written in eV)."""
+    return {
+        "formula": system.formula,
+        "xc": xc,
+        "basis": basis,
+        "pseudo": pseudo,
+        "kmesh": list(kmesh),
+        "path": bp.path,
+        "labels": [{"label": lab, "index": int(i)} for lab, i in zip(bp.labels, bp.label_indices)],
+        "kpoints_frac": bp.kpts_frac.tolist(),
+        "x": bp.x.tolist(),
+        "bands_ev": (bands * HARTREE_TO_EV).tolist(),
+        "fermi_ev": float(fermi) * HARTREE_TO_EV,
+    }
+
+
+def _pyscf_bands(mf, kpts_path, bands) -> tuple[np.ndarray, dict]:
+    """Converge PySCF's KRKS ``mf`` tightly, and its ``get_bands`` on the path compared with ``bands``."""
+    mf.conv_tol = PYSCF_CONV_TOL
+    mf.kernel()
+    ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)
+    return ref_bands, {
+        "bands_ev": (ref_bands * HARTREE_TO_EV).tolist(),
+        "fermi_ev": float(mf.get_fermi()) * HARTREE_TO_EV,
+        "energy_eh": float(mf.e_tot),
+        "converged": bool(mf.converged),
+        "max_abs_band_diff_mev": float(np.abs(ref_bands - bands).max() * HARTREE_TO_EV * 1e3),
+    }
+
+
 def scf_band_structure(
     system,
     xc: str = "pbe",
@@ -114,39 +145,20 @@ def scf_band_structure(
     bands = band_structure(result.dm, ints, band_integral_chunks(cell, kpts_path, ints.functional, size))
     timings["bands"] = time.perf_counter() - t0
 
-    out = {
-        "formula": system.formula,
-        "xc": ints.functional.name,
-        "basis": ints.basis,
-        "pseudo": ints.pseudo,
-        "kmesh": list(ints.kmesh),
-        "path": bp.path,
-        "labels": [{"label": lab, "index": int(i)} for lab, i in zip(bp.labels, bp.label_indices)],
-        "kpoints_frac": bp.kpts_frac.tolist(),
-        "x": bp.x.tolist(),
-        "bands_ev": (bands * HARTREE_TO_EV).tolist(),
-        "fermi_ev": float(result.fermi) * HARTREE_TO_EV,
+    out = _band_record(system, ints.functional.name, ints.basis, ints.pseudo, ints.kmesh, bp, bands, result.fermi)
+    out.update({
         "energy_eh": float(result.energy),
         "n_electrons": int(ints.n_electrons),
         "converged": bool(result.converged),
         "n_iter": int(result.n_iter),
-    }
+    })
     gap = _gap(out)
     out["vbm_ev"], out["cbm_ev"], out["gap_ev"] = gap if gap is not None else (None, None, None)
     if compare_pyscf:
         t0 = time.perf_counter()
-        mf.conv_tol = PYSCF_CONV_TOL
-        mf.kernel()
-        ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)
+        _, out["pyscf"] = _pyscf_bands(mf, kpts_path, bands)
         timings["pyscf"] = time.perf_counter() - t0
-        out["pyscf"] = {
-            "bands_ev": (ref_bands * HARTREE_TO_EV).tolist(),
-            "fermi_ev": float(mf.get_fermi()) * HARTREE_TO_EV,
-            "energy_eh": float(mf.e_tot),
-            "converged": bool(mf.converged),
-            "max_abs_band_diff_mev": float(np.abs(ref_bands - bands).max() * HARTREE_TO_EV * 1e3),
-            "energy_diff_eh": float(result.energy) - float(mf.e_tot),
-        }
+        out["pyscf"]["energy_diff_eh"] = float(result.energy) - float(mf.e_tot)
     out["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
     return out
 
@@ -184,43 +196,21 @@ def model_band_structure(
     timings["model"] = time.perf_counter() - t0
     n_electrons = int(cell.nelectron)
     nocc = n_electrons // 2
-    out = {
-        "formula": system.formula,
-        "xc": cfg.xc,
-        "basis": cfg.basis,
-        "pseudo": pseudo,
-        "kmesh": list(cfg.kmesh),
-        "path": bp.path,
-        "labels": [{"label": lab, "index": int(i)} for lab, i in zip(bp.labels, bp.label_indices)],
-        "kpoints_frac": bp.kpts_frac.tolist(),
-        "x": bp.x.tolist(),
-        "bands_ev": (bands * HARTREE_TO_EV).tolist(),
-        "fermi_ev": float(bands[:, nocc - 1].max()) * HARTREE_TO_EV,
-        "n_electrons": n_electrons,
-        "model": run_dir,
-    }
+    out = _band_record(system, cfg.xc, cfg.basis, pseudo, cfg.kmesh, bp, bands, bands[:, nocc - 1].max())
+    out.update({"n_electrons": n_electrons, "model": run_dir})
     if compare_pyscf:
         from basis.pbc_integrals import make_periodic_mean_field
 
         t0 = time.perf_counter()
         mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh)
-        mf.conv_tol = PYSCF_CONV_TOL
-        mf.kernel()
-        ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)
+        ref_bands, out["pyscf"] = _pyscf_bands(mf, kpts_path, bands)
         timings["pyscf"] = time.perf_counter() - t0
         nb = min(bands.shape[1], nocc + 4)
         out["energy_eh"] = float(mf.e_tot)
         out["converged"] = bool(mf.converged)
         out["n_iter"] = int(getattr(mf, "cycles", -1) or -1)
-        out["pyscf"] = {
-            "bands_ev": (ref_bands * HARTREE_TO_EV).tolist(),
-            "fermi_ev": float(mf.get_fermi()) * HARTREE_TO_EV,
-            "energy_eh": float(mf.e_tot),
-            "converged": bool(mf.converged),
-            "max_abs_band_diff_mev": float(np.abs(ref_bands - bands).max() * HARTREE_TO_EV * 1e3),
-            "band_mae_mev": float(np.abs(ref_bands[:, :nb] - bands[:, :nb]).mean() * HARTREE_TO_EV * 1e3),
-            "energy_diff_eh": 0.0,
-        }
+        out["pyscf"]["band_mae_mev"] = float(np.abs(ref_bands[:, :nb] - bands[:, :nb]).mean() * HARTREE_TO_EV * 1e3)
+        out["pyscf"]["energy_diff_eh"] = 0.0
     out["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
     return out
 
