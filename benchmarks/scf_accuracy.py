@@ -24,15 +24,14 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 
 import ase.build  # noqa: E402
 import jax  # noqa: E402
@@ -118,26 +117,6 @@ def compare(molecule: str, xc: str, basis: str, tight: bool = False) -> dict:
         "wall_s": wall,
         "wall_pyscf_s": ref["wall_s"],
         "status": "PASS" if passed else "FAIL",
-    }
-
-
-def machine_info() -> dict:
-    from pyscf import __version__ as pyscf_version
-    from pyscf import lib
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "pyscf_threads": lib.num_threads(),
-        "jax": jax.__version__,
-        "pyscf": pyscf_version,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
 

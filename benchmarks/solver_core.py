@@ -31,16 +31,15 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 
 import ase.build  # noqa: E402
 import jax  # noqa: E402
@@ -278,28 +277,6 @@ def _pyscf_scf(system: System, xc: str) -> dict:
 # ------------------------------------------------------------------- output
 def log(msg: str) -> None:
     print(f"[solver_core] {msg}", file=sys.stderr, flush=True)
-
-
-def machine_info() -> dict:
-    from pyscf import __version__ as pyscf_version
-    from pyscf import lib
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "pyscf_threads": lib.num_threads(),
-        "jax_backend": jax.default_backend(),
-        "jax": jax.__version__,
-        "pyscf": pyscf_version,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def print_tables(result: dict) -> None:
