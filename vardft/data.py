@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -182,11 +181,9 @@ _ARRAY_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_gues
 def _save_integrals(path: str, ints: Integrals) -> None:
     import h5py
 
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
+    from vardft.checkpoint import atomic_output
+
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name in _ARRAY_FIELDS:
                 f.create_dataset(name, data=np.asarray(getattr(ints, name)))
@@ -196,10 +193,6 @@ def _save_integrals(path: str, ints: Integrals) -> None:
             f.attrs["auxbasis"] = ints.auxbasis
             f.attrs["xc"] = ints.functional.name
             f.attrs["grid_level"] = ints.grid_level
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _load_integrals(path: str) -> Integrals | None:

@@ -25,16 +25,12 @@ def register(sub) -> None:
 
 
 def write_predictions(path: str, predictions, xc: str, basis: str) -> None:
-    import os
-    import tempfile
-
     import h5py
     import numpy as np
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".h5.tmp")
-    os.close(fd)
-    try:
+    from vardft.checkpoint import atomic_output
+
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for k, pred in enumerate(predictions):
                 g = f.create_group(str(k))
@@ -48,10 +44,6 @@ def write_predictions(path: str, predictions, xc: str, basis: str) -> None:
                 g.attrs["xc"] = xc
                 g.attrs["symbols"] = list(pred.system.symbols)
                 g.attrs["positions_angstrom"] = np.asarray(pred.system.positions)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run(args) -> int:
