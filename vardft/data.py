@@ -102,16 +102,19 @@ def _conformation_set(molecule_name: str) -> Callable[[int, int, int], Dataset]:
 def _g2_small(seed: int, n_train: int, n_validation: int) -> Dataset:
     """Held-out *molecules*: every 5th molecule (by sorted name, shifted by seed) is validation.
 
-    ``n_train`` / ``n_validation`` are conformations per molecule.
+    ``n_train`` / ``n_validation`` are conformations per molecule. Each molecule
+    draws from its own generator, seeded by ``(seed, k)``: the conformations of
+    a smaller ``n_train`` are the first of a larger one, and the validation
+    conformations do not depend on ``n_train``.
     """
     names = g2_small_names()
-    rng = np.random.default_rng(seed)
     offset = seed % 5
     train, val = [], []
     for k, name in enumerate(names):
         base = _g2(name)
         held_out = (k + offset) % 5 == 0
         n = n_validation if held_out else n_train
+        rng = np.random.default_rng([seed, k])
         (val if held_out else train).extend(thermal_conformations(base, n, rng))
     return Dataset("g2-small", tuple(train), tuple(val))
 

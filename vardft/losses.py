@@ -66,6 +66,7 @@ def molecule_loss(
     ao_mask: jax.Array,
     weights: LossWeights,
     target_fock: jax.Array | None = None,
+    n_electrons: jax.Array | int | None = None,
 ) -> LossTerms:
     """Loss of one predicted Hamiltonian.
 
@@ -77,8 +78,12 @@ def molecule_loss(
         ao_mask: (nao,) real AOs.
         weights: loss weights.
         target_fock: (nao, nao) PySCF label, only when ``weights.supervised`` > 0.
+        n_electrons: electron count, default ``ints.n_electrons``; an integer
+            array (traced) when one compiled function serves molecules of
+            different compositions (padded batches of a size bucket).
     """
-    res = solve_hamiltonian(H, X, ints.n_electrons, mo_mask=mo_mask)
+    n_electrons = ints.n_electrons if n_electrons is None else n_electrons
+    res = solve_hamiltonian(H, X, n_electrons, mo_mask=mo_mask)
     P = res.density
     E, _, F = energy_and_fock(sg(P), ints)
     F = sg(F)
@@ -90,7 +95,7 @@ def molecule_loss(
     loss = loss + weights.self_consistency * mse
     if weights.supervised and target_fock is not None:
         loss = loss + weights.supervised * jnp.sum(((H - target_fock) * pair) ** 2) / n_pair
-    nocc = ints.n_electrons // 2
+    nocc = n_electrons // 2
     return LossTerms(
         loss=loss,
         energy=E,

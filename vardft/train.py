@@ -75,6 +75,9 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free validation (energy, self-consistency).
         max_minutes: stop (with a checkpoint) after this much wall time; None = no limit.
+        bucket_aos: width (in AOs) of a size bucket: molecules whose AO counts
+            round up to the same multiple share one padded, compiled step (a
+            bucket with fewer than ``batch_size`` molecules joins the next larger).
     """
 
     xc: str = "pbe"
@@ -97,6 +100,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_every: int = 100
     max_minutes: float | None = None
+    bucket_aos: int = 16
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -114,14 +118,21 @@ class TrainConfig:
 # ------------------------------------------------------------------ data
 @flax_struct.dataclass
 class SetArrays:
-    """Arrays of ``n`` conformations of one composition, stacked on axis 0 (a pytree).
+    """Arrays of the ``n`` molecules of one size bucket, stacked on axis 0 (a pytree).
+
+    Molecules may differ in composition: every axis is zero-padded to the
+    bucket's largest (AOs ``N``, auxiliary functions, grid points), which
+    changes no energy or Fock matrix (see :func:`pad_integrals`).
 
     Attributes:
         batch: :class:`vardft.hamiltonian.Batch` of all molecules (model input).
-        ints: stacked :class:`Integrals`, padded to ``N`` AOs.
+        ints: stacked :class:`Integrals`, padded to ``N`` AOs, ``naux`` and
+            ``ngrid``. Its static ``n_electrons`` is the molecules' common count,
+            or -1 when they differ (use the ``n_electrons`` field).
         X: (n, N, N) padded orthogonalizers.
         mo_mask: (n, N) real columns of X.
         h_base: (n, N, N) baseline Hamiltonians, Hartree.
+        n_electrons: (n,) int32 electrons per molecule (traced in the step).
     """
 
     batch: Any
@@ -129,11 +140,18 @@ class SetArrays:
     X: jax.Array
     mo_mask: jax.Array
     h_base: jax.Array
+    n_electrons: jax.Array
+
+
+MIXED_ELECTRONS = -1
+"""Static ``Integrals.n_electrons`` of a stacked bucket whose molecules differ in
+electron count: any code that reads the static count instead of
+``SetArrays.n_electrons`` then fails loudly (``solve_hamiltonian`` rejects it)."""
 
 
 @dataclasses.dataclass
 class PreparedSet:
-    """Systems of one composition and their stacked arrays."""
+    """Systems of one size bucket and their stacked arrays."""
 
     systems: tuple[System, ...]
     arrays: SetArrays
@@ -142,17 +160,33 @@ class PreparedSet:
         return len(self.systems)
 
 
-def pad_integrals(ints: Integrals, nao: int) -> Integrals:
-    """Zero-pad every AO axis of ``ints`` to ``nao`` (padded AOs carry no density)."""
+def pad_integrals(ints: Integrals, nao: int, naux: int | None = None, ngrid: int | None = None) -> Integrals:
+    """Zero-pad ``ints`` to ``nao`` AOs, ``naux`` auxiliary functions and ``ngrid`` grid points.
+
+    Padded AOs carry no density (their rows/columns of S, h, L and AO values are
+    zero); padded auxiliary functions are zero rows of the DF factor L
+    (nothing in J or K); padded grid points have zero AO values and zero
+    weight (zero density: libxc returns zero energy density and potentials).
+    The energy and Fock matrix of a padded density equal the unpadded ones.
+    ``naux`` / ``ngrid`` of ``None`` keep the molecule's own.
+    """
     p = nao - ints.nao
-    if p == 0:
+    q = 0 if naux is None else naux - ints.cderi.shape[0]
+    r = 0 if ngrid is None else ngrid - ints.weights.shape[0]
+    if min(p, q, r) < 0:
+        raise ValueError(
+            f"cannot pad integrals of shape (nao {ints.nao}, naux {ints.cderi.shape[0]}, "
+            f"ngrid {ints.weights.shape[0]}) down to ({nao}, {naux}, {ngrid})"
+        )
+    if p == q == r == 0:
         return ints
     pad2 = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, p), (0, p)])  # noqa: E731
     return ints.replace(
         overlap=pad2(ints.overlap),
         hcore=pad2(ints.hcore),
-        cderi=pad2(ints.cderi),
-        ao=jnp.pad(ints.ao, [(0, 0), (0, 0), (0, p)]),
+        cderi=jnp.pad(ints.cderi, [(0, q), (0, p), (0, p)]),
+        ao=jnp.pad(ints.ao, [(0, 0), (0, r), (0, p)]),
+        weights=jnp.pad(ints.weights, [(0, r)]),
         dm_guess=pad2(ints.dm_guess),
     )
 
@@ -173,6 +207,31 @@ def stack_trees(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _bucket_integrals(systems: Sequence[System], config: TrainConfig, cache: IntegralCache, progress: bool):
+    """Shapes of every molecule's integrals and a loader, without holding them all at once.
+
+    Returns ``(shapes, load)``: ``shapes[k] = (naux, ngrid, n_electrons)`` and
+    ``load(k)`` the :class:`Integrals` of ``systems[k]``. With a disk cache the
+    integrals are built (or found) here and reloaded one at a time by ``load``,
+    so a bucket never holds all its unpadded integrals in memory.
+    """
+    from tqdm.auto import tqdm
+
+    args = (config.xc, config.basis, config.grid_level)
+    kept, shapes = [], []
+    for s in tqdm(systems, desc="integrals", unit="mol", disable=not progress, leave=False):
+        ints = cache.get(s, *args)
+        shapes.append((ints.cderi.shape[0], ints.weights.shape[0], ints.n_electrons))
+        if cache.directory is None:
+            kept.append(ints)
+    if cache.directory is None:
+        return shapes, kept.__getitem__
+    return shapes, lambda k: cache.get(systems[k], *args)
+
+
+_STACKED_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_guess")
+
+
 def prepare_set(
     systems: Sequence[System],
     model_config,
@@ -181,35 +240,122 @@ def prepare_set(
     pad_to: tuple[int, int, int] | None = None,
     progress: bool = False,
 ) -> PreparedSet:
-    """Integrals, orthogonalizers, baselines and model inputs for one composition."""
+    """Integrals, orthogonalizers, baselines and model inputs of one size bucket.
+
+    The molecules may differ in composition; every array is zero-padded to the
+    bucket's largest (:func:`pad_integrals`). Molecules of one composition
+    (conformations) are stacked without any padding beyond the model's AO slots.
+    """
     from vardft.hamiltonian import prepare_batch
 
     batch = prepare_batch(list(systems), model_config, pad_to=pad_to)
     n_slots = batch.ao_mask.shape[1]
-    ints_list, xs, masks, bases = [], [], [], []
-    for ints in cache.get_many(systems, config.xc, config.basis, config.grid_level, progress=progress):
+    shapes, load = _bucket_integrals(systems, config, cache, progress)
+    naux = max(sh[0] for sh in shapes)
+    ngrid = max(sh[1] for sh in shapes)
+    electrons = np.array([sh[2] for sh in shapes], np.int32)
+    static_electrons = int(electrons[0]) if np.all(electrons == electrons[0]) else MIXED_ELECTRONS
+    n = len(systems)
+    stacked: dict[str, np.ndarray] = {}
+    xs, masks, bases, auxbases = [], [], [], []
+    template = None
+    for k in range(n):
+        ints = load(k)
         X, mask = pad_orthogonalizer(canonical_orthogonalizer(np.asarray(ints.overlap)), n_slots, n_slots)
-        base = np.asarray(baseline_hamiltonian(ints, config.baseline))
-        padded = pad_integrals(ints, n_slots)
-        ints_list.append(padded)
+        # baseline from the AO-unpadded integrals (conformations of one composition: exactly as unbatched)
+        own_aos = pad_integrals(ints, ints.nao, naux, ngrid).replace(n_electrons=static_electrons)
+        base = np.asarray(baseline_hamiltonian(own_aos, config.baseline))
+        bases.append(np.pad(base, [(0, n_slots - base.shape[0])] * 2))
+        padded = pad_integrals(own_aos, n_slots)
+        if template is None:
+            template = padded
+        elif (padded.basis, padded.functional, padded.grid_level) != (
+            template.basis, template.functional, template.grid_level
+        ):
+            raise InputError(f"{systems[k].formula}: integrals built with other settings than {systems[0].formula}")
+        auxbases.append(padded.auxbasis)
+        for name in _STACKED_FIELDS:
+            a = np.asarray(getattr(padded, name))
+            if name not in stacked:
+                stacked[name] = np.zeros((n,) + a.shape, a.dtype)
+            stacked[name][k] = a
         xs.append(X)
         masks.append(mask)
-        bases.append(np.pad(base, [(0, n_slots - base.shape[0])] * 2))
+        del ints, own_aos, padded
+    fields = {}
+    for name in _STACKED_FIELDS:  # one field at a time: the numpy and JAX copies never coexist in full
+        fields[name] = jnp.asarray(stacked.pop(name))
     arrays = SetArrays(
         batch=batch,
-        ints=stack_trees(ints_list),
+        ints=template.replace(**fields, auxbasis=_merged_auxbasis(auxbases)),
         X=jnp.asarray(np.stack(xs)),
         mo_mask=jnp.asarray(np.stack(masks)),
         h_base=jnp.asarray(np.stack(bases)),
+        n_electrons=jnp.asarray(electrons),
     )
     return PreparedSet(systems=tuple(systems), arrays=arrays)
 
 
-def composition_groups(systems: Sequence[System]) -> dict[tuple, list[System]]:
-    groups: dict[tuple, list[System]] = {}
+def _merged_auxbasis(names: Sequence[str]) -> str:
+    """One auxiliary-basis description for a bucket (PySCF names it per element for a molecule)."""
+    import ast
+
+    unique = list(dict.fromkeys(names))
+    if len(unique) == 1:
+        return unique[0]
+    try:
+        merged: dict = {}
+        for name in unique:
+            merged.update(ast.literal_eval(name))
+        return str(dict(sorted(merged.items())))
+    except (ValueError, SyntaxError, TypeError):
+        return " | ".join(unique)
+
+
+def size_buckets(systems: Sequence[System], basis: str, width: int, min_size: int = 1) -> list[list[System]]:
+    """Group molecules into size buckets that share one padded, compiled step.
+
+    Molecules are keyed by their AO count rounded up to a multiple of ``width``;
+    a bucket with fewer than ``min_size`` molecules joins the next larger one
+    (the last such bucket joins the largest). Molecules of one composition
+    always share a bucket; dataset order is kept within a bucket.
+
+    Args:
+        systems: molecules.
+        basis: AO basis (PySCF name) that decides the AO counts.
+        width: bucket width in AOs (> 0).
+        min_size: smallest bucket (e.g. the batch size).
+
+    Returns:
+        Buckets in ascending size, each a list of systems.
+    """
+    if width < 1:
+        raise InputError(f"bucket width must be a positive number of AOs, got {width}")
+    nao_of: dict[tuple, int] = {}
+    keyed: dict[int, list[System]] = {}
     for s in systems:
-        groups.setdefault((s.symbols, s.charge), []).append(s)
-    return groups
+        comp = (s.symbols, s.charge, s.spin)
+        if comp not in nao_of:
+            nao_of[comp] = s.to_mole(basis).nao_nr()
+        keyed.setdefault(-(-nao_of[comp] // width), []).append(s)
+    buckets: list[list[System]] = []
+    pending: list[System] = []
+    for key in sorted(keyed):
+        pending = pending + keyed[key]
+        if len(pending) >= min_size:
+            buckets.append(pending)
+            pending = []
+    if pending:
+        if buckets:
+            buckets[-1] = buckets[-1] + pending
+        else:
+            buckets.append(pending)
+    return [_dataset_order(b, systems) for b in buckets]
+
+
+def _dataset_order(bucket: list[System], systems: Sequence[System]) -> list[System]:
+    position = {id(s): k for k, s in enumerate(systems)}
+    return sorted(bucket, key=lambda s: position[id(s)])
 
 
 # ------------------------------------------------------------ optimisation
@@ -236,10 +382,13 @@ def _batch_terms(params, data: SetArrays, idx, weights: LossWeights, output_scal
 
     batch = _gather(data.batch, idx)
     H = data.h_base[idx] + output_scale * predict_hamiltonian(params, batch)
-    per_mol = jax.vmap(molecule_loss, in_axes=(0, 0, 0, 0, 0, None))(
-        H, _gather(data.ints, idx), data.X[idx], data.mo_mask[idx], batch.ao_mask, weights
+
+    def one(H, ints, X, mo_mask, ao_mask, n_electrons):
+        return molecule_loss(H, ints, X, mo_mask, ao_mask, weights, n_electrons=n_electrons)
+
+    return jax.vmap(one)(
+        H, _gather(data.ints, idx), data.X[idx], data.mo_mask[idx], batch.ao_mask, data.n_electrons[idx]
     )
-    return per_mol
 
 
 def make_train_step(optimizer: optax.GradientTransformation, weights: LossWeights, output_scale: float):
@@ -302,6 +451,22 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
     """Indices of the molecules of step ``step``: a function of (seed, step) only."""
     rng = np.random.default_rng([seed, step])
     return np.sort(rng.choice(n, size=min(batch_size, n), replace=False)).astype(np.int32)
+
+
+def step_batch(seed: int, step: int, sizes: Sequence[int], batch_size: int) -> tuple[int, np.ndarray]:
+    """Bucket and molecule indices of step ``step``: a function of (seed, step, sizes) only.
+
+    One bucket: :func:`batch_indices`. Several: the bucket is drawn with
+    probability proportional to its number of molecules (every molecule is
+    seen equally often), then ``batch_size`` distinct molecules of it.
+    """
+    if len(sizes) == 1:
+        return 0, batch_indices(seed, step, sizes[0], batch_size)
+    rng = np.random.default_rng([seed, step])
+    p = np.asarray(sizes, np.float64)
+    b = int(rng.choice(len(sizes), p=p / p.sum()))
+    idx = np.sort(rng.choice(sizes[b], size=min(batch_size, sizes[b]), replace=False)).astype(np.int32)
+    return b, idx
 
 
 # ----------------------------------------------------------------- driver
@@ -385,8 +550,10 @@ def train(
 ) -> TrainResult:
     """Train label-free on ``dataset.train``; checkpoints and logs in ``run_dir``.
 
-    Only datasets of one composition (conformations of one molecule) are
-    batched in one compiled step; several compositions are trained round-robin.
+    Molecules are grouped into size buckets (:func:`size_buckets`, width
+    ``config.bucket_aos``); a batch holds molecules of one bucket, of any
+    composition, padded to one shape, so a dataset compiles one step per
+    bucket. Conformations of one molecule form a single bucket.
     ``on_step(record)`` is called after every step (tests, notebooks).
     """
     from tqdm.auto import tqdm
@@ -409,10 +576,11 @@ def train(
     write_run_config(run_dir, config, model_config, dataset)
 
     start = time.perf_counter()
-    groups = composition_groups(dataset.train)
-    sets = [prepare_set(g, model_config, config, cache, progress=progress) for g in groups.values()]
-    val_groups = composition_groups(dataset.validation)
-    val_sets = [prepare_set(g, model_config, config, cache, progress=progress) for g in val_groups.values()]
+    buckets = size_buckets(dataset.train, config.basis, config.bucket_aos, min_size=config.batch_size)
+    sets = [prepare_set(b, model_config, config, cache, progress=progress) for b in buckets]
+    val_buckets = size_buckets(dataset.validation, config.basis, config.bucket_aos)
+    val_sets = [prepare_set(b, model_config, config, cache, progress=progress) for b in val_buckets]
+    sizes = [len(s) for s in sets]
 
     optimizer = make_optimizer(config)
     params = init_params(jax.random.PRNGKey(config.seed), model_config)
@@ -438,9 +606,8 @@ def train(
     bar = tqdm(total=config.steps, initial=step0, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     with _StopRequested() as stop:
         while step < config.steps:
-            data = sets[step % len(sets)]
-            idx = jnp.asarray(batch_indices(config.seed, step, len(data), config.batch_size))
-            params, opt_state, metrics = step_fn(params, opt_state, data.arrays, idx)
+            bucket, idx = step_batch(config.seed, step, sizes, config.batch_size)
+            params, opt_state, metrics = step_fn(params, opt_state, sets[bucket].arrays, jnp.asarray(idx))
             step += 1
             m = {k: float(v) for k, v in metrics.items()}
             if not m["finite"]:
