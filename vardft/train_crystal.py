@@ -3,12 +3,19 @@
 For one crystal with predicted real-space blocks H(R) (:func:`vardft.hamiltonian.predict_hamiltonian`
 on a periodic batch) and the integrals of its k-mesh (:class:`basis.pbc_integrals.PeriodicIntegrals`):
 
-    H(k)  = Σ_R e^{ik·T_R} H(R)                           (Bloch sum, PySCF convention)
+    H(k)  = H_base(k) + Σ_R e^{ik·T_R} ΔH(R)              (Bloch sum, PySCF convention)
     P(k)  = 2 Σ_{n occ} C_n(k) C_n(k)†,   H(k) C = S(k) C ε (n_electrons/2 bands per k)
     L     = w_E · E[{P(k)}]  +  w_SC · mean_k,μν |H(k) − F(k)[sg P]|²
 
 E is the KS energy per cell of :mod:`solvers.periodic` (Hartree) and F(k) = ∂E/∂P(k) its
-Fock matrices. As for molecules (:mod:`vardft.losses`), one Fock evaluation serves both
+Fock matrices. The baseline (``baseline="minao"``, as for molecules) is the Kohn–Sham
+matrix of PySCF's initial-guess density P_guess at the training k-mesh: its potential
+v_guess(r) on the FFT mesh is formed once per structure, and
+
+    H_base(k) = h(k) + ⟨φ_k|v_guess|φ_k⟩      at any k
+
+(training mesh, held-out mesh or band path, the machinery of ``mf.get_bands``); at the
+training k-points H_base(k) = F(k)[P_guess]. ``baseline="none"`` is H_base = 0. As for molecules (:mod:`vardft.losses`), one Fock evaluation serves both
 terms: the energy's gradient comes from the surrogate Σ_k w_k Re tr(sg F(k) P(k)).
 
 The complex Hermitian eigenproblem is solved through its real embedding
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Any, Sequence
 
@@ -40,7 +48,7 @@ from basis.crystal import read_crystal
 from basis.pbc_integrals import PeriodicIntegrals, build_periodic_integrals, make_periodic_mean_field
 from basis.system import System
 from solvers.eigen import pad_orthogonalizer, solve_hamiltonian
-from solvers.periodic import LINDEP_THRESHOLD, energy_and_fock
+from solvers.periodic import LINDEP_THRESHOLD, effective_potential, energy_and_fock, potential_matrices
 from vardft.hamiltonian import Batch, bloch_sum_batch, prepare_batch, predict_hamiltonian
 
 __all__ = [
@@ -53,7 +61,13 @@ __all__ = [
     "crystal_loss_terms",
     "train_crystal",
     "predict_bands",
+    "BASELINES",
+    "baseline_hamiltonian",
+    "baseline_potential",
+    "crystal_hamiltonian_at",
 ]
+
+BASELINES = ("minao", "none")
 
 sg = jax.lax.stop_gradient
 
@@ -74,10 +88,19 @@ class CrystalTrainConfig:
         mesh: FFT mesh (``None``: PySCF's default for the undistorted first structure;
             every structure uses the same mesh so that one compiled step serves all).
         preset, cutoff: model size preset and cutoff (Å).
-        steps, learning_rate: Adam steps and step size.
+        steps, learning_rate: Adam steps and peak step size (linear warm-up over
+            ``warmup_steps``, cosine decay to ``final_lr_fraction`` of the peak).
+        adam_eps: Adam's ε (as for molecules: 1e-8 stalls μEh-level gradients).
+        grad_clip: global gradient-norm clip.
         energy_weight, self_consistency_weight: loss weights (Eh, Eh²).
-        output_scale: H(R) = output_scale × network output, Hartree.
+        baseline: ``"minao"`` (H = H_base[P_guess] + ΔH) or ``"none"`` (H = ΔH).
+        output_scale: ΔH(R) = output_scale × network output, Hartree.
         seed: parameter initialisation.
+        dataset, n_train: the built-in crystal set (:func:`crystal_dataset`) the run was
+            trained on (``None`` for structures given directly) and how many
+            structures; held-out structures follow them in the same sequence.
+        checkpoint_every: steps between checkpoints (run directories only).
+        max_minutes: stop (with a checkpoint) after this much wall time.
     """
 
     xc: str = "pbe"
@@ -89,10 +112,19 @@ class CrystalTrainConfig:
     cutoff: float = 5.0
     steps: int = 100
     learning_rate: float = 3e-3
+    warmup_steps: int = 10
+    final_lr_fraction: float = 0.01
+    adam_eps: float = 1e-16
+    grad_clip: float = 10.0
     energy_weight: float = 1.0
     self_consistency_weight: float = 30.0
-    output_scale: float = 0.1
+    baseline: str = "minao"
+    output_scale: float = 0.01
     seed: int = 0
+    dataset: str | None = None
+    n_train: int | None = None
+    checkpoint_every: int = 50
+    max_minutes: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,6 +201,43 @@ def _real_orthogonalizers(S: np.ndarray, nao_pad: int) -> tuple[np.ndarray, np.n
     return np.stack(Xs), np.stack(masks)
 
 
+# --------------------------------------------------------------- baseline
+_effective_potential = jax.jit(effective_potential)
+_potential_matrices = jax.jit(potential_matrices)
+
+
+def baseline_potential(ints: PeriodicIntegrals) -> jax.Array:
+    """Kohn–Sham potential (Hartree + XC) of PySCF's initial-guess density, (nderiv, ngrid).
+
+    ``ints.dm_guess`` is ``mf.get_init_guess()`` (minao) at the k-mesh of ``ints``; the
+    potential lives on its FFT mesh (:func:`solvers.periodic.effective_potential`).
+    """
+    return _effective_potential(ints.dm_guess, ints)
+
+
+def baseline_hamiltonian(ints: PeriodicIntegrals, baseline: str) -> jax.Array:
+    """H_base(k) at the k-points of ``ints``, (nk, nao, nao) complex128, Hartree.
+
+    ``"minao"``: h(k) + ⟨φ_k|v_guess|φ_k⟩, equal to F(k)[P_guess]; ``"none"``: zeros.
+
+    Raises:
+        InputError: unknown baseline.
+    """
+    check_baseline(baseline)
+    if baseline == "minao":
+        return ints.hcore + _potential_matrices(baseline_potential(ints), ints.ao)
+    return jnp.zeros_like(ints.overlap)
+
+
+def check_baseline(baseline: str) -> str:
+    """Raise InputError unless ``baseline`` is one of :data:`BASELINES`."""
+    if baseline not in BASELINES:
+        from basis.errors import InputError
+
+        raise InputError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+    return baseline
+
+
 @flax.struct.dataclass
 class CrystalSet:
     """Crystals with their periodic graph and integrals, stacked on a leading axis B.
@@ -178,12 +247,14 @@ class CrystalSet:
         ints: :class:`PeriodicIntegrals` stacked over B (same mesh, k-mesh, basis).
         X: (B, nk, 2N, 2N) real-embedded orthogonalizers of S(k).
         mo_mask: (B, nk, 2N) real columns of X.
+        h_base: (B, nk, N, N) complex baseline H_base(k) at the k-points, Hartree.
     """
 
     batch: Batch
     ints: PeriodicIntegrals
     X: Any
     mo_mask: Any
+    h_base: Any
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -194,22 +265,37 @@ def _default_mesh(system: System, cfg: CrystalTrainConfig) -> tuple[int, int, in
     return tuple(int(v) for v in mf.cell.mesh)
 
 
+def resolve_config(systems: Sequence[System], cfg: CrystalTrainConfig) -> CrystalTrainConfig:
+    """``cfg`` with the FFT mesh fixed (PySCF's default for the first structure if unset)
+    and the pseudopotential named, as saved in a run directory."""
+    from basis.crystal import default_pseudo
+
+    mesh = tuple(cfg.mesh or _default_mesh(System.from_any(systems[0]), cfg))
+    pseudo = cfg.pseudo or default_pseudo(cfg.xc)
+    return dataclasses.replace(cfg, mesh=tuple(int(m) for m in mesh), pseudo=pseudo)
+
+
 def prepare_crystal_set(systems: Sequence[System], model_config, cfg: CrystalTrainConfig, mesh=None) -> CrystalSet:
-    """Graphs, integrals and orthogonalizers of ``systems`` (numpy/PySCF; outside jit)."""
+    """Graphs, integrals, orthogonalizers and baselines of ``systems`` (numpy/PySCF; outside jit)."""
     systems = [System.from_any(s) for s in systems]
     mesh = tuple(mesh or cfg.mesh or _default_mesh(systems[0], cfg))
     batch = prepare_batch(systems, model_config)
-    ints = [build_periodic_integrals(s, cfg.xc, cfg.basis, cfg.pseudo, cfg.kmesh, mesh) for s in systems]
     n_pad = batch.ao_mask.shape[1]
-    if any(i.nao != n_pad for i in ints):
-        raise ValueError("crystals of one set must have the same atoms (same number of AOs)")
-    XM = [_real_orthogonalizers(np.asarray(i.overlap), n_pad) for i in ints]
+    ints, XM, bases = [], [], []
+    for s in systems:
+        i = build_periodic_integrals(s, cfg.xc, cfg.basis, cfg.pseudo, cfg.kmesh, mesh)
+        if i.nao != n_pad:
+            raise ValueError("crystals of one set must have the same atoms (same number of AOs)")
+        ints.append(i)
+        XM.append(_real_orthogonalizers(np.asarray(i.overlap), n_pad))
+        bases.append(np.asarray(baseline_hamiltonian(i, cfg.baseline)))
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *ints)
     return CrystalSet(
         batch=batch,
         ints=stacked,
         X=jnp.asarray(np.stack([x for x, _ in XM])),
         mo_mask=jnp.asarray(np.stack([m for _, m in XM])),
+        h_base=jnp.asarray(np.stack(bases)),
     )
 
 
@@ -257,20 +343,62 @@ def crystal_loss_terms(Hk, ints: PeriodicIntegrals, X, mo_mask, cfg: CrystalTrai
 
 def _set_terms(params, data: CrystalSet, cfg: CrystalTrainConfig) -> CrystalTerms:
     H_R = cfg.output_scale * predict_hamiltonian(params, data.batch)
-    Hk = bloch_sum_batch(H_R, data.batch, data.ints.kpts)
+    Hk = data.h_base + bloch_sum_batch(H_R, data.batch, data.ints.kpts)
     return jax.vmap(lambda h, i, x, m: crystal_loss_terms(h, i, x, m, cfg))(Hk, data.ints, data.X, data.mo_mask)
 
 
 # ----------------------------------------------------------------- training
+class _StopRequested:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (a checkpoint is then written)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
 @dataclasses.dataclass
 class CrystalTrainResult:
-    """Parameters and the per-step history (energy per cell, self-consistency RMSE, Hartree)."""
+    """Parameters and the per-step history (energy per cell, self-consistency RMSE, Hartree).
+
+    ``seconds``: wall time of the whole call (integrals, compilation, steps);
+    ``step``: steps done; ``interrupted``: stopped by Ctrl-C / SIGTERM.
+    """
 
     params: Any
     model_config: Any
     config: CrystalTrainConfig
     history: list[dict]
     seconds: float
+    step: int = 0
+    interrupted: bool = False
+
+
+def make_crystal_optimizer(cfg: CrystalTrainConfig) -> optax.GradientTransformation:
+    """Gradient clip + Adam with warm-up and cosine decay (the molecular trainer's recipe)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.learning_rate,
+        warmup_steps=max(1, min(cfg.warmup_steps, cfg.steps - 1)),
+        decay_steps=max(cfg.steps, 2),
+        end_value=cfg.learning_rate * cfg.final_lr_fraction,
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule, eps=cfg.adam_eps))
 
 
 def train_crystal(
@@ -278,98 +406,213 @@ def train_crystal(
     cfg: CrystalTrainConfig,
     run_dir: str | None = None,
     log=None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
 ) -> CrystalTrainResult:
     """Label-free Adam training on crystals (all in every step).
 
     Args:
         systems: crystals with the same atoms (e.g. :func:`crystal_dataset`).
-        cfg: :class:`CrystalTrainConfig`.
-        run_dir: if given, ``config.json`` and ``checkpoint.msgpack`` (params) are written
-            there (loadable by :func:`load_crystal_model`).
+        cfg: :class:`CrystalTrainConfig`; its FFT mesh and pseudopotential are fixed
+            here (:func:`resolve_config`) and saved with the run.
+        run_dir: if given, ``config.json`` (kind ``crystal``), ``log.jsonl`` (one record
+            per step) and ``checkpoint.msgpack`` (params, optimizer state, step; written
+            atomically every ``cfg.checkpoint_every`` steps, at the end and on Ctrl-C)
+            go there, loadable by :func:`load_crystal_model`.
         log: optional callable taking one dict per step.
+        resume: continue the run in ``run_dir`` from its checkpoint (its saved settings).
+        progress: show a tqdm progress bar.
+
+    Raises:
+        CheckpointError: ``run_dir`` already holds a checkpoint and ``resume`` is False,
+            or ``resume`` without a readable checkpoint.
     """
+    from tqdm.auto import tqdm
+
+    from basis.errors import CheckpointError
+    from vardft import checkpoint as ckpt
     from vardft.model import init_params
 
-    elements = tuple(dict.fromkeys(s for sys_ in systems for s in System.from_any(sys_).symbols))
+    t_start = time.perf_counter()
+    check_baseline(cfg.baseline)
+    systems = [System.from_any(s) for s in systems]
+    if run_dir is not None and resume:
+        _, _, cfg = load_crystal_model(run_dir)
+    elif run_dir is not None and ckpt.has_checkpoint(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    cfg = resolve_config(systems, cfg)
+    elements = tuple(dict.fromkeys(s for sys_ in systems for s in sys_.symbols))
     model_cfg = cfg.model_config(elements)
     data = prepare_crystal_set(systems, model_cfg, cfg)
+    opt = make_crystal_optimizer(cfg)
     params = init_params(jax.random.PRNGKey(cfg.seed), model_cfg)
-    opt = optax.adam(cfg.learning_rate)
     opt_state = opt.init(params)
+    step0 = 0
+    if run_dir is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        if resume:
+            state = ckpt.load_checkpoint(run_dir, {"params": params, "opt_state": opt_state, "step": 0})
+            params, opt_state, step0 = state["params"], state["opt_state"], int(state["step"])
+            ckpt.truncate_log(run_dir, step0)
+        else:
+            save_crystal_model(run_dir, params, model_cfg, cfg, write_params=False)
+            if os.path.exists(os.path.join(run_dir, ckpt.LOG_FILE)):
+                os.remove(os.path.join(run_dir, ckpt.LOG_FILE))
 
     def loss_fn(p):
         terms = _set_terms(p, data, cfg)
         return jnp.mean(terms.loss), terms
 
     @jax.jit
-    def step(p, s):
+    def step_fn(p, s):
         (loss, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
         updates, s = opt.update(g, s, p)
-        return optax.apply_updates(p, updates), s, loss, terms
+        return optax.apply_updates(p, updates), s, loss, terms, optax.tree.norm(g)
+
+    def save(step):
+        if run_dir is not None:
+            ckpt.save_checkpoint(run_dir, {"params": params, "opt_state": opt_state, "step": step})
 
     history = []
-    t0 = time.perf_counter()
-    for k in range(cfg.steps):
-        params, opt_state, loss, terms = step(params, opt_state)
-        rec = {
-            "step": k,
-            "loss": float(loss),
-            "energy": float(jnp.mean(terms.energy)),
-            "sc_rmse": float(jnp.sqrt(jnp.mean(terms.self_consistency_rmse**2))),
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(rec)
-        if log is not None:
-            log(rec)
-    seconds = time.perf_counter() - t0
-    if run_dir is not None:
-        save_crystal_model(run_dir, params, model_cfg, cfg)
-    return CrystalTrainResult(params, model_cfg, cfg, history, seconds)
+    deadline = None if cfg.max_minutes is None else t_start + 60.0 * cfg.max_minutes
+    interrupted = False
+    step = step0
+    bar = tqdm(total=cfg.steps, initial=step0, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    with _StopRequested() as stop:
+        while step < cfg.steps:
+            params, opt_state, loss, terms, gnorm = step_fn(params, opt_state)
+            step += 1
+            rec = {
+                "step": step,
+                "loss": float(loss),
+                "energy": float(jnp.mean(terms.energy)),
+                "sc_rmse": float(jnp.sqrt(jnp.mean(terms.self_consistency_rmse**2))),
+                "grad_norm": float(gnorm),
+                "time": time.perf_counter() - t_start,
+            }
+            history.append(rec)
+            if run_dir is not None:
+                ckpt.append_log(run_dir, rec)
+            bar.set_postfix(E=f"{rec['energy']:.6f}", sc=f"{rec['sc_rmse']:.1e}", refresh=False)
+            bar.update(1)
+            if log is not None:
+                log(rec)
+            if step % max(1, cfg.checkpoint_every) == 0:
+                save(step)
+            if stop.requested or (deadline is not None and time.perf_counter() > deadline):
+                interrupted = stop.requested
+                break
+    bar.close()
+    save(step)
+    return CrystalTrainResult(params, model_cfg, cfg, history, time.perf_counter() - t_start, step, interrupted)
 
 
 # ------------------------------------------------------------ run directories
-def save_crystal_model(run_dir: str, params, model_cfg, cfg: CrystalTrainConfig) -> None:
-    """Write ``config.json`` (kind ``crystal``) and the parameters to ``run_dir``."""
+def save_crystal_model(run_dir: str, params, model_cfg, cfg: CrystalTrainConfig, write_params: bool = True) -> None:
+    """Write ``config.json`` (kind ``crystal``) and, unless ``write_params`` is False, the parameters."""
     from vardft.checkpoint import save_checkpoint, save_config
 
     os.makedirs(run_dir, exist_ok=True)
-    save_config(run_dir, {"kind": "crystal", "model": model_cfg.to_dict(), "train": cfg.to_dict()})
-    save_checkpoint(run_dir, {"params": params})
+    save_config(run_dir, {
+        "kind": "crystal",
+        "model": model_cfg.to_dict(),
+        "train": cfg.to_dict(),
+        "xc": cfg.xc,
+        "basis": cfg.basis,
+        "pseudo": cfg.pseudo,
+        "baseline": cfg.baseline,
+    })
+    if write_params:
+        save_checkpoint(run_dir, {"params": params, "step": cfg.steps})
 
 
 def load_crystal_model(run_dir: str):
     """``(params, model_config, train_config)`` of a crystal run directory.
 
+    Runs written before the baseline existed load with ``baseline="none"``.
+
     Raises:
         CheckpointError: not a vardft run directory, or not a crystal model.
     """
-    from vardft.checkpoint import load_checkpoint, load_config
+    from vardft.checkpoint import load_config, load_state_dict
     from basis.errors import CheckpointError
+    from flax import serialization
     from vardft.model import ModelConfig, init_params
 
     conf = load_config(run_dir)
     if conf.get("kind") != "crystal":
-        raise CheckpointError(f"{run_dir} holds a molecular model; band structures need a crystal model")
+        raise CheckpointError(f"{run_dir} holds a molecular model; crystals need a crystal model (vardft train si ...)")
     m = dict(conf["model"])
     m["elements"] = tuple(m["elements"])
     model_cfg = ModelConfig(**m)
-    cfg = CrystalTrainConfig.from_dict(conf["train"])
-    template = {"params": init_params(jax.random.PRNGKey(0), model_cfg)}
-    params = load_checkpoint(run_dir, template)["params"]
+    train = dict(conf["train"])
+    train.setdefault("baseline", "none")
+    train.setdefault("output_scale", 0.1)
+    cfg = CrystalTrainConfig.from_dict(train)
+    template = init_params(jax.random.PRNGKey(0), model_cfg)
+    raw = load_state_dict(run_dir)
+    try:
+        params = serialization.from_state_dict(template, raw["params"])
+    except Exception as exc:
+        raise CheckpointError(f"cannot restore the parameters in {run_dir}: {type(exc).__name__}") from None
     return params, model_cfg, cfg
 
 
-def predict_bands(params, model_cfg, system: System, kpts, output_scale: float, overlap_k) -> np.ndarray:
-    """Band energies (nk, nmo), Hartree, of the predicted H(k) with S(k) at Cartesian ``kpts``.
+# --------------------------------------------------------------- prediction
+BAND_CHUNK_BYTES = 256 * 2**20
+"""Bloch AO memory per chunk of k-points when the baseline is taken to new k-points."""
+
+
+def crystal_hamiltonian_at(params, model_cfg, cfg: CrystalTrainConfig, system: System, kpts, ints=None):
+    """Predicted H(k) and S(k) of ``system`` at Cartesian ``kpts`` (nk, 3), 1/Bohr.
+
+    H(k) = H_base(k) + Σ_R e^{ik·T_R} ΔH(R), with the run's baseline: the potential of
+    PySCF's initial-guess density at the run's k-mesh, on the run's FFT mesh, taken to
+    every k (``cfg.mesh``; :func:`train_crystal` saves it).
 
     Args:
-        overlap_k: (nk, nao, nao) S(k) at the same k-points (e.g. ``cell.pbc_intor``).
+        ints: optional :class:`PeriodicIntegrals` of ``system`` at the run's k-mesh and
+            FFT mesh (reused for the baseline potential instead of being rebuilt).
+
+    Returns:
+        ``(H (nk, nao, nao), S (nk, nao, nao))`` complex128 numpy arrays, Hartree.
+    """
+    from basis.crystal import default_pseudo, to_cell
+    from basis.pbc_integrals import band_integral_chunks, bloch_ao_nbytes, check_periodic_functional
+
+    system = System.from_any(system)
+    kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+    pseudo = cfg.pseudo or default_pseudo(cfg.xc)
+    batch = prepare_batch([system], model_cfg)
+    nao = int(np.asarray(batch.nao)[0])
+    H_R = cfg.output_scale * predict_hamiltonian(params, batch)
+    dH = np.asarray(bloch_sum_batch(H_R, batch, jnp.asarray(kpts))[0][:, :nao, :nao])
+    cell = to_cell(system, basis=cfg.basis, pseudo=pseudo, mesh=cfg.mesh)
+    if cfg.baseline == "none":
+        S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts), dtype=np.complex128).reshape(-1, nao, nao)
+        return dH, S
+    check_baseline(cfg.baseline)
+    if ints is None:
+        ints = build_periodic_integrals(system, cfg.xc, cfg.basis, pseudo, cfg.kmesh, cfg.mesh)
+    v = baseline_potential(ints)
+    functional = check_periodic_functional(cfg.xc)
+    size = int(max(1, BAND_CHUNK_BYTES // bloch_ao_nbytes(1, ints.ngrid, nao, functional)))
+    Hb, S = [], []
+    for n, chunk in band_integral_chunks(cell, kpts, functional, size, mesh=ints.mesh):
+        Hb.append(np.asarray(chunk.hcore + _potential_matrices(v, chunk.ao))[:n])
+        S.append(np.asarray(chunk.overlap)[:n])
+    return np.concatenate(Hb) + dH, np.concatenate(S)
+
+
+def predict_bands(params, model_cfg, cfg: CrystalTrainConfig, system: System, kpts) -> np.ndarray:
+    """Band energies (nk, nmo), Hartree, of the predicted H(k) at Cartesian ``kpts`` (1/Bohr).
+
+    The same H(k) as training (:func:`crystal_hamiltonian_at`), solved with S(k) as
+    PySCF's ``get_bands`` does (linearly dependent directions at 1e30).
     """
     from solvers.periodic import generalized_eigh
 
-    batch = prepare_batch([system], model_cfg)
-    H_R = output_scale * predict_hamiltonian(params, batch)
-    nao = int(np.asarray(batch.nao)[0])
-    Hk = bloch_sum_batch(H_R, batch, jnp.asarray(kpts))[0][:, :nao, :nao]
-    e, _ = generalized_eigh(Hk, jnp.asarray(overlap_k))
+    H, S = crystal_hamiltonian_at(params, model_cfg, cfg, system, kpts)
+    e, _ = generalized_eigh(jnp.asarray(H), jnp.asarray(S))
     return np.asarray(e)

@@ -78,7 +78,8 @@ def test_training_lowers_the_energy_and_bands_from_the_model(tmp_path, capsys):
     assert all(np.isfinite(energies))
     assert energies[-1] < energies[0]
     params, model_cfg, cfg = load_crystal_model(run_dir)
-    assert cfg == CONFIG and model_cfg == result.model_config
+    assert cfg == result.config and model_cfg == result.model_config
+    assert cfg.mesh == SMALL_MESH and cfg.pseudo == "gth-pade" and cfg.baseline == "minao"
     assert main(["bands", "si", "--model", run_dir, "--path", "GX", "--npoints", "3", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     bands = np.asarray(data["bands_ev"])

@@ -6,9 +6,11 @@ to every k-point on the path and diagonalises F(k) there, as PySCF's
 ``mf.get_bands`` does. ``--compare-pyscf`` runs PySCF's own SCF and
 ``get_bands`` on the same path and reports the largest difference.
 ``--model RUN_DIR`` takes a crystal model trained by :mod:`vardft.train_crystal`:
-its real-space H(R) is Bloch-summed to every k on the path and solved with S(k)
-from PySCF (``--xc``, ``--basis``, ``--pseudo`` and ``--kmesh`` then come from the
-model's run directory).
+H(k) = H_base(k) + Σ_R e^{ik·R} ΔH(R) at every k on the path (the run's baseline, the
+potential of PySCF's guess density, taken to each k; the network's H(R) Bloch-summed),
+solved with S(k) from PySCF (``--xc``, ``--basis``, ``--pseudo``, ``--kmesh`` and the
+FFT mesh then come from the model's run directory, and ``--compare-pyscf`` runs KRKS
+with them).
 
 Example:
     vardft bands si --scf --xc pbe --basis gth-szv --kmesh 3 3 3 --path GXWKGL --plot bands.png
@@ -187,12 +189,11 @@ def model_band_structure(
     params, model_cfg, cfg = load_crystal_model(run_dir)
     pseudo = cfg.pseudo or default_pseudo(cfg.xc)
     bp = band_path(system, path, npoints)
-    cell = to_cell(system, basis=cfg.basis, pseudo=pseudo)
+    cell = to_cell(system, basis=cfg.basis, pseudo=pseudo, mesh=cfg.mesh)
     kpts_path = absolute_kpts(cell, bp.kpts_frac)
-    overlap = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts_path))
-    timings["integrals"] = time.perf_counter() - t0
+    timings["setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bands = predict_bands(params, model_cfg, system, kpts_path, cfg.output_scale, overlap)
+    bands = predict_bands(params, model_cfg, cfg, system, kpts_path)
     timings["model"] = time.perf_counter() - t0
     n_electrons = int(cell.nelectron)
     nocc = n_electrons // 2
@@ -202,7 +203,7 @@ def model_band_structure(
         from basis.pbc_integrals import make_periodic_mean_field
 
         t0 = time.perf_counter()
-        mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh)
+        mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh, mesh=cfg.mesh)
         ref_bands, out["pyscf"] = _pyscf_bands(mf, kpts_path, bands)
         timings["pyscf"] = time.perf_counter() - t0
         nb = min(bands.shape[1], nocc + 4)
