@@ -167,6 +167,13 @@ def held_out_structures(cfg, data: str, n: int | None = None) -> list[System]:
         if cfg.dataset == name and cfg.n_train is not None:
             return crystal_dataset(name, cfg.n_train + n, seed=cfg.seed)[cfg.n_train:]
         return crystal_dataset(name, n, seed=cfg.seed + 1_000_003)
+    if not os.path.exists(data):
+        from basis.errors import MalformedFileError
+
+        raise MalformedFileError(
+            f"{data}: not a built-in crystal ({', '.join(BUILTIN_CRYSTALS)}) or a structure file; "
+            "a crystal model validates on crystals"
+        )
     frames = read_systems(data)
     systems = [read_crystal(data, index=i) for i in range(len(frames))]
     return systems[:n] if n else systems

@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("data", metavar="DATA", help="built-in dataset (its validation split) or structure file (all frames)")
     p.add_argument("--max-frames", type=int, default=None, help="validate at most this many frames")
     p.add_argument("--json", action="store_true", help="print JSON (means and per-frame values)")
+    p.add_argument("--path", default=None,
+                   help="crystals: also compare bands along this path with PySCF's get_bands (e.g. GXWKGL)")
     p.set_defaults(func=run)
 
 
@@ -59,6 +61,16 @@ def validate_run(run_dir: str, data: str, max_frames: int | None = None, progres
 def run(args) -> int:
     from vardft.commands._common import print_json
     from vardft.validate import format_table
+
+    from basis.errors import CheckpointError
+    from vardft.checkpoint import load_config
+    from vardft.commands._crystal import is_crystal_data, run_validate
+
+    if load_config(args.run_dir).get("kind") == "crystal":
+        return run_validate(args)
+    if is_crystal_data(args.data):
+        raise CheckpointError(f"{args.run_dir} holds a molecular model; validating on crystal {args.data} needs "
+                              "a crystal model (vardft train si --out RUN)")
 
     result = validate_run(args.run_dir, args.data, args.max_frames, progress=not args.json)
     if args.json:

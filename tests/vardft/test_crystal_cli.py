@@ -1,0 +1,75 @@
+"""``vardft train`` / ``vardft validate`` on crystals: a tiny run end to end, and error paths."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vardft.cli import main
+
+TINY = ["--steps", "2", "--n-train", "1", "--kmesh", "1", "1", "1", "--mesh", "9", "9", "9",
+        "--xc", "lda,vwn", "--quiet", "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def crystal_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("crystal") / "run")
+    assert main(["train", "si", "--out", run_dir, *TINY]) == 0
+    return run_dir
+
+
+def test_train_writes_a_crystal_run(crystal_run):
+    with open(os.path.join(crystal_run, "config.json")) as f:
+        conf = json.load(f)
+    assert conf["kind"] == "crystal" and conf["baseline"] == "minao"
+    train = conf["train"]
+    assert (train["xc"], train["basis"], train["pseudo"]) == ("lda,vwn", "gth-szv", "gth-pade")
+    assert train["kmesh"] == [1, 1, 1] and train["mesh"] == [9, 9, 9] and train["dataset"] == "si"
+    with open(os.path.join(crystal_run, "log.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["energy"]) and np.isfinite(r["sc_rmse"]) for r in records)
+    assert os.path.exists(os.path.join(crystal_run, "checkpoint.msgpack"))
+
+
+def test_validate_gives_finite_metrics(crystal_run, capsys):
+    assert main(["validate", crystal_run, "si", "--max-frames", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["baseline"] == "minao" and result["kmesh"] == [1, 1, 1]
+    (frame,) = result["frames"]
+    for key in ("energy_error_per_cell", "band_mae_mev", "band_max_mev"):
+        assert np.isfinite(frame[key]) and result["mean"][key] == pytest.approx(frame[key])
+    # variational: the model's density is not below PySCF's SCF energy on the same mesh
+    assert frame["energy_error_per_cell"] > -1e-7
+    assert frame["n_bands"] == 8  # 4 valence + 4 conduction bands of Si (gth-szv has 8)
+    assert main(["validate", crystal_run, "si", "--max-frames", "1"]) == 0
+    assert "band MAE" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_and_existing_checkpoint(crystal_run, capsys):
+    assert main(["train", "si", "--out", crystal_run, *TINY]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main(["train", "si", "--out", crystal_run, *TINY, "--resume"]) == 0
+
+
+def test_crystal_validate_of_a_molecular_run_is_one_line(tmp_path, capsys):
+    run_dir = str(tmp_path / "mol")
+    assert main(["train", "water", "--out", run_dir, "--steps", "0", "--n-train", "1", "--quiet",
+                 "--basis", "sto-3g", "--cache", "none"]) == 0
+    capsys.readouterr()
+    assert main(["validate", run_dir, "si"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "molecular model" in err
+
+
+def test_molecular_data_on_a_crystal_run_is_one_line(crystal_run, capsys):
+    assert main(["validate", crystal_run, "water"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "crystal" in err
+
+
+def test_bad_kmesh_is_one_line(tmp_path, capsys):
+    assert main(["train", "si", "--out", str(tmp_path / "r"), "--kmesh", "0", "1", "1", "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "k-point mesh" in err
