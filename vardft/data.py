@@ -92,9 +92,10 @@ def g2_small_names() -> list[str]:
 def _conformation_set(molecule_name: str) -> Callable[[int, int, int], Dataset]:
     def make(seed: int, n_train: int, n_validation: int) -> Dataset:
         base = _g2(molecule_name)
-        rng = np.random.default_rng(seed)
-        confs = thermal_conformations(base, n_train + n_validation, rng)
-        return Dataset(molecule_name, tuple(confs[:n_train]), tuple(confs[n_train:]))
+        # separate streams: the held-out frames do not depend on how many training frames are drawn
+        train = thermal_conformations(base, n_train, np.random.default_rng([seed, 0]))
+        validation = thermal_conformations(base, n_validation, np.random.default_rng([seed, 1]))
+        return Dataset(molecule_name, tuple(train), tuple(validation))
 
     return make
 
@@ -121,7 +122,7 @@ def _g2_small(seed: int, n_train: int, n_validation: int) -> Dataset:
 
 BUILTIN_DATASETS: dict[str, tuple[Callable[[int, int, int], Dataset], int, int]] = {
     # name: (generator, default train size, default validation size)
-    "water": (_conformation_set("H2O"), 64, 16),
+    "water": (_conformation_set("H2O"), 128, 16),
     "ethanol": (_conformation_set("CH3CH2OH"), 48, 12),
     "g2-small": (_g2_small, 2, 1),
 }
