@@ -1,0 +1,130 @@
+"""Label-free crystal training benchmark: train on displaced/strained cells, validate on held-out ones vs PySCF.
+
+Usage:
+    python benchmarks/train_crystals.py                       # si, the defaults of `vardft train si`
+    python benchmarks/train_crystals.py si --steps 200 --minutes 20 --n-train 4 --n-val 2
+    python benchmarks/train_crystals.py diamond --json
+    python benchmarks/train_crystals.py si --baseline none    # the network without the minao baseline
+
+Trains with :func:`vardft.train_crystal.train_crystal` on ``--n-train`` structures of the
+built-in set (:func:`vardft.train_crystal.crystal_dataset`, seed 0), then validates on the
+``--n-val`` structures that follow them in the same sequence (never used in training):
+PySCF ``KRKS`` with the same xc/basis/pseudo/k-mesh/FFT mesh per structure, and
+
+- band MAE (valence + 4 lowest conduction bands, meV) at the k-points of the mesh and
+  along the lattice's band path (PySCF's ``get_bands`` of the converged KRKS);
+- energy error per cell (variational energy of the predicted density − KRKS, mEh);
+- training wall time (integrals, compilation and steps).
+
+Prints PASS/MISS against the crystal issue's 20 meV target for Si and the distance
+to DeepH-E3's supervised results (sub-meV band errors; taken as 1 meV here, so the
+reported factor is a lower bound). ``--json`` prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._machine import machine_info  # noqa: E402
+
+BAND_TARGET_MEV = {"si": 20.0}
+"""Crystal issue: label-free model bands on held-out displaced Si within 20 meV MAE."""
+
+DEEPH_E3_MEV = 1.0
+"""DeepH-E3 (supervised on DFT Hamiltonians) reports sub-meV errors; 1 meV is used as its bound."""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("crystal", nargs="?", default="si", choices=["si", "diamond", "hbn"])
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: CrystalTrainConfig's)")
+    p.add_argument("--minutes", type=float, default=None, help="training wall-time cap")
+    p.add_argument("--n-train", type=int, default=4, help="training structures")
+    p.add_argument("--n-val", type=int, default=2, help="held-out structures")
+    p.add_argument("--kmesh", type=int, nargs=3, default=None, help="k-mesh (default 2 per periodic direction)")
+    p.add_argument("--baseline", default=None, choices=["minao", "none"])
+    p.add_argument("--sc-weight", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--output-scale", type=float, default=None)
+    p.add_argument("--cutoff", type=float, default=None, help="model cutoff, Å")
+    p.add_argument("--preset", default=None, choices=["S", "M", "L"])
+    p.add_argument("--path-points", type=int, default=30, help="k-points on the band path (0: skip the path)")
+    p.add_argument("--out", default=None, help="run directory (default: a temporary one)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from basis.crystal import default_kmesh
+    from vardft.train_crystal import CrystalTrainConfig, crystal_dataset, train_crystal
+    from vardft.validate_crystal import crystal_metrics, summarize_crystals
+
+    systems = crystal_dataset(args.crystal, args.n_train + args.n_val, seed=0)
+    train_set, held_out = systems[: args.n_train], systems[args.n_train :]
+    cfg = CrystalTrainConfig(dataset=args.crystal, n_train=args.n_train, max_minutes=args.minutes,
+                             kmesh=tuple(args.kmesh) if args.kmesh else default_kmesh(systems[0], 2))
+    overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency_weight": args.sc_weight,
+                 "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
+                 "preset": args.preset}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.crystal}-")
+    result = train_crystal(train_set, cfg, run_dir=run_dir, progress=not args.json)
+    t0 = time.perf_counter()
+    path = "" if args.path_points > 0 else None
+    frames = [crystal_metrics(result.params, result.model_config, result.config, s, path=path,
+                              path_points=max(args.path_points, 2)) for s in held_out]
+    mean = summarize_crystals(frames)
+    target = BAND_TARGET_MEV.get(args.crystal)
+    last = result.history[-1] if result.history else {}
+    out = {
+        "crystal": args.crystal,
+        "config": result.config.to_dict(),
+        "steps": result.step,
+        "train_structures": len(train_set),
+        "held_out_structures": len(held_out),
+        "train_wall_time_s": result.seconds,
+        "validate_wall_time_s": time.perf_counter() - t0,
+        "final_train_energy_eh": last.get("energy"),
+        "final_train_sc_rmse_eh": last.get("sc_rmse"),
+        "metrics": mean,
+        "frames": frames,
+        "band_target_mev": target,
+        "band_target_met": None if target is None else bool(mean["band_mae_mev"] <= target),
+        "deeph_e3_factor": mean["band_mae_mev"] / DEEPH_E3_MEV,
+        "run_dir": run_dir,
+        "machine": machine_info(),
+    }
+    if args.json:
+        json.dump(out, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    c = result.config
+    print(f"{args.crystal}: {c.xc}/{c.basis}/{c.pseudo}, k-mesh {'x'.join(map(str, c.kmesh))}, FFT mesh "
+          f"{'x'.join(map(str, c.mesh))}, baseline {c.baseline}, preset {c.preset}, "
+          f"{result.step} steps on {len(train_set)} structures in {result.seconds / 60:.1f} min")
+    print(f"held-out structures: {len(held_out)} (never used in training), vs PySCF KRKS")
+    print(f"{'metric':<42} {'measured':>12}  target")
+    rows = [
+        ("band MAE at the k-mesh (val + 4 cond), meV", mean["band_mae_mev"], target),
+        ("band MAE along the path, meV", mean.get("path_band_mae_mev"), target),
+        ("largest band error (k-mesh), meV", mean["band_max_mev"], None),
+        ("energy error per cell, mEh", mean["energy_error_per_cell"] * 1e3, None),
+    ]
+    for name, value, tgt in rows:
+        if value is None:
+            continue
+        verdict = "" if tgt is None else f"<= {tgt:g}  {'PASS' if value <= tgt else 'MISS'}"
+        print(f"{name:<42} {value:>12.2f}  {verdict}")
+    print(f"distance to DeepH-E3 (supervised, sub-meV): >= {out['deeph_e3_factor']:.0f}x its error")
+    print(f"training {result.seconds:.0f} s, validation {out['validate_wall_time_s']:.0f} s; run {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
