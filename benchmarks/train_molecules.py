@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=None, help="validate at most this many held-out frames")
     p.add_argument("--n-train", type=int, default=None,
                    help="training conformations (per molecule for g2-small; default: the dataset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the default batch size")
+    p.add_argument("--no-train-validation", action="store_true",
+                   help="no label-free evaluation of the held-out set during training (saves its memory)")
     p.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -89,10 +92,13 @@ def main(argv=None) -> int:
         config = dataclasses.replace(config, steps=args.steps)
     if args.preset is not None:
         config = dataclasses.replace(config, preset=args.preset)
+    if args.batch_size is not None:
+        config = dataclasses.replace(config, batch_size=args.batch_size)
     dataset = load_dataset(args.dataset, seed=config.seed, n_train=args.n_train)
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.dataset}-")
     t0 = time.perf_counter()
-    result = train(dataset, run_dir, config, cache=IntegralCache(default_cache_dir()), progress=not args.json)
+    train_on = dataclasses.replace(dataset, validation=()) if args.no_train_validation else dataset
+    result = train(train_on, run_dir, config, cache=IntegralCache(default_cache_dir()), progress=not args.json)
     train_time = time.perf_counter() - t0
     t1 = time.perf_counter()
     val = validate_run(run_dir, args.dataset, max_frames=args.frames, progress=not args.json)
@@ -102,6 +108,7 @@ def main(argv=None) -> int:
         "xc": config.xc,
         "basis": config.basis,
         "preset": config.preset,
+        "batch_size": config.batch_size,
         "steps": result.step,
         "train_conformations": len(dataset.train),
         "train_molecules": _molecules(dataset.train),

@@ -84,9 +84,9 @@ class TrainConfig:
     basis: str = "def2-svp"
     preset: str = "L"
     model_overrides: tuple = ()
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 8
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     warmup_steps: int = 50
     final_lr_fraction: float = 0.01
     weight_decay: float = 0.0
@@ -201,10 +201,6 @@ def baseline_hamiltonian(ints: Integrals, baseline: str) -> jax.Array:
     if baseline == "none":
         return jnp.zeros_like(ints.overlap)
     raise InputError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
-
-
-def stack_trees(trees: Sequence[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _bucket_integrals(systems: Sequence[System], config: TrainConfig, cache: IntegralCache, progress: bool):

@@ -55,6 +55,11 @@ TINY = TrainConfig(
 )
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return IntegralCache(str(tmp_path_factory.mktemp("integrals")))
+
+
 def _shifted(system: System, dx: float) -> System:
     return system.replace(positions=system.positions + np.array([dx, 0.0, 0.0]) * (np.arange(len(system.symbols))[:, None] == 0))
 
@@ -106,11 +111,10 @@ def test_step_batch_is_deterministic_and_proportional():
     assert len(idx) == min(4, [2, 30][b]) and np.all(idx < [2, 30][b])
 
 
-def test_mixed_bucket_loss_equals_each_molecule_alone():
+def test_mixed_bucket_loss_equals_each_molecule_alone(cache):
     """Padded batch with traced electron counts vs every molecule unpadded with its static count."""
     config = dataclasses.replace(TINY, baseline="minao")
     model_config = model_config_for(config, ["C", "H", "N", "O"])
-    cache = IntegralCache(None)
     data = prepare_set(MIXED, model_config, config, cache).arrays
     assert data.ints.n_electrons == MIXED_ELECTRONS
     assert np.asarray(data.n_electrons).tolist() == [10, 10, 10, 16]
@@ -126,7 +130,7 @@ def test_mixed_bucket_loss_equals_each_molecule_alone():
 
     batched = jax.jit(jax.vmap(one))(H, data.ints, data.X, data.mo_mask, data.batch.ao_mask, data.n_electrons)
     for k, system in enumerate(MIXED):
-        ints = build_integrals(system, xc=config.xc, basis=BASIS, grid_level=config.grid_level)
+        ints = cache.get(system, config.xc, BASIS, config.grid_level)
         n = ints.nao
         X = jnp.asarray(canonical_orthogonalizer(np.asarray(ints.overlap)))
         alone = molecule_loss(H[k, :n, :n], ints, X, jnp.ones(X.shape[1], bool), jnp.ones(n, bool), weights)
@@ -134,12 +138,12 @@ def test_mixed_bucket_loss_equals_each_molecule_alone():
             assert abs(float(getattr(batched, name)[k]) - float(getattr(alone, name))) < LOSS_TOL, (system.formula, name)
 
 
-def test_mixed_composition_training_compiles_one_step(tmp_path):
+def test_mixed_composition_training_compiles_one_step(tmp_path, cache):
     """Water, ammonia, methane and ethylene in one batch: one compiled step, finite losses."""
     config = dataclasses.replace(TINY, learning_rate=1.1e-2)  # a config of its own: a fresh compiled step
     train_set = tuple(_shifted(m, dx) for m in MIXED for dx in (0.0, 0.02))
     dataset = Dataset("mixed", train_set, ())
-    result = train(dataset, str(tmp_path / "run"), config, cache=IntegralCache(None), progress=False)
+    result = train(dataset, str(tmp_path / "run"), config, cache=cache, progress=False)
     assert result.step == 2 and result.skipped_steps == 0
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["energy"]) for r in result.history)
     step_fn, _ = _compiled_functions(_optimizer_key(config))
