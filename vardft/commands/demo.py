@@ -18,7 +18,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
     p.add_argument("--minutes", type=float, default=8.0, help="training wall-time cap")
-    p.add_argument("--steps", type=int, default=500, help="training steps (the full water defaults use 2000)")
+    p.add_argument("--steps", type=int, default=500, help="training steps (the full water defaults use 3000)")
     p.add_argument("--frames", type=int, default=8, help="held-out conformations to validate")
     p.add_argument("--json", action="store_true", help="print the validation result as JSON")
     p.set_defaults(func=run)
