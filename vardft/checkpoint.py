@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
 from typing import Any
 
@@ -128,3 +129,28 @@ def load_state_dict(run_dir: str) -> dict:
             return serialization.msgpack_restore(f.read())
     except Exception as exc:
         raise CheckpointError(f"cannot read {path}: {type(exc).__name__}") from None
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag that a training loop checks between steps
+    (it then writes a checkpoint and returns). Handlers are restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False

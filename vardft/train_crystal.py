@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import time
 from typing import Any, Sequence
 
@@ -352,30 +351,6 @@ def _set_terms(params, data: CrystalSet, cfg: CrystalTrainConfig) -> CrystalTerm
 
 
 # ----------------------------------------------------------------- training
-class _StopRequested:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (a checkpoint is then written)."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
 @dataclasses.dataclass
 class CrystalTrainResult:
     """Parameters and the per-step history (energy per cell, self-consistency RMSE, Hartree).
@@ -395,14 +370,11 @@ class CrystalTrainResult:
 
 def make_crystal_optimizer(cfg: CrystalTrainConfig) -> optax.GradientTransformation:
     """Gradient clip + Adam with warm-up and cosine decay (the molecular trainer's recipe)."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=cfg.learning_rate,
-        warmup_steps=max(1, min(cfg.warmup_steps, cfg.steps - 1)),
-        decay_steps=max(cfg.steps, 2),
-        end_value=cfg.learning_rate * cfg.final_lr_fraction,
+    from vardft.train import scheduled_adam
+
+    return scheduled_adam(
+        cfg.steps, cfg.learning_rate, cfg.warmup_steps, cfg.final_lr_fraction, cfg.grad_clip, cfg.adam_eps
     )
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule, eps=cfg.adam_eps))
 
 
 def train_crystal(
@@ -483,7 +455,7 @@ def train_crystal(
     interrupted = False
     step = step0
     bar = tqdm(total=cfg.steps, initial=step0, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    with _StopRequested() as stop:
+    with ckpt.StopRequested() as stop:
         while step < cfg.steps:
             params, opt_state, loss, terms, gnorm = step_fn(params, opt_state)
             step += 1
