@@ -1,6 +1,9 @@
 """Label-free training on crystals: complex density with safe gradients, a short run, bands --model."""
 
+import dataclasses
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ from vardft.train_crystal import (
     crystal_dataset,
     hermitian_density,
     load_crystal_model,
+    orthonormal_mse,
     train_crystal,
     _real_orthogonalizers,
 )
@@ -86,3 +90,49 @@ def test_training_lowers_the_energy_and_bands_from_the_model(tmp_path, capsys):
     assert bands.shape == (3, 8) and np.all(np.isfinite(bands))
     assert (data["xc"], data["basis"], data["pseudo"]) == ("lda,vwn", "gth-szv", "gth-pade")
     assert data["fermi_ev"] == pytest.approx(bands[:, 3].max())
+
+
+def test_orthonormal_residual_is_the_lowdin_basis_frobenius_norm(si_ints):
+    """X†DX with the padded real-embedded canonical X equals S^-1/2 D S^-1/2 (any orthonormal basis)."""
+    S = np.asarray(si_ints.overlap)
+    rng = np.random.default_rng(4)
+    D = rng.normal(size=S.shape) + 1j * rng.normal(size=S.shape)
+    D = D + np.conj(np.swapaxes(D, 1, 2))
+    X, mask = _real_orthogonalizers(S, si_ints.nao)
+    expected = []
+    for k in range(S.shape[0]):
+        s_half_inv = scipy.linalg.fractional_matrix_power(S[k], -0.5)
+        expected.append(np.mean(np.abs(s_half_inv @ D[k] @ s_half_inv) ** 2))
+    got = float(orthonormal_mse(jnp.asarray(D), jnp.asarray(X), jnp.asarray(mask)))
+    assert got == pytest.approx(np.mean(expected), rel=1e-10)
+    assert got > 2 * float(np.mean(np.abs(D) ** 2))  # S(k) eigenvalues < 1 amplify: the AO norm understates
+
+
+def test_minibatch_resume_continues_exactly(tmp_path):
+    """Batches of 2 of 3 crystals, drawn per step: 2 steps + resume 2 = 4 steps in one go."""
+    systems = crystal_dataset("si", 3, seed=1)
+    cfg = dataclasses.replace(CONFIG, steps=4, batch_size=2, checkpoint_every=1)
+    straight = train_crystal(systems, cfg)
+    run_dir = str(tmp_path / "run")
+
+    def interrupt(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train_crystal(systems, cfg, run_dir=run_dir, log=interrupt)
+    assert first.interrupted and first.step == 2
+    resumed = train_crystal(systems, cfg, run_dir=run_dir, resume=True)
+    assert resumed.step == 4
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history[2:]]
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    everything = train_crystal(systems, dataclasses.replace(cfg, batch_size=None, steps=1))
+    assert everything.history[0]["loss"] != straight.history[0]["loss"]  # a batch is a subset
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"self_consistency_basis": "mo"}])
+def test_bad_training_options_raise_input_error(bad):
+    from basis.errors import InputError
+
+    with pytest.raises(InputError):
+        train_crystal(crystal_dataset("si", 1, seed=0), dataclasses.replace(CONFIG, **bad))

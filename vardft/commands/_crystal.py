@@ -68,6 +68,7 @@ def crystal_config_from_args(args, name, systems):
         mesh=_mesh(args.mesh),
         preset=pick(args.preset, d.preset),
         steps=pick(args.steps, d.steps),
+        batch_size=pick(getattr(args, "batch_size", None), d.batch_size),
         learning_rate=pick(args.lr, d.learning_rate),
         self_consistency_weight=pick(args.sc_weight, d.self_consistency_weight),
         baseline=args.baseline,

@@ -37,7 +37,8 @@ def register(sub) -> None:
     c = CrystalTrainConfig()
     p.add_argument("--preset", default=None, choices=["S", "M", "L"], help=f"model size (default {d.preset}; {c.preset})")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps}; {c.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="molecules per step")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"molecules (crystals) per step (default {d.batch_size}; all crystals)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.learning_rate}; {c.learning_rate})")
     p.add_argument("--sc-weight", type=float, default=None,
                    help=f"weight of the self-consistency term, 1/Eh (default {d.loss.self_consistency}; {c.self_consistency_weight})")
@@ -77,7 +78,7 @@ def config_from_args(args):
         basis=pick(args.basis, d.basis),
         preset=pick(args.preset, d.preset),
         steps=steps,
-        batch_size=args.batch_size,
+        batch_size=pick(args.batch_size, d.batch_size),
         learning_rate=pick(args.lr, d.learning_rate),
         loss=LossWeights(energy=d.loss.energy, self_consistency=pick(args.sc_weight, d.loss.self_consistency), supervised=0.0),
         baseline=args.baseline,
