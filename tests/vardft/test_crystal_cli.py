@@ -73,3 +73,9 @@ def test_bad_kmesh_is_one_line(tmp_path, capsys):
     assert main(["train", "si", "--out", str(tmp_path / "r"), "--kmesh", "0", "1", "1", "--steps", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "k-point mesh" in err
+
+
+def test_bad_batch_size_is_one_line(tmp_path, capsys):
+    assert main(["train", "si", "--out", str(tmp_path / "r"), *TINY, "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "batch size" in err

@@ -13,7 +13,7 @@ import os
 CRYSTAL_DEFAULT_BASIS = "gth-szv"
 CRYSTAL_KPOINTS_PER_DIRECTION = 2
 """Default training k-mesh: 2 per periodic direction, 1 along vacuum."""
-CRYSTAL_DEFAULT_N_TRAIN = 4
+CRYSTAL_DEFAULT_N_TRAIN = 16
 
 
 def is_crystal_data(data: str) -> bool:

@@ -32,20 +32,22 @@ def register(sub) -> None:
     p.add_argument("data", metavar="DATA", help="built-in dataset name or structure file")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (config, checkpoint, log)")
     add_level_arguments(p)
+    from vardft.commands._crystal import CRYSTAL_DEFAULT_N_TRAIN
     from vardft.train_crystal import CrystalTrainConfig
 
     c = CrystalTrainConfig()
     p.add_argument("--preset", default=None, choices=["S", "M", "L"], help=f"model size (default {d.preset}; {c.preset})")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps}; {c.steps})")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"molecules (crystals) per step (default {d.batch_size}; all crystals)")
+                   help=f"molecules (crystals) per step (default {d.batch_size}; {c.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.learning_rate}; {c.learning_rate})")
     p.add_argument("--sc-weight", type=float, default=None,
                    help=f"weight of the self-consistency term, 1/Eh (default {d.loss.self_consistency}; {c.self_consistency_weight})")
     p.add_argument("--baseline", default=d.baseline, choices=["minao", "none"], help="H = F[P_minao] + network (minao) or network only (none)")
     p.add_argument("--grid-level", type=int, default=d.grid_level, help="PySCF grid level of the training energy")
     p.add_argument("--seed", type=int, default=d.seed, help="initialisation and data-order seed")
-    p.add_argument("--n-train", type=int, default=None, help="training conformations (built-in sets)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help=f"training conformations / structures of a built-in set (default: the set's own; {CRYSTAL_DEFAULT_N_TRAIN})")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time (checkpoint kept)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"steps between checkpoints (default {d.checkpoint_every}; {c.checkpoint_every})")
