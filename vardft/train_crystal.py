@@ -53,6 +53,9 @@ from vardft.hamiltonian import Batch, bloch_sum_batch, prepare_batch, predict_ha
 __all__ = [
     "CrystalTrainConfig",
     "CrystalSet",
+    "OffMesh",
+    "offmesh_kpts",
+    "offmesh_fock",
     "CrystalTrainResult",
     "crystal_dataset",
     "prepare_crystal_set",
@@ -102,6 +105,11 @@ class CrystalTrainConfig:
         self_consistency_basis: where |H(k) − F(k)|² is measured: ``"orthonormal"``
             (X(k)† (H − F) X(k), which bounds band errors: :func:`orthonormal_mse`) or
             ``"ao"`` (the AO basis, as for molecules).
+        offmesh_self_consistency: also require H(q) = F(q)[P] at the k-mesh shifted by
+            half a mesh step (:func:`offmesh_kpts`), F(q) built from the potential of
+            the training density as PySCF's ``get_bands`` does. The training mesh alone
+            fixes ΔH(R) only up to aliasing (Σ over R equal modulo the k-mesh
+            supercell); these points pin the bands between the k-points.
         baseline: ``"minao"`` (H = H_base[P_guess] + ΔH) or ``"none"`` (H = ΔH).
         output_scale: ΔH(R) = output_scale × network output, Hartree.
         seed: parameter initialisation.
@@ -129,6 +137,7 @@ class CrystalTrainConfig:
     energy_weight: float = 1.0
     self_consistency_weight: float = 3000.0
     self_consistency_basis: str = "orthonormal"
+    offmesh_self_consistency: bool = True
     baseline: str = "minao"
     output_scale: float = 0.01
     seed: int = 0
@@ -264,6 +273,38 @@ def check_training_options(cfg: CrystalTrainConfig) -> None:
         raise InputError(f"batch size must be >= 1, got {cfg.batch_size}")
 
 
+def offmesh_kpts(system: System, kmesh: Sequence[int]) -> np.ndarray:
+    """The Γ-centred ``kmesh`` shifted by half a step along each sampled direction.
+
+    Fractions (n + ½)/N_d for N_d > 1 (0 along an unsampled direction, e.g. vacuum),
+    as Cartesian k-points (nq, 3), 1/Bohr: none of them lies on the training mesh.
+    """
+    from basis.crystal import absolute_kpts, to_cell
+
+    axes = [(np.arange(n) + (0.5 if n > 1 else 0.0)) / n for n in kmesh]
+    frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return absolute_kpts(to_cell(system, basis="gth-szv", pseudo="gth-pade"), frac)
+
+
+@flax.struct.dataclass
+class OffMesh:
+    """Integrals at the off-mesh k-points q of :func:`offmesh_kpts`, stacked over B crystals.
+
+    Attributes:
+        kpts: (B, nq, 3) Cartesian q, 1/Bohr.
+        hcore: (B, nq, N, N) complex h(q); ao: (B, nq, nderiv, ngrid, N) Bloch AOs
+            on the training FFT mesh; X, mo_mask: real-embedded orthogonalizers of S(q);
+        h_base: (B, nq, N, N) baseline H_base(q), Hartree.
+    """
+
+    kpts: Any
+    hcore: Any
+    ao: Any
+    X: Any
+    mo_mask: Any
+    h_base: Any
+
+
 @flax.struct.dataclass
 class CrystalSet:
     """Crystals with their periodic graph and integrals, stacked on a leading axis B.
@@ -274,6 +315,7 @@ class CrystalSet:
         X: (B, nk, 2N, 2N) real-embedded orthogonalizers of S(k).
         mo_mask: (B, nk, 2N) real columns of X.
         h_base: (B, nk, N, N) complex baseline H_base(k) at the k-points, Hartree.
+        offmesh: :class:`OffMesh` or ``None`` (``offmesh_self_consistency`` off).
     """
 
     batch: Batch
@@ -281,6 +323,7 @@ class CrystalSet:
     X: Any
     mo_mask: Any
     h_base: Any
+    offmesh: Any = None
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -307,7 +350,7 @@ def prepare_crystal_set(systems: Sequence[System], model_config, cfg: CrystalTra
     mesh = tuple(mesh or cfg.mesh or _default_mesh(systems[0], cfg))
     batch = prepare_batch(systems, model_config)
     n_pad = batch.ao_mask.shape[1]
-    ints, XM, bases = [], [], []
+    ints, XM, bases, offmesh = [], [], [], []
     for s in systems:
         i = build_periodic_integrals(s, cfg.xc, cfg.basis, cfg.pseudo, cfg.kmesh, mesh)
         if i.nao != n_pad:
@@ -315,6 +358,8 @@ def prepare_crystal_set(systems: Sequence[System], model_config, cfg: CrystalTra
         ints.append(i)
         XM.append(_real_orthogonalizers(np.asarray(i.overlap), n_pad))
         bases.append(np.asarray(baseline_hamiltonian(i, cfg.baseline)))
+        if cfg.offmesh_self_consistency:
+            offmesh.append(_offmesh_integrals(s, i, cfg, n_pad))
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *ints)
     return CrystalSet(
         batch=batch,
@@ -322,7 +367,23 @@ def prepare_crystal_set(systems: Sequence[System], model_config, cfg: CrystalTra
         X=jnp.asarray(np.stack([x for x, _ in XM])),
         mo_mask=jnp.asarray(np.stack([m for _, m in XM])),
         h_base=jnp.asarray(np.stack(bases)),
+        offmesh=jax.tree.map(lambda *xs: jnp.stack(xs), *offmesh) if offmesh else None,
     )
+
+
+def _offmesh_integrals(system: System, ints: PeriodicIntegrals, cfg: CrystalTrainConfig, n_pad: int) -> OffMesh:
+    """:class:`OffMesh` of one crystal (unstacked), on the FFT mesh of ``ints``."""
+    from basis.crystal import to_cell
+    from basis.pbc_integrals import build_band_integrals
+
+    cell = to_cell(system, basis=cfg.basis, pseudo=cfg.pseudo, mesh=ints.mesh)
+    band = build_band_integrals(cell, offmesh_kpts(system, cfg.kmesh), ints.functional, mesh=ints.mesh)
+    X, mask = _real_orthogonalizers(np.asarray(band.overlap), n_pad)
+    if cfg.baseline == "minao":
+        h_base = band.hcore + _potential_matrices(baseline_potential(ints), band.ao)
+    else:
+        h_base = jnp.zeros_like(band.overlap)
+    return OffMesh(kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask), h_base=h_base)
 
 
 # ------------------------------------------------------------------- loss
@@ -355,8 +416,15 @@ class CrystalTerms(flax.struct.PyTreeNode):
     orthonormal_rmse: Any  # the same in an orthonormal basis (:func:`orthonormal_mse`)
 
 
-def crystal_loss_terms(Hk, ints: PeriodicIntegrals, X, mo_mask, cfg: CrystalTrainConfig) -> CrystalTerms:
-    """Loss of one crystal from its H(k) (nk, N, N) at the k-points of ``ints`` (unstacked)."""
+def crystal_loss_terms(
+    Hk, ints: PeriodicIntegrals, X, mo_mask, cfg: CrystalTrainConfig, Hq=None, offmesh: OffMesh | None = None
+) -> CrystalTerms:
+    """Loss of one crystal from its H(k) (nk, N, N) at the k-points of ``ints`` (unstacked).
+
+    With ``offmesh`` (unstacked :class:`OffMesh`) and ``Hq`` (nq, N, N), H(q) at the
+    off-mesh points, the self-consistency penalty is the mean of the mesh's and the
+    off-mesh points' (F(q) from the potential of the same density, stop-gradient).
+    """
     nao = ints.nao
     Hk = Hk[:, :nao, :nao]
     P, _ = hermitian_density(Hk, X, mo_mask, ints.n_electrons)
@@ -365,6 +433,11 @@ def crystal_loss_terms(Hk, ints: PeriodicIntegrals, X, mo_mask, cfg: CrystalTrai
     surrogate = jnp.sum(ints.kweights * jnp.einsum("kij,kji->k", F, P).real)
     mse = jnp.mean(jnp.abs(Hk - F) ** 2)
     mse_orthonormal = orthonormal_mse(Hk - F, X, mo_mask)
+    if offmesh is not None:
+        Fq = sg(offmesh_fock(sg(P), ints, offmesh))
+        Dq = Hq[:, :nao, :nao] - Fq
+        mse = 0.5 * (mse + jnp.mean(jnp.abs(Dq) ** 2))
+        mse_orthonormal = 0.5 * (mse_orthonormal + orthonormal_mse(Dq, offmesh.X, offmesh.mo_mask))
     penalty = mse if cfg.self_consistency_basis == "ao" else mse_orthonormal
     loss = cfg.energy_weight * (sg(E) + surrogate - sg(surrogate)) + cfg.self_consistency_weight * penalty
     return CrystalTerms(
@@ -373,6 +446,15 @@ def crystal_loss_terms(Hk, ints: PeriodicIntegrals, X, mo_mask, cfg: CrystalTrai
         self_consistency_rmse=jnp.sqrt(sg(mse)),
         orthonormal_rmse=jnp.sqrt(sg(mse_orthonormal)),
     )
+
+
+def offmesh_fock(P, ints: PeriodicIntegrals, offmesh: OffMesh):
+    """F(q) = h(q) + ⟨φ_q|v[P]|φ_q⟩ at the off-mesh points, (nq, N, N) complex, Hartree.
+
+    v[P] is the Hartree + XC potential of the density of P(k) on the k-mesh of
+    ``ints``: the Fock matrices PySCF's ``get_bands`` diagonalises.
+    """
+    return offmesh.hcore + potential_matrices(effective_potential(P, ints), offmesh.ao)
 
 
 def orthonormal_mse(D, X, mo_mask):
@@ -398,7 +480,12 @@ def _set_terms(params, data: CrystalSet, cfg: CrystalTrainConfig, idx=None) -> C
         data = jax.tree.map(lambda a: a[idx], data)
     H_R = cfg.output_scale * predict_hamiltonian(params, data.batch)
     Hk = data.h_base + bloch_sum_batch(H_R, data.batch, data.ints.kpts)
-    return jax.vmap(lambda h, i, x, m: crystal_loss_terms(h, i, x, m, cfg))(Hk, data.ints, data.X, data.mo_mask)
+    if data.offmesh is None:
+        return jax.vmap(lambda h, i, x, m: crystal_loss_terms(h, i, x, m, cfg))(Hk, data.ints, data.X, data.mo_mask)
+    Hq = data.offmesh.h_base + bloch_sum_batch(H_R, data.batch, data.offmesh.kpts)
+    return jax.vmap(lambda h, i, x, m, hq, o: crystal_loss_terms(h, i, x, m, cfg, hq, o))(
+        Hk, data.ints, data.X, data.mo_mask, Hq, data.offmesh
+    )
 
 
 # ----------------------------------------------------------------- training
@@ -581,6 +668,7 @@ def load_crystal_model(run_dir: str):
     train.setdefault("baseline", "none")
     train.setdefault("output_scale", 0.1)
     train.setdefault("self_consistency_basis", "ao")
+    train.setdefault("offmesh_self_consistency", False)
     cfg = CrystalTrainConfig.from_dict(train)
     template = init_params(jax.random.PRNGKey(0), model_cfg)
     raw = load_state_dict(run_dir)

@@ -136,3 +136,30 @@ def test_bad_training_options_raise_input_error(bad):
 
     with pytest.raises(InputError):
         train_crystal(crystal_dataset("si", 1, seed=0), dataclasses.replace(CONFIG, **bad))
+
+
+def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
+    """F(q) from a converged KRKS density at the half-shifted mesh: get_bands' eigenvalues."""
+    from pyscf.pbc import dft as pbcdft
+
+    from basis.crystal import scaled_kpts, to_cell
+    from basis.pbc_integrals import periodic_integrals_from_mean_field
+    from vardft.train_crystal import _offmesh_integrals, offmesh_fock, offmesh_kpts
+
+    system = crystal_dataset("si", 1, seed=2)[0]
+    cfg = dataclasses.replace(CONFIG, xc="pbe", pseudo="gth-pbe", kmesh=(2, 2, 2))
+    cell = to_cell(system, basis=cfg.basis, pseudo=cfg.pseudo, mesh=SMALL_MESH)
+    mf = pbcdft.KRKS(cell, cell.make_kpts(cfg.kmesh), xc="pbe")
+    mf.conv_tol = 1e-11
+    mf.kernel()
+    ints = periodic_integrals_from_mean_field(mf)
+    q = offmesh_kpts(system, cfg.kmesh)
+    frac = scaled_kpts(cell, q)
+    assert np.allclose(np.sort(np.unique(np.round(frac, 12))), [0.25, 0.75]) and len(q) == 8
+    off = _offmesh_integrals(system, ints, cfg, ints.nao)
+    F = np.asarray(offmesh_fock(jnp.asarray(np.asarray(mf.make_rdm1())), ints, off))
+    ref = np.asarray(mf.get_bands(q)[0])
+    S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=q))
+    for k in range(len(q)):
+        e = scipy.linalg.eigh(F[k], S[k], eigvals_only=True)
+        assert np.abs(e - ref[k]).max() < 1e-8
