@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--sc-weight", type=float, default=None)
     p.add_argument("--sc-basis", default=None, choices=["orthonormal", "ao"], help="basis of the self-consistency residual")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: CrystalTrainConfig's)")
+    p.add_argument("--no-offmesh", action="store_true", help="self-consistency at the training k-mesh only")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--output-scale", type=float, default=None)
     p.add_argument("--cutoff", type=float, default=None, help="model cutoff, Å")
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
     overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency_weight": args.sc_weight,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
                  "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size}
+    if args.no_offmesh:
+        overrides["offmesh_self_consistency"] = False
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.crystal}-")
     result = train_crystal(train_set, cfg, run_dir=run_dir, progress=not args.json)

@@ -5,7 +5,11 @@ on a periodic batch) and the integrals of its k-mesh (:class:`basis.pbc_integral
 
     H(k)  = H_base(k) + Σ_R e^{ik·T_R} ΔH(R)              (Bloch sum, PySCF convention)
     P(k)  = 2 Σ_{n occ} C_n(k) C_n(k)†,   H(k) C = S(k) C ε (n_electrons/2 bands per k)
-    L     = w_E · E[{P(k)}]  +  w_SC · mean_k,μν |H(k) − F(k)[sg P]|²
+    L     = w_E · E[{P(k)}]  +  w_SC · ½ (mean_k + mean_q) mean_ij |X† (H − F[sg P]) X|²_ij
+
+with X(k) an orthogonalizer of S(k) (the residual in an orthonormal basis bounds the
+band errors; :func:`orthonormal_mse`) and q the k-mesh shifted by half a step, where
+F(q) comes from the potential of the same density (:func:`offmesh_fock`).
 
 E is the KS energy per cell of :mod:`solvers.periodic` (Hartree) and F(k) = ∂E/∂P(k) its
 Fock matrices. The baseline (``baseline="minao"``, as for molecules) is the Kohn–Sham
