@@ -107,25 +107,32 @@ class Model:
 
     def hamiltonians(self, systems: Sequence[System]) -> list[np.ndarray]:
         """Predicted H (nao, nao) for each system, Hartree, PySCF AO order."""
+        return [self._hamiltonian(System.from_any(system)) for system in systems]
+
+    def _hamiltonian(self, system: System, ints=None) -> np.ndarray:
+        """H of one system; ``ints`` (at the training grid level) are reused for the baseline."""
         from vardft.hamiltonian import predict_hamiltonian, prepare_batch, unpad
         from vardft.train import baseline_hamiltonian
 
-        out = []
-        for system in systems:
-            system = System.from_any(system)
-            self._check_elements(system)
-            system.require_closed_shell()
-            batch = prepare_batch([system], self.model_config)
-            delta = self.config.output_scale * unpad(predict_hamiltonian(self.params, batch), batch, 0)
+        self._check_elements(system)
+        system.require_closed_shell()
+        batch = prepare_batch([system], self.model_config)
+        delta = np.asarray(self.config.output_scale * unpad(predict_hamiltonian(self.params, batch), batch, 0))
+        if self.config.baseline == "none":
+            return delta
+        if ints is None:
             ints = build_integrals(system, self.xc, self.basis, self.config.grid_level)
-            out.append(np.asarray(baseline_hamiltonian(ints, self.config.baseline)) + delta)
-        return out
+        return np.asarray(baseline_hamiltonian(ints, self.config.baseline)) + delta
 
     def predict(self, system) -> Prediction:
-        """Hamiltonian, orbitals, density and variational energy of one system."""
+        """Hamiltonian, orbitals, density and variational energy of one system.
+
+        The energy is evaluated on PySCF's grid level 3; the baseline of H on the run's
+        training grid (the same integrals when the two levels agree).
+        """
         system = System.from_any(system)
-        H = self.hamiltonians([system])[0]
         ints = build_integrals(system, self.xc, self.basis, DEFAULT_GRID_LEVEL)
+        H = self._hamiltonian(system, ints if self.config.grid_level == DEFAULT_GRID_LEVEL else None)
         X = canonical_orthogonalizer(np.asarray(ints.overlap))
         res = solve_hamiltonian(jnp.asarray(H), jnp.asarray(X), ints.n_electrons)
         energy = float(jax.jit(total_energy)(res.density, ints))

@@ -673,6 +673,7 @@ def load_crystal_model(run_dir: str):
     train.setdefault("output_scale", 0.1)
     train.setdefault("self_consistency_basis", "ao")
     train.setdefault("offmesh_self_consistency", False)
+    train.setdefault("batch_size", None)
     cfg = CrystalTrainConfig.from_dict(train)
     template = init_params(jax.random.PRNGKey(0), model_cfg)
     raw = load_state_dict(run_dir)

@@ -163,3 +163,18 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
     for k in range(len(q)):
         e = scipy.linalg.eigh(F[k], S[k], eigvals_only=True)
         assert np.abs(e - ref[k]).max() < 1e-8
+
+
+def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(tmp_path):
+    """A config.json without the newer keys resumes with the loss it was trained with."""
+    run_dir = str(tmp_path / "run")
+    train_crystal(crystal_dataset("si", 1, seed=0), dataclasses.replace(CONFIG, steps=1), run_dir=run_dir)
+    path = os.path.join(run_dir, "config.json")
+    with open(path) as f:
+        conf = json.load(f)
+    for key in ("self_consistency_basis", "offmesh_self_consistency", "batch_size"):
+        del conf["train"][key]
+    with open(path, "w") as f:
+        json.dump(conf, f)
+    _, _, cfg = load_crystal_model(run_dir)
+    assert (cfg.self_consistency_basis, cfg.offmesh_self_consistency, cfg.batch_size) == ("ao", False, None)
