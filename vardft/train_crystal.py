@@ -239,17 +239,24 @@ def baseline_potential(ints: PeriodicIntegrals) -> jax.Array:
     return _effective_potential(ints.dm_guess, ints)
 
 
-def baseline_hamiltonian(ints: PeriodicIntegrals, baseline: str) -> jax.Array:
+def baseline_hamiltonian(ints, baseline: str, potential=None) -> jax.Array:
     """H_base(k) at the k-points of ``ints``, (nk, nao, nao) complex128, Hartree.
 
     ``"minao"``: h(k) + ⟨φ_k|v_guess|φ_k⟩, equal to F(k)[P_guess]; ``"none"``: zeros.
+
+    Args:
+        ints: :class:`PeriodicIntegrals`, or :class:`~basis.pbc_integrals.BandIntegrals`
+            at other k-points together with ``potential``.
+        potential: v_guess (:func:`baseline_potential` of the structure's training-mesh
+            integrals) if already formed; otherwise formed from ``ints``.
 
     Raises:
         InputError: unknown baseline.
     """
     check_baseline(baseline)
     if baseline == "minao":
-        return ints.hcore + _potential_matrices(baseline_potential(ints), ints.ao)
+        v = baseline_potential(ints) if potential is None else potential
+        return ints.hcore + _potential_matrices(v, ints.ao)
     return jnp.zeros_like(ints.overlap)
 
 
@@ -277,17 +284,18 @@ def check_training_options(cfg: CrystalTrainConfig) -> None:
         raise InputError(f"batch size must be >= 1, got {cfg.batch_size}")
 
 
-def offmesh_kpts(system: System, kmesh: Sequence[int]) -> np.ndarray:
+def offmesh_kpts(cell, kmesh: Sequence[int]) -> np.ndarray:
     """The Γ-centred ``kmesh`` shifted by half a step along each sampled direction.
 
     Fractions (n + ½)/N_d for N_d > 1 (0 along an unsampled direction, e.g. vacuum),
-    as Cartesian k-points (nq, 3), 1/Bohr: none of them lies on the training mesh.
+    as Cartesian k-points (nq, 3), 1/Bohr, of a PySCF ``cell``: none of them lies on
+    the training mesh.
     """
-    from basis.crystal import absolute_kpts, to_cell
+    from basis.crystal import absolute_kpts
 
     axes = [(np.arange(n) + (0.5 if n > 1 else 0.0)) / n for n in kmesh]
     frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    return absolute_kpts(to_cell(system, basis="gth-szv", pseudo="gth-pade"), frac)
+    return absolute_kpts(cell, frac)
 
 
 @flax.struct.dataclass
@@ -361,9 +369,10 @@ def prepare_crystal_set(systems: Sequence[System], model_config, cfg: CrystalTra
             raise ValueError("crystals of one set must have the same atoms (same number of AOs)")
         ints.append(i)
         XM.append(_real_orthogonalizers(np.asarray(i.overlap), n_pad))
-        bases.append(np.asarray(baseline_hamiltonian(i, cfg.baseline)))
+        v = baseline_potential(i) if cfg.baseline == "minao" else None
+        bases.append(np.asarray(baseline_hamiltonian(i, cfg.baseline, v)))
         if cfg.offmesh_self_consistency:
-            offmesh.append(_offmesh_integrals(s, i, cfg, n_pad))
+            offmesh.append(_offmesh_integrals(s, i, cfg, n_pad, v))
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *ints)
     return CrystalSet(
         batch=batch,
@@ -375,18 +384,22 @@ def prepare_crystal_set(systems: Sequence[System], model_config, cfg: CrystalTra
     )
 
 
-def _offmesh_integrals(system: System, ints: PeriodicIntegrals, cfg: CrystalTrainConfig, n_pad: int) -> OffMesh:
-    """:class:`OffMesh` of one crystal (unstacked), on the FFT mesh of ``ints``."""
+def _offmesh_integrals(
+    system: System, ints: PeriodicIntegrals, cfg: CrystalTrainConfig, n_pad: int, potential=None
+) -> OffMesh:
+    """:class:`OffMesh` of one crystal (unstacked), on the FFT mesh of ``ints``.
+
+    ``potential``: the structure's v_guess when already formed (``"minao"`` baseline).
+    """
     from basis.crystal import to_cell
     from basis.pbc_integrals import build_band_integrals
 
     cell = to_cell(system, basis=cfg.basis, pseudo=cfg.pseudo, mesh=ints.mesh)
-    band = build_band_integrals(cell, offmesh_kpts(system, cfg.kmesh), ints.functional, mesh=ints.mesh)
+    band = build_band_integrals(cell, offmesh_kpts(cell, cfg.kmesh), ints.functional, mesh=ints.mesh)
     X, mask = _real_orthogonalizers(np.asarray(band.overlap), n_pad)
-    if cfg.baseline == "minao":
-        h_base = band.hcore + _potential_matrices(baseline_potential(ints), band.ao)
-    else:
-        h_base = jnp.zeros_like(band.overlap)
+    if cfg.baseline == "minao" and potential is None:
+        potential = baseline_potential(ints)
+    h_base = baseline_hamiltonian(band, cfg.baseline, potential)
     return OffMesh(kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask), h_base=h_base)
 
 

@@ -153,7 +153,7 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
     mf.conv_tol = 1e-11
     mf.kernel()
     ints = periodic_integrals_from_mean_field(mf)
-    q = offmesh_kpts(system, cfg.kmesh)
+    q = offmesh_kpts(cell, cfg.kmesh)
     frac = scaled_kpts(cell, q)
     assert np.allclose(np.sort(np.unique(np.round(frac, 12))), [0.25, 0.75]) and len(q) == 8
     off = _offmesh_integrals(system, ints, cfg, ints.nao)
