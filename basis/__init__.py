@@ -1,6 +1,15 @@
-"""Systems, input checking, AO layout and the boundary to PySCF integrals."""
+"""Systems, input checking, AO layout and the boundary to PySCF integrals.
 
-from basis.errors import (
+This is the root package of the project (``solvers`` and ``vardft`` import it), so
+the one switch to float64 JAX lives here: every energy and everything compared with
+PySCF is float64, and importing any part of the project turns it on.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from basis.errors import (  # noqa: E402
     BasisError,
     CheckpointError,
     ElectronCountError,
@@ -10,7 +19,7 @@ from basis.errors import (
     MalformedFileError,
     UnknownElementError,
 )
-from basis.system import System, read_systems
+from basis.system import System, read_systems  # noqa: E402
 
 __all__ = [
     "BasisError",

@@ -1,17 +1,14 @@
 """Pure JAX electronic-structure physics: eigensolver, energy, Fock, SCF, bands."""
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
-from solvers.eigen import (  # noqa: E402
+import basis  # noqa: F401  (float64 JAX: see basis/__init__.py)
+from solvers.eigen import (
     DEGENERACY_TOL,
     EigenResult,
     canonical_orthogonalizer,
     pad_orthogonalizer,
     solve_hamiltonian,
 )
-from solvers.energy import EnergyComponents, energy, energy_and_fock, fock, total_energy  # noqa: E402
+from solvers.energy import EnergyComponents, energy, energy_and_fock, fock, total_energy
 
 __all__ = [
     "DEGENERACY_TOL",

@@ -33,8 +33,6 @@ import numpy as np
 from basis.pbc_integrals import BandIntegrals, PeriodicIntegrals
 from solvers.periodic import effective_potential, fock_at_kpoints, generalized_eigh, potential_matrices
 
-jax.config.update("jax_enable_x64", True)
-
 
 def cell_translations(shifts: jax.Array, lattice: jax.Array) -> jax.Array:
     """Translations T = n · lattice (nR, 3), Bohr, from integer shifts n (nR, 3) and lattice rows."""

@@ -44,8 +44,6 @@ import jax.numpy as jnp
 from basis.pbc_integrals import PeriodicIntegrals
 from solvers.xc import xc_energy
 
-jax.config.update("jax_enable_x64", True)
-
 DEFAULT_CONV_TOL = 1e-10
 """SCF convergence on the energy change, Hartree per cell."""
 

@@ -3,12 +3,8 @@
 Public names (may grow, not break): :class:`System`, :func:`scf`.
 """
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
-from basis.errors import InputError  # noqa: E402
-from basis.system import System, read_systems  # noqa: E402
+from basis.errors import InputError  # float64 JAX is switched on by basis/__init__.py
+from basis.system import System, read_systems
 
 __all__ = ["InputError", "System", "initial_guess", "load", "read_systems", "scf"]
 

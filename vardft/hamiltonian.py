@@ -57,6 +57,7 @@ import numpy as np
 from basis.errors import BasisError
 from basis.layout import e3nn_to_pyscf, element_layout
 from basis.system import System, canonical_symbol
+from basis.units import BOHR_ANGSTROM
 
 __all__ = [
     "BlockLayout",
@@ -71,11 +72,8 @@ __all__ = [
     "unpad",
     "unpad_real_space",
     "bloch_sum_batch",
-    "BOHR_ANGSTROM",
 ]
 
-BOHR_ANGSTROM = 0.52917721092
-"""One Bohr in Ångström (PySCF's value)."""
 
 CG_ORTHOGONALITY_TOL = 1e-12
 

@@ -51,7 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from basis.system import canonical_symbol
-from vardft.hamiltonian import BOHR_ANGSTROM, Batch, assemble, block_layout, irreps_to_block, prepare_batch
+from basis.units import BOHR_ANGSTROM
+from vardft.hamiltonian import Batch, assemble, block_layout, irreps_to_block, prepare_batch
 
 __all__ = ["ModelConfig", "HamiltonianModel", "init_params", "count_params", "PRESETS"]
 

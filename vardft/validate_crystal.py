@@ -31,8 +31,7 @@ import numpy as np
 
 from basis.system import System
 
-HARTREE_TO_MEV = 27.211386245988e3
-"""CODATA 2018 (PySCF's ``HARTREE2EV`` × 1000)."""
+from basis.units import HARTREE_TO_MEV
 
 N_CONDUCTION = 4
 """Conduction bands included in the band MAE (the crystal issue's target)."""

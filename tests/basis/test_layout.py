@@ -10,6 +10,7 @@ import pytest
 from pyscf import gto
 from pyscf.dft import numint
 
+from basis.units import BOHR_ANGSTROM
 from basis.errors import BasisError, UnknownElementError
 from basis.layout import (
     ao_offsets,
@@ -118,7 +119,7 @@ def test_ao_rotation_against_pyscf_ao_values(basis, improper):
     mol1 = _mole(MOLECULE, basis, rot, shift)
     rng = np.random.default_rng(0)
     pts = rng.normal(scale=1.5, size=(300, 3))  # Bohr, around the molecule
-    shift_bohr = shift / 0.52917721092
+    shift_bohr = shift / BOHR_ANGSTROM
     ao0 = numint.eval_ao(mol0, pts)
     ao1 = numint.eval_ao(mol1, pts @ rot.T + shift_bohr)
     d = ao_rotation(basis, symbols, rot)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy.linalg import block_diag
 
+from basis.units import BOHR_ANGSTROM
 from basis.errors import BasisError
 from basis.layout import element_layout, sph_rotation
 from basis.system import System
 from vardft.hamiltonian import (
-    BOHR_ANGSTROM,
     assemble,
     block_layout,
     block_to_irreps,

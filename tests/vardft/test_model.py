@@ -18,7 +18,8 @@ from ase.build import molecule
 
 from basis.layout import ao_permutation, ao_rotation
 from basis.system import System
-from vardft.hamiltonian import BOHR_ANGSTROM, prepare_batch, predict_hamiltonian, unpad
+from basis.units import BOHR_ANGSTROM
+from vardft.hamiltonian import prepare_batch, predict_hamiltonian, unpad
 from vardft.model import HamiltonianModel, ModelConfig, count_params, init_params
 
 EQUIVARIANCE_RTOL = 1e-10  # relative to max |H|

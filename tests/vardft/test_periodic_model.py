@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from basis.units import BOHR_ANGSTROM
 from basis.crystal import read_crystal
 from basis.layout import ao_offsets, ao_permutation, ao_rotation
 from basis.system import System
@@ -90,7 +91,7 @@ def test_periodic_graph(case):
     pos = np.asarray(batch.positions)[k]
     ij = np.asarray(batch.edge_index)[k][e]
     vec = pos[ij[:, 1]] + np.asarray(batch.edge_shift)[k][e] - pos[ij[:, 0]]
-    assert np.linalg.norm(vec, axis=1).max() < cfg.cutoff / 0.52917721092
+    assert np.linalg.norm(vec, axis=1).max() < cfg.cutoff / BOHR_ANGSTROM
     n = np.rint(np.asarray(batch.edge_shift)[k][e] @ np.linalg.inv(np.asarray(batch.lattice)[k])).astype(int)
     assert {tuple(v) for v in n} <= {tuple(s) for s in shifts}
     # padding slots of H(R) are zero

@@ -25,8 +25,7 @@ import time
 
 import numpy as np
 
-HARTREE_TO_EV = 27.211386245988
-"""CODATA 2018, PySCF's ``pyscf.data.nist.HARTREE2EV``."""
+from basis.units import HARTREE_TO_EV
 
 BAND_CHUNK_BYTES = 512 * 2**20
 """Bloch AO memory per chunk of path k-points."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HARTREE_TO_EV = 27.211386245988
+from basis.units import HARTREE_TO_EV
 
 
 def register(sub) -> None:
