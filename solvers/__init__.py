@@ -3,8 +3,10 @@
 import basis  # noqa: F401  (float64 JAX: see basis/__init__.py)
 from solvers.eigen import (
     DEGENERACY_TOL,
+    LINDEP_THRESHOLD,
     EigenResult,
     canonical_orthogonalizer,
+    canonical_orthogonalizer_fixed,
     pad_orthogonalizer,
     solve_hamiltonian,
 )
@@ -14,7 +16,9 @@ __all__ = [
     "DEGENERACY_TOL",
     "EigenResult",
     "EnergyComponents",
+    "LINDEP_THRESHOLD",
     "canonical_orthogonalizer",
+    "canonical_orthogonalizer_fixed",
     "energy",
     "energy_and_fock",
     "fock",

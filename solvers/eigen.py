@@ -15,7 +15,9 @@ NaN/inf.
 
 All energies are in Hartree. ``canonical_orthogonalizer`` and
 ``pad_orthogonalizer`` are NumPy (run once per system, outside ``jit``);
-``solve_hamiltonian`` is pure JAX, jit-able and vmap-able.
+``canonical_orthogonalizer_fixed`` is the same rule in JAX with a fixed shape
+(used by the periodic solver); ``solve_hamiltonian`` is pure JAX, jit-able and
+vmap-able.
 
 Example:
     >>> import jax, numpy as np
@@ -41,10 +43,26 @@ import numpy as np
 __all__ = [
     "DEGENERACY_TOL",
     "EigenResult",
+    "LINDEP_THRESHOLD",
     "canonical_orthogonalizer",
+    "canonical_orthogonalizer_fixed",
     "pad_orthogonalizer",
     "solve_hamiltonian",
 ]
+
+#: Overlap eigenvalues at or below this are removed as linear dependencies of the
+#: basis, for molecules and crystals alike. 1e-6 is PySCF's own default
+#: (``pyscf.scf.hf.overlap_zero_eigenvalue_threshold``), which PySCF uses in its
+#: molecular SCF (``check_linear_dependency``), in KRKS (``khf.check_linear_dependency``)
+#: and in ``get_bands`` (``pbc.scf.hf.eigh_with_canonical_orth``), so our orbitals
+#: match PySCF's whenever a direction is removed. (PySCF's ``addons.canonical_orth_``
+#: defaults to 1e-7 and ``addons.remove_linear_dep_`` to 1e-8; neither runs by
+#: default.) Why not smaller: a kept direction is scaled by s^{-1/2}, so round-off in
+#: X^T H X grows like 1/s; at 1e-6 that is ~1e6 · 2e-16 ≈ 2e-10 relative, still below
+#: the accuracy we compare at, while the removed directions carry no variational
+#: freedom worth having. Basis sets used here are far from it (smallest eigenvalue:
+#: benzene def2-SVP 3e-4, Si/diamond gth-szv 0.14).
+LINDEP_THRESHOLD = 1e-6
 
 #: Orbital-energy difference (Hartree) below which two levels count as degenerate:
 #: their eigenvector-gradient term is dropped and Γ_ij takes the limit f'(ε).
@@ -77,33 +95,85 @@ class EigenResult(NamedTuple):
     density: jax.Array  # (nao, nao) P = C diag(mo_occ) C^T
 
 
-def canonical_orthogonalizer(S, threshold: float = 1e-8) -> np.ndarray:
-    """Canonical orthogonalization X = U s^{-1/2} of an overlap matrix.
-
-    Eigen-directions of ``S`` with eigenvalue ``<= threshold`` are (near-)linear
-    dependencies of the basis and are dropped, so ``nmo <= nao``.
+def _canonical_columns(s, U, threshold, xp):
+    """The canonical-orthogonalization rule, shared by the NumPy and the JAX path.
 
     Args:
-        S: (nao, nao) symmetric positive semi-definite overlap matrix.
-        threshold: absolute cut on the eigenvalues of ``S`` (as PySCF's
-            ``scf.addons.canonical_orth_``).
+        s: (..., nao) eigenvalues of S, ascending; U: (..., nao, nao) eigenvectors
+            (columns), real or complex.
+        threshold: eigenvalues ``<= threshold`` are removed.
+        xp: ``numpy`` or ``jax.numpy``.
 
     Returns:
-        X: (nao, nmo) NumPy array with ``X.T @ S @ X = I`` (nmo, nmo).
+        (X, keep): X (..., nao, nao) = U diag(s^{-1/2}) with removed columns exactly
+        zero; keep (..., nao) bool.
+    """
+    keep = s > threshold
+    X = U / xp.sqrt(xp.where(keep, s, 1.0))[..., None, :]
+    return X * keep[..., None, :], keep
+
+
+def _hermitian_eigh(S, xp):
+    """Eigen-decomposition of the Hermitian part ½(S + S†) over the last two axes."""
+    return xp.linalg.eigh(0.5 * (S + xp.conj(xp.swapaxes(S, -1, -2))))
+
+
+def canonical_orthogonalizer(S, threshold: float = LINDEP_THRESHOLD) -> np.ndarray:
+    """Canonical orthogonalization X = U s^{-1/2} of an overlap matrix (NumPy, outside ``jit``).
+
+    Eigen-directions of ``S`` with eigenvalue ``<= threshold`` are (near-)linear
+    dependencies of the basis and are dropped, so ``nmo <= nao``. The same rule
+    as :func:`canonical_orthogonalizer_fixed` (shared code), which keeps a fixed
+    shape for use inside ``jit``.
+
+    Args:
+        S: (nao, nao) real symmetric or complex Hermitian positive semi-definite
+            overlap matrix (e.g. S(k) of a crystal).
+        threshold: absolute cut on the eigenvalues of ``S``; default
+            :data:`LINDEP_THRESHOLD` (PySCF's SCF default).
+
+    Returns:
+        X: (nao, nmo) NumPy array, float64 for real ``S`` and complex128 for
+        complex ``S``, with ``X† S X = I`` (nmo, nmo).
 
     Example:
         >>> X = canonical_orthogonalizer(np.array([[1.0, 0.5], [0.5, 1.0]]))
         >>> np.allclose(X.T @ np.array([[1.0, 0.5], [0.5, 1.0]]) @ X, np.eye(2))
         True
+        >>> canonical_orthogonalizer(np.array([[1.0, 0.5j], [-0.5j, 1.0]])).dtype
+        dtype('complex128')
     """
-    S = np.asarray(S, dtype=np.float64)
+    S = np.asarray(S)
+    S = S.astype(np.complex128 if np.iscomplexobj(S) else np.float64)
     if S.ndim != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"overlap must be square (nao, nao), got shape {S.shape}")
-    if not np.allclose(S, S.T, rtol=0.0, atol=1e-10):
-        raise ValueError("overlap matrix is not symmetric")
-    s, U = np.linalg.eigh(0.5 * (S + S.T))
-    keep = s > threshold
-    return U[:, keep] / np.sqrt(s[keep])
+    if not np.allclose(S, S.conj().T, rtol=0.0, atol=1e-10):
+        raise ValueError("overlap matrix is not Hermitian")
+    X, keep = _canonical_columns(*_hermitian_eigh(S, np), threshold, np)
+    return X[:, keep]
+
+
+def canonical_orthogonalizer_fixed(S, threshold: float = LINDEP_THRESHOLD) -> tuple[jax.Array, jax.Array]:
+    """Canonical orthogonalization in JAX with a fixed shape (jit-able, batched).
+
+    The rule of :func:`canonical_orthogonalizer`, but removed directions stay as
+    zero columns, so one compiled function serves every k-point or molecule.
+
+    Args:
+        S: (..., nao, nao) real symmetric or complex Hermitian overlap matrices.
+        threshold: eigenvalues ``<= threshold`` are removed (default
+            :data:`LINDEP_THRESHOLD`).
+
+    Returns:
+        (X, keep): X (..., nao, nao) with X† S X = 1 on the kept columns and exact
+        zeros elsewhere; keep (..., nao) bool.
+
+    Example:
+        >>> X, keep = canonical_orthogonalizer_fixed(jnp.array([[1.0, 1.0], [1.0, 1.0]]))
+        >>> keep.tolist(), float(jnp.abs(X[:, 0]).max())
+        ([False, True], 0.0)
+    """
+    return _canonical_columns(*_hermitian_eigh(jnp.asarray(S), jnp), threshold, jnp)
 
 
 def pad_orthogonalizer(X, nmo: int, nao: int | None = None):

@@ -42,14 +42,11 @@ import jax
 import jax.numpy as jnp
 
 from basis.pbc_integrals import PeriodicIntegrals
+from solvers.eigen import LINDEP_THRESHOLD, canonical_orthogonalizer_fixed
 from solvers.xc import xc_energy
 
 DEFAULT_CONV_TOL = 1e-10
 """SCF convergence on the energy change, Hartree per cell."""
-
-LINDEP_THRESHOLD = 1e-6
-"""Overlap eigenvalues at or below this are removed, PySCF's default
-(``scf_hf_overlap_zero_eigenvalue_threshold``)."""
 
 INVALID_ORBITAL_ENERGY = 1e30
 """Band energy of a removed (linearly dependent) direction, as PySCF reports it."""
@@ -219,25 +216,12 @@ def fock_at_kpoints(P: jax.Array, ints: PeriodicIntegrals, hcore: jax.Array, ao:
 
 
 # ------------------------------------------------------------ eigenproblems
-def canonical_orthogonalizer(S: jax.Array, threshold: float = LINDEP_THRESHOLD) -> tuple[jax.Array, jax.Array]:
-    """X = U s^{-1/2} from S = U s U†, with the columns of s ≤ ``threshold`` set to zero.
-
-    Shapes stay fixed (nao columns) so that one compiled function serves every k.
-
-    Returns:
-        X (..., nao, nao) with X† S X = 1 on the kept columns; keep (..., nao) bool.
-    """
-    s, U = jnp.linalg.eigh(hermitian_part(S))
-    keep = s > threshold
-    scale = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, s, 1.0)), 0.0)
-    return U * scale[..., None, :].astype(U.dtype), keep
-
-
 def generalized_eigh(F: jax.Array, S: jax.Array, threshold: float = LINDEP_THRESHOLD) -> tuple[jax.Array, jax.Array]:
     """Solve F C = S C ε for Hermitian F, S (batched over leading axes), as PySCF's KRKS does.
 
-    Canonical orthogonalisation: directions with overlap eigenvalue ≤
-    ``threshold`` (near-linear dependence of the AOs) are removed; their
+    Canonical orthogonalisation (:func:`solvers.eigen.canonical_orthogonalizer_fixed`):
+    directions with overlap eigenvalue ≤ ``threshold`` (default
+    :data:`solvers.eigen.LINDEP_THRESHOLD`, near-linear dependence of the AOs) are removed; their
     places are filled at the top of the spectrum with ε = 1e30 and C = 0,
     PySCF's ``INVALID_ORBITAL_ENERGY`` convention.
 
@@ -245,7 +229,7 @@ def generalized_eigh(F: jax.Array, S: jax.Array, threshold: float = LINDEP_THRES
         ε (..., nmo) ascending, Hartree; C (..., nao, nmo) with C† S C = 1 on
         the valid columns.
     """
-    X, keep = canonical_orthogonalizer(S, threshold)
+    X, keep = canonical_orthogonalizer_fixed(S, threshold)
     Fo = hermitian_part(jnp.conj(jnp.swapaxes(X, -1, -2)) @ F @ X)
     # removed directions are decoupled (zero rows); lift them above every band
     Fo = Fo + jnp.where(keep, 0.0, _REMOVED_LEVEL)[..., None, :] * jnp.eye(F.shape[-1], dtype=Fo.dtype)
@@ -550,7 +534,6 @@ __all__ = [
     "PeriodicEnergyComponents",
     "PeriodicSCFResult",
     "Smearing",
-    "canonical_orthogonalizer",
     "commutator_error",
     "density_matrices",
     "density_on_mesh",

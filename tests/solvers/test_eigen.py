@@ -9,8 +9,15 @@ import pytest
 import scipy.linalg
 from pyscf import gto, scf
 from pyscf.scf import addons
+from pyscf.scf import hf as pyscf_hf
 
-from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer, solve_hamiltonian
+from solvers.eigen import (
+    LINDEP_THRESHOLD,
+    canonical_orthogonalizer,
+    canonical_orthogonalizer_fixed,
+    pad_orthogonalizer,
+    solve_hamiltonian,
+)
 
 ENERGY_ATOL = 1e-10  # Hartree, orbital energies vs SciPy / PySCF
 DENSITY_ATOL = 1e-9  # density-matrix elements vs reference
@@ -70,6 +77,53 @@ def test_orthogonalizer_water():
     X = canonical_orthogonalizer(S)
     assert X.shape == S.shape
     np.testing.assert_allclose(X.T @ S @ X, np.eye(X.shape[1]), atol=IDENTITY_ATOL)
+
+
+def _overlap_with_spectrum(s, complex_, seed):
+    """S = U diag(s) U† with a random unitary (complex) or orthogonal (real) U."""
+    rng = np.random.default_rng(seed)
+    n = len(s)
+    A = rng.standard_normal((n, n)) + (1j * rng.standard_normal((n, n)) if complex_ else 0.0)
+    U, _ = np.linalg.qr(A)
+    return (U * s) @ U.conj().T
+
+
+def test_threshold_is_pyscf_default():
+    """One threshold, the one PySCF's molecular SCF, KRKS and get_bands use."""
+    assert LINDEP_THRESHOLD == pyscf_hf.overlap_zero_eigenvalue_threshold
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_orthogonalizer_matches_pyscf_at_default_threshold(complex_):
+    """Eigenvalues straddling the threshold: same kept space as PySCF's canonical_orthogonalization.
+
+    X is unique up to a unitary on its columns, so X X† (= U_kept s⁻¹ U_kept†) is compared.
+    """
+    s = np.array([0.3 * LINDEP_THRESHOLD, 3.0 * LINDEP_THRESHOLD, 1e-3, 0.5, 1.0, 2.0])
+    S = _overlap_with_spectrum(s, complex_, seed=12)
+    X = canonical_orthogonalizer(S)
+    X_ref = pyscf_hf.canonical_orthogonalization(S)
+    assert X.shape == X_ref.shape == (6, 5)
+    assert X.dtype == (np.complex128 if complex_ else np.float64)
+    np.testing.assert_allclose(X.conj().T @ S @ X, np.eye(5), atol=IDENTITY_ATOL)
+    scale = 1.0 / s[1]
+    np.testing.assert_allclose(X @ X.conj().T, X_ref @ X_ref.conj().T, atol=IDENTITY_ATOL * scale)
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_fixed_shape_orthogonalizer_is_the_same_rule(complex_):
+    """JAX fixed-shape version: zero columns where NumPy drops them, same kept space."""
+    s = np.array([1e-9, 0.5 * LINDEP_THRESHOLD, 1e-2, 0.7, 1.3])
+    S = np.stack([_overlap_with_spectrum(s, complex_, seed) for seed in (13, 14)])
+    Xf, keep = canonical_orthogonalizer_fixed(jnp.asarray(S))
+    Xf, keep = np.asarray(Xf), np.asarray(keep)
+    for k in range(2):
+        X = canonical_orthogonalizer(S[k])
+        assert keep[k].tolist() == [False, False, True, True, True]
+        np.testing.assert_array_equal(Xf[k][:, ~keep[k]], 0.0)
+        Xk = Xf[k][:, keep[k]]
+        np.testing.assert_allclose(Xk.conj().T @ S[k] @ Xk, np.eye(3), atol=IDENTITY_ATOL)
+        np.testing.assert_allclose(Xk @ Xk.conj().T, X @ X.conj().T, atol=IDENTITY_ATOL / s[2])
 
 
 @pytest.mark.parametrize("atom", [WATER, METHANE], ids=["water", "methane"])
