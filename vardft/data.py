@@ -28,8 +28,8 @@ from basis.system import System, read_systems
 DISPLACEMENT_H = 0.06
 """Gaussian displacement width of a hydrogen atom, Å (heavier atoms: × sqrt(m_H/m))."""
 
-CACHE_VERSION = 1
-"""Bump when the content or layout of cached integrals changes."""
+CACHE_VERSION = 2
+"""Bump when the content or layout of cached integrals changes (2: a SHA-256 of the arrays)."""
 
 HEAVY_ATOMS_MAX = 6
 ELEMENTS_SMALL = frozenset("HCNOF")
@@ -182,16 +182,28 @@ def integral_key(system: System, xc: str, basis: str, grid_level: int) -> str:
 _ARRAY_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_guess")
 
 
+def _arrays_checksum(arrays: dict) -> str:
+    """SHA-256 over the name, dtype, shape and bytes of each cached array, in ``_ARRAY_FIELDS`` order."""
+    h = hashlib.sha256()
+    for name in _ARRAY_FIELDS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _save_integrals(path: str, ints: Integrals) -> None:
     import h5py
 
     from vardft.checkpoint import atomic_output
 
+    arrays = {name: np.asarray(getattr(ints, name)) for name in _ARRAY_FIELDS}
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name in _ARRAY_FIELDS:
-                f.create_dataset(name, data=np.asarray(getattr(ints, name)))
+                f.create_dataset(name, data=arrays[name])
             f.attrs["cache_version"] = CACHE_VERSION
+            f.attrs["checksum"] = _arrays_checksum(arrays)
             f.attrs["n_electrons"] = ints.n_electrons
             f.attrs["basis"] = ints.basis
             f.attrs["auxbasis"] = ints.auxbasis
@@ -200,6 +212,10 @@ def _save_integrals(path: str, ints: Integrals) -> None:
 
 
 def _load_integrals(path: str) -> Integrals | None:
+    """The integrals cached in ``path``, or ``None`` when the file is from another cache
+    version, unreadable, or fails its checksum (then with a warning): rebuild it."""
+    import warnings
+
     import h5py
     import jax.numpy as jnp
 
@@ -207,9 +223,13 @@ def _load_integrals(path: str) -> Integrals | None:
         with h5py.File(path, "r") as f:
             if int(f.attrs.get("cache_version", -1)) != CACHE_VERSION:
                 return None
-            arrays = {name: jnp.asarray(f[name][()]) for name in _ARRAY_FIELDS}
+            arrays = {name: f[name][()] for name in _ARRAY_FIELDS}
+            if str(f.attrs.get("checksum", "")) != _arrays_checksum(arrays):
+                warnings.warn(f"{path}: cached integrals fail their checksum (damaged file); rebuilding them",
+                              stacklevel=3)
+                return None
             return Integrals(
-                **arrays,
+                **{name: jnp.asarray(a) for name, a in arrays.items()},
                 n_electrons=int(f.attrs["n_electrons"]),
                 basis=str(f.attrs["basis"]),
                 auxbasis=str(f.attrs["auxbasis"]),
