@@ -24,7 +24,7 @@ import numpy as np
 
 from basis.errors import BasisError, GeometryError, InputError, MalformedFileError
 from basis.functional import Functional, parse_functional
-from basis.system import System, check_basis, read_systems
+from basis.system import System, check_basis, check_electrons_fit, read_systems
 
 SI_LATTICE_ANGSTROM = 5.431
 """Conventional cubic lattice constant of silicon (room temperature)."""
@@ -43,6 +43,11 @@ VACUUM_GAP_ANGSTROM = 5.0
 direction; :func:`default_kmesh` samples it with a single k-point."""
 
 DEFAULT_KPOINTS_PER_DIRECTION = 3
+
+MAX_LATTICE_IMAGES = 200_000
+"""Largest box of lattice images, prod(2 n_i + 1) with PySCF's ``cell.nimgs``, that
+:func:`to_cell` hands on. The built-in crystals need about 2,000 (Si, gth-szv:
+13^3 = 2197); a degenerate cell asked PySCF for millions and crashed it."""
 
 BUILTIN_CRYSTALS = ("si", "diamond", "hbn")
 
@@ -246,7 +251,15 @@ def to_cell(
     except Exception as exc:  # PySCF raises RuntimeError/ValueError for bad cells
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GeometryError(f"PySCF cannot build the cell: {first}") from None
+    nimgs = np.asarray(cell.nimgs, dtype=np.int64)
+    images = int(np.prod(2 * nimgs + 1))
+    if images > MAX_LATTICE_IMAGES:
+        raise GeometryError(
+            f"the cell needs {images} lattice images ({' x '.join(str(int(2 * n + 1)) for n in nimgs)}) for "
+            f"basis {basis}, more than {MAX_LATTICE_IMAGES}; the cell is too small or too sheared"
+        )
     system.require_closed_shell(int(cell.nelectron))
+    check_electrons_fit(system, int(cell.nelectron), int(cell.nao_nr()), basis)
     return cell
 
 
@@ -346,6 +359,8 @@ def band_path(system: System, path: str | None = None, npoints: int = DEFAULT_PA
     from ase.dft.kpoints import parse_path_string
 
     as_crystal(system)
+    if path is not None and not str(path).replace(",", "").strip():
+        raise InputError(f"the band path {path!r} is empty; give high-symmetry points, e.g. GXWKGL")
     if int(npoints) < 2:
         raise InputError(f"a band path needs at least 2 points, not {npoints}")
     pbc = [not v for v in vacuum_directions(system)]

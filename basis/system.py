@@ -29,6 +29,22 @@ MIN_DISTANCE_ANGSTROM = 0.1
 MIN_CELL_VOLUME_ANGSTROM3 = 1e-3
 """Cells with a smaller volume are rejected as degenerate."""
 
+MAX_COORDINATE_ANGSTROM = 1e4
+"""Largest |x|, |y|, |z| of an atom and length of a lattice vector. A micrometre is
+a hundred times the size of the largest molecule anyone computes with Gaussian
+orbitals; beyond it a coordinate is a unit or typing error (1e300 overflowed to
+NaN energies), and float64 still resolves 1e-12 Å at this size."""
+
+MIN_PLANE_SPACING_ANGSTROM = 0.5
+"""Smallest distance between neighbouring lattice planes of a cell (volume / area of
+the face spanned by the other two vectors). Real crystals have spacings of 1–3 Å
+per primitive cell; a cell thinner than this is degenerate or absurdly sheared, and
+the number of lattice images PySCF sums over grows as 1/spacing (a Si cell with a
+0.001 Å vector asked for 3 million images and crashed PySCF)."""
+
+XYZ_EXTENSIONS = (".xyz", ".extxyz")
+"""Files whose atom-count lines :func:`read_systems` checks before ASE reads them."""
+
 _KNOWN_SYMBOLS = {s.lower(): s for s in _elements.ELEMENTS[1:]}
 
 
@@ -78,15 +94,22 @@ class System:
             )
         if not np.all(np.isfinite(positions)):
             raise GeometryError("coordinates contain NaN or infinity")
+        if np.abs(positions).max() > MAX_COORDINATE_ANGSTROM:
+            i = int(np.argmax(np.abs(positions).max(axis=1)))
+            raise GeometryError(
+                f"atom {i} ({symbols[i]}) has a coordinate of {np.abs(positions[i]).max():.3g} Å; "
+                f"coordinates are limited to ±{MAX_COORDINATE_ANGSTROM:g} Å (Ångström expected)"
+            )
         cell = None
         if self.cell is not None:
             cell = np.asarray(self.cell, dtype=np.float64)
             if cell.shape != (3, 3) or not np.all(np.isfinite(cell)):
                 raise GeometryError("the cell must be a finite 3x3 matrix of lattice vectors")
-            if abs(np.linalg.det(cell)) < MIN_CELL_VOLUME_ANGSTROM3:
-                raise GeometryError(
-                    f"the cell volume {abs(np.linalg.det(cell)):.3g} Å^3 is near zero"
-                )
+            _check_cell(cell)
+        charge = _integer(self.charge, "charge")
+        spin = _integer(self.spin, "spin (2S, the number of unpaired electrons)")
+        if spin < 0:
+            raise ElectronCountError(f"spin {spin} is negative; spin is 2S, the number of unpaired electrons (0 or more)")
         positions = positions.copy()
         positions.flags.writeable = False
         if cell is not None:
@@ -95,9 +118,19 @@ class System:
         object.__setattr__(self, "symbols", symbols)
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "cell", cell)
-        object.__setattr__(self, "charge", int(self.charge))
-        object.__setattr__(self, "spin", int(self.spin))
+        object.__setattr__(self, "charge", charge)
+        object.__setattr__(self, "spin", spin)
         self._check_distances()
+        if self.n_electrons_all < 0:
+            raise ElectronCountError(
+                f"{self.formula} has {self.n_electrons_all + charge} electrons when neutral; "
+                f"charge {charge} would leave {self.n_electrons_all}"
+            )
+        if spin > self.n_electrons_all:
+            raise ElectronCountError(
+                f"{self.formula} with charge {charge} has {self.n_electrons_all} electrons, "
+                f"fewer than spin {spin} unpaired ones"
+            )
         if (self.n_electrons_all - self.spin) % 2 != 0:
             raise ElectronCountError(
                 f"{self.formula} with charge {self.charge} has {self.n_electrons_all} "
@@ -115,7 +148,9 @@ class System:
         np.fill_diagonal(r, np.inf)
         if r.size and r.min() < MIN_DISTANCE_ANGSTROM:
             i, j = np.unravel_index(np.argmin(r), r.shape)
-            where = " (across the cell boundary)" if self.cell is not None else ""
+            direct = float(np.linalg.norm(self.positions[i] - self.positions[j]))
+            across = self.cell is not None and direct - r[i, j] > MIN_DISTANCE_ANGSTROM
+            where = " (across the cell boundary)" if across else ""
             raise GeometryError(
                 f"atoms {i} ({self.symbols[i]}) and {j} ({self.symbols[j]}) are "
                 f"{r[i, j]:.3f} Å apart{where}; closer than {MIN_DISTANCE_ANGSTROM} Å"
@@ -190,6 +225,7 @@ class System:
         for k, v in kwargs.items():
             setattr(mol, k, v)
         mol.build()
+        check_electrons_fit(self, int(mol.nelectron), int(mol.nao_nr()), basis)
         return mol
 
     def to_atoms(self):
@@ -213,9 +249,9 @@ class System:
         """
         info = getattr(atoms, "info", {}) or {}
         if charge is None:
-            charge = int(info.get("charge", 0))
+            charge = info.get("charge", 0)
         if spin is None:
-            spin = int(info.get("spin", 0))
+            spin = info.get("spin", 0)
         cell = np.array(atoms.cell[:]) if any(atoms.pbc) else None
         return cls(
             symbols=tuple(atoms.get_chemical_symbols()),
@@ -259,6 +295,92 @@ class System:
                 )
             return cls.from_mole(obj)
         raise TypeError(f"cannot make a System from {type(obj).__name__}")
+
+
+def _integer(value, what: str) -> int:
+    """``value`` as an int when it is a whole number (1, 1.0, numpy ints).
+
+    Raises:
+        ElectronCountError: a fraction, NaN, text or anything else.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise ElectronCountError(f"the {what} must be a whole number, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ElectronCountError(f"the {what} must be a whole number, not {value!r}") from None
+    if not np.isfinite(number) or number != int(number):
+        raise ElectronCountError(f"the {what} must be a whole number, not {value!r}")
+    return int(number)
+
+
+def _check_cell(cell: np.ndarray) -> None:
+    """Lattice vectors (rows, Å): bounded lengths, non-zero volume, planes not too close.
+
+    Raises:
+        GeometryError: naming the bound that failed.
+    """
+    lengths = np.linalg.norm(cell, axis=1)
+    if lengths.max() > MAX_COORDINATE_ANGSTROM:
+        raise GeometryError(
+            f"lattice vector {int(np.argmax(lengths)) + 1} is {lengths.max():.3g} Å long; "
+            f"limited to {MAX_COORDINATE_ANGSTROM:g} Å"
+        )
+    volume = abs(float(np.linalg.det(cell)))
+    if volume < MIN_CELL_VOLUME_ANGSTROM3:
+        raise GeometryError(f"the cell volume {volume:.3g} Å^3 is near zero")
+    # spacing of the planes spanned by the other two vectors: V / |a_j x a_k|
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    spacing = volume / areas
+    d = int(np.argmin(spacing))
+    if spacing[d] < MIN_PLANE_SPACING_ANGSTROM:
+        raise GeometryError(
+            f"the cell is degenerate: its lattice planes along vector {d + 1} are {spacing[d]:.3g} Å "
+            f"apart (volume {volume:.3g} Å^3); at least {MIN_PLANE_SPACING_ANGSTROM} Å is needed"
+        )
+
+
+def check_electrons_fit(system: "System", n_electrons: int, nao: int, basis: str) -> None:
+    """Raise :class:`ElectronCountError` when ``n_electrons`` cannot be placed in ``nao``
+    spatial orbitals (two each), e.g. water with charge -6 in STO-3G (16 in 7)."""
+    if n_electrons > 2 * nao:
+        raise ElectronCountError(
+            f"{system.formula} with charge {system.charge} has {n_electrons} electrons, more than "
+            f"the {2 * nao} that fit in the {nao} orbitals of basis {basis}"
+        )
+
+
+def _check_xyz_counts(path: str) -> None:
+    """Check every atom-count line of an xyz/extxyz file against the lines that follow,
+    before ASE reads it (a count of 999999999 made ASE run for minutes).
+
+    Raises:
+        MalformedFileError: naming the line, the count and the lines available.
+    """
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    i = 0
+    while i < len(lines):
+        fields = lines[i].split()
+        if not fields:  # ASE stops reading at a blank line where a frame would start
+            break
+        try:
+            count = int(fields[0])
+        except ValueError:
+            count = None
+        if count is None:
+            shown = lines[i].decode(errors="replace").strip()[:40]
+            raise MalformedFileError(f"{path} line {i + 1}: expected the number of atoms, found {shown!r}")
+        if count < 0:
+            raise MalformedFileError(f"{path} line {i + 1}: the number of atoms {count} is negative")
+        available = len(lines) - i - 2
+        if count > available:
+            raise MalformedFileError(
+                f"{path} line {i + 1}: says {count} atoms, but only {max(available, 0)} lines follow"
+            )
+        i += count + 2
 
 
 def _load_shells(basis: str, symbol: str):
@@ -316,6 +438,8 @@ def read_systems(path: str | os.PathLike, charge: int | None = None, spin: int |
         raise MalformedFileError(f"{path} is a directory, not a structure file")
     if os.path.getsize(path) == 0:
         raise MalformedFileError(f"{path} is empty")
+    if path.lower().endswith(XYZ_EXTENSIONS):
+        _check_xyz_counts(path)
     try:
         frames = ase.io.read(path, index=":")
     except KeyError as exc:
