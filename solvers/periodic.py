@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from basis.pbc_integrals import PeriodicIntegrals
+from solvers.diis import DIIS_SPACE, DIISState, diis_init, diis_update
 from solvers.eigen import LINDEP_THRESHOLD, canonical_orthogonalizer_fixed
 from solvers.xc import xc_energy
 
@@ -53,7 +54,6 @@ INVALID_ORBITAL_ENERGY = 1e30
 
 _REMOVED_LEVEL = 1e4  # Hartree; far above any band, small enough to keep eigh accurate
 
-DEFAULT_DIIS_SPACE = 8
 SMEARING_METHODS = ("fermi", "gaussian")
 _BISECTION_STEPS = 200
 
@@ -327,45 +327,6 @@ def commutator_error(F: jax.Array, P: jax.Array, S: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------- SCF
-class DIISState(NamedTuple):
-    """Fixed-size circular DIIS history (so one compiled step serves every cycle)."""
-
-    focks: jax.Array  # (space, nk, nao, nao) complex
-    errors: jax.Array  # (space, nk, nao, nao) complex
-    count: jax.Array  # () int, vectors pushed so far
-
-
-def diis_init(shape: tuple[int, ...], space: int = DEFAULT_DIIS_SPACE) -> DIISState:
-    z = jnp.zeros((space, *shape), dtype=jnp.complex128)
-    return DIISState(z, z, jnp.zeros((), dtype=jnp.int32))
-
-
-def diis_update(state: DIISState, F: jax.Array, err: jax.Array) -> tuple[DIISState, jax.Array]:
-    """Push (F, err) and return the extrapolated Fock Σ_i c_i F_i (Pulay, Σ c_i = 1)."""
-    space = state.focks.shape[0]
-    slot = state.count % space
-    focks = state.focks.at[slot].set(F)
-    errors = state.errors.at[slot].set(err)
-    count = state.count + 1
-    valid = jnp.arange(space) < jnp.minimum(count, space)
-    flat = errors.reshape(space, -1)
-    B = (jnp.conj(flat) @ flat.T).real
-    scale = jnp.max(jnp.where(valid, jnp.diag(B), 0.0))
-    scale = jnp.where(scale > 0, scale, 1.0)
-    both = valid[:, None] & valid[None, :]
-    B = jnp.where(both, B / scale, jnp.eye(space))
-    A = jnp.zeros((space + 1, space + 1)).at[:space, :space].set(B)
-    A = A.at[space, :space].set(-valid.astype(A.dtype)).at[:space, space].set(-valid.astype(A.dtype))
-    rhs = jnp.zeros((space + 1,)).at[space].set(-1.0)
-    w, v = jnp.linalg.eigh(A)
-    keep = jnp.abs(w) > 1e-14
-    winv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
-    c = (v * winv) @ (v.T @ rhs)
-    c = jnp.where(valid, c[:space], 0.0)
-    F_new = jnp.einsum("i,i...->...", c.astype(focks.dtype), focks)
-    return DIISState(focks, errors, count), F_new
-
-
 class PeriodicSCFResult(NamedTuple):
     """Converged (or last) state of :func:`run_periodic_scf`; atomic units, per cell.
 
@@ -456,7 +417,7 @@ def run_periodic_scf(
     conv_tol: float = DEFAULT_CONV_TOL,
     conv_tol_grad: float | None = None,
     max_cycle: int = 100,
-    diis_space: int = DEFAULT_DIIS_SPACE,
+    diis_space: int = DIIS_SPACE,
     smearing: Smearing | None = None,
     verbose: bool = False,
 ) -> PeriodicSCFResult:
@@ -482,7 +443,7 @@ def run_periodic_scf(
         smearing = Smearing(str(smearing.method), float(smearing.sigma))
     conv_tol_grad = conv_tol**0.5 if conv_tol_grad is None else conv_tol_grad
     dm = ints.dm_guess if dm0 is None else jnp.asarray(dm0, dtype=jnp.complex128)
-    diis = diis_init(ints.overlap.shape, diis_space)
+    diis = diis_init(ints.overlap.shape, diis_space, jnp.complex128)
 
     t0 = time.perf_counter()
     start = _compiled(_scf_start, dm, ints, diis, smearing=smearing)
@@ -528,7 +489,6 @@ def run_periodic_scf(
 
 __all__ = [
     "DEFAULT_CONV_TOL",
-    "DIISState",
     "INVALID_ORBITAL_ENERGY",
     "LINDEP_THRESHOLD",
     "PeriodicEnergyComponents",
@@ -537,8 +497,6 @@ __all__ = [
     "commutator_error",
     "density_matrices",
     "density_on_mesh",
-    "diis_init",
-    "diis_update",
     "energy",
     "energy_and_fock",
     "energy_components",

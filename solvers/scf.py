@@ -19,6 +19,7 @@ import numpy as np
 
 from basis.integrals import Integrals, build_integrals
 from basis.system import System
+from solvers.diis import DIIS_SPACE, diis_init, diis_update
 from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
 from solvers.energy import EnergyComponents, energy_and_fock
 
@@ -27,8 +28,6 @@ CONV_TOL_ENERGY = 1e-10
 
 CONV_TOL_GRADIENT = 1e-6
 """Default threshold on the largest element of the orthonormal-basis commutator X^T(FPS − SPF)X."""
-
-DIIS_SPACE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,34 +70,6 @@ class SCFResult:
         return float(self.mo_energy[nocc]) if nocc < len(self.mo_energy) else float("nan")
 
 
-class DIIS:
-    """Pulay's direct inversion in the iterative subspace, on host (tiny arrays)."""
-
-    def __init__(self, space: int = DIIS_SPACE):
-        self.space = space
-        self.focks: list[np.ndarray] = []
-        self.errors: list[np.ndarray] = []
-
-    def update(self, fock: np.ndarray, error: np.ndarray) -> np.ndarray:
-        self.focks.append(fock)
-        self.errors.append(error.ravel())
-        self.focks, self.errors = self.focks[-self.space :], self.errors[-self.space :]
-        n = len(self.focks)
-        if n < 2:
-            return fock
-        e = np.array(self.errors)
-        b = np.zeros((n + 1, n + 1))
-        b[:n, :n] = e @ e.T
-        b[:n, n] = b[n, :n] = -1.0
-        rhs = np.zeros(n + 1)
-        rhs[n] = -1.0
-        try:
-            coef = np.linalg.solve(b, rhs)[:n]
-        except np.linalg.LinAlgError:
-            coef = np.linalg.lstsq(b, rhs, rcond=None)[0][:n]
-        return np.einsum("k,kij->ij", coef, np.array(self.focks))
-
-
 def _components_to_floats(c: EnergyComponents) -> dict:
     d = {k: float(v) for k, v in c._asdict().items()}
     d["total"] = float(c.total)
@@ -110,6 +81,9 @@ def _fock_step(P, ints: Integrals):
     return energy_and_fock(P, ints)
 
 
+_diis_step = jax.jit(diis_update)
+
+
 def scf_from_integrals(
     ints: Integrals,
     dm0: np.ndarray | None = None,
@@ -117,6 +91,7 @@ def scf_from_integrals(
     conv_tol: float = CONV_TOL_ENERGY,
     conv_tol_grad: float = CONV_TOL_GRADIENT,
     max_cycle: int = 100,
+    diis_space: int = DIIS_SPACE,
     callback: Callable[[int, float, float], None] | None = None,
 ) -> SCFResult:
     """Closed-shell SCF on precomputed integrals.
@@ -127,13 +102,14 @@ def scf_from_integrals(
         conv_tol: energy change threshold, Hartree.
         conv_tol_grad: commutator threshold (orthonormal basis), Hartree.
         max_cycle: largest number of Fock builds.
+        diis_space: number of (Fock, error) pairs DIIS extrapolates from.
         callback: called as ``callback(cycle, energy, gradient_norm)``.
     """
     start = time.perf_counter()
     S = np.asarray(ints.overlap)
     X = canonical_orthogonalizer(S)
     P = jnp.asarray(ints.dm_guess if dm0 is None else dm0, dtype=jnp.float64)
-    diis = DIIS()
+    diis = diis_init(S.shape, diis_space, jnp.float64)
     solve = jax.jit(solve_hamiltonian, static_argnums=(2,))
     e_old, converged, cycle = None, False, 0
     for cycle in range(1, max_cycle + 1):
@@ -148,8 +124,8 @@ def scf_from_integrals(
             converged = True
             break
         e_old = e
-        F_next = diis.update(F_np, err)
-        P = solve(jnp.asarray(F_next), jnp.asarray(X), ints.n_electrons).density
+        diis, F_next = _diis_step(diis, F, jnp.asarray(err))
+        P = solve(F_next, jnp.asarray(X), ints.n_electrons).density
     eig = solve(jnp.asarray(F_np), jnp.asarray(X), ints.n_electrons)
     return SCFResult(
         energy=e,
