@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solvers.occupations import fermi_level, occupation_fraction
+
 __all__ = [
     "DEGENERACY_TOL",
     "EigenResult",
@@ -72,13 +74,6 @@ DEGENERACY_TOL = 1e-9
 #: energy given to padded directions.
 _PAD_MARGIN = 1.0
 
-#: The chemical-potential bracket extends this many smearing widths beyond the
-#: lowest and highest real levels.
-_FERMI_BRACKET = 50.0
-
-#: Bisection steps for the chemical potential; 100 halvings of the bracket reach
-#: float64 resolution for any realistic spectrum.
-_FERMI_STEPS = 100
 
 
 class EigenResult(NamedTuple):
@@ -277,25 +272,17 @@ def solve_hamiltonian(H, X, n_electrons, *, mo_mask=None, smearing=None) -> Eige
 
 
 def _occupations(eps, real, n_electrons, sigma):
-    """Occupations f (nmo,) and their derivative df_i/dε_i at fixed μ (1/Hartree)."""
+    """Occupations f (nmo,) and their derivative df_i/dε_i at fixed μ (1/Hartree).
+
+    Aufbau for ``sigma`` None, else Fermi–Dirac with μ from
+    :func:`solvers.occupations.fermi_level` (one "k-point" of weight 1).
+    """
     if sigma is None:
         nocc = n_electrons // 2
         occ = jnp.where(real & (jnp.arange(eps.shape[0]) < nocc), 2.0, 0.0)
         return occ.astype(eps.dtype), jnp.zeros_like(eps)
-
-    def count(mu):
-        return jnp.sum(jnp.where(real, 2.0 * jax.nn.sigmoid((mu - eps) / sigma), 0.0))
-
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        too_many = count(mid) > n_electrons
-        return jnp.where(too_many, lo, mid), jnp.where(too_many, mid, hi)
-
-    lo = jnp.min(jnp.where(real, eps, jnp.inf)) - _FERMI_BRACKET * sigma
-    hi = jnp.max(jnp.where(real, eps, -jnp.inf)) + _FERMI_BRACKET * sigma
-    lo, hi = jax.lax.fori_loop(0, _FERMI_STEPS, bisect, (lo, hi))
-    s = jax.nn.sigmoid((0.5 * (lo + hi) - eps) / sigma)
+    mu = fermi_level(eps, n_electrons, 1.0, sigma, "fermi", real)
+    s = occupation_fraction("fermi", (eps - mu) / sigma)
     occ = jnp.where(real, 2.0 * s, 0.0)
     dfde = jnp.where(real, -2.0 * s * (1.0 - s) / sigma, 0.0)
     return occ, dfde

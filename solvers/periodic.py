@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from basis.pbc_integrals import PeriodicIntegrals
 from solvers.diis import DIIS_SPACE, DIISState, diis_init, diis_update
 from solvers.eigen import LINDEP_THRESHOLD, canonical_orthogonalizer_fixed
+from solvers.occupations import SMEARING_METHODS, fermi_level, occupation_fraction, smearing_entropy
 from solvers.xc import xc_energy
 
 DEFAULT_CONV_TOL = 1e-10
@@ -54,8 +55,6 @@ INVALID_ORBITAL_ENERGY = 1e30
 
 _REMOVED_LEVEL = 1e4  # Hartree; far above any band, small enough to keep eigh accurate
 
-SMEARING_METHODS = ("fermi", "gaussian")
-_BISECTION_STEPS = 200
 
 
 # ------------------------------------------------------------------- energy
@@ -250,40 +249,12 @@ class Smearing(NamedTuple):
     sigma: float = 0.01
 
 
-def _occ_fraction(method: str, x: jax.Array) -> jax.Array:
-    if method == "fermi":
-        return jax.nn.sigmoid(-x)
-    return 0.5 * jax.scipy.special.erfc(x)
-
-
 def _smeared_occupations(mo_energy, n_electrons, kweights, smearing: Smearing):
-    sigma = smearing.sigma
-    target = 0.5 * n_electrons
-
-    def count(mu):
-        f = _occ_fraction(smearing.method, (mo_energy - mu) / sigma)
-        return jnp.sum(kweights[:, None] * f)
-
-    lo = jnp.min(mo_energy) - 10.0
-    hi = jnp.max(jnp.where(mo_energy < 0.5 * INVALID_ORBITAL_ENERGY, mo_energy, -jnp.inf)) + 10.0
-
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        too_many = count(mid) > target
-        return jnp.where(too_many, lo, mid), jnp.where(too_many, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, step, (lo, hi))
-    mu = 0.5 * (lo + hi)
-    x = (mo_energy - mu) / sigma
-    f = _occ_fraction(smearing.method, x)
-    if smearing.method == "fermi":
-        fc = jnp.clip(f, 1e-300, 1.0)
-        gc = jnp.clip(1.0 - f, 1e-300, 1.0)
-        inside = (f > 0) & (f < 1)
-        s = jnp.where(inside, -(fc * jnp.log(fc) + gc * jnp.log(gc)), 0.0)
-    else:
-        s = jnp.exp(-(x**2)) / (2.0 * jnp.sqrt(jnp.pi))
+    valid = mo_energy < 0.5 * INVALID_ORBITAL_ENERGY
+    mu = fermi_level(mo_energy, n_electrons, kweights, smearing.sigma, smearing.method, valid)
+    x = (mo_energy - mu) / smearing.sigma
+    f = jnp.where(valid, occupation_fraction(smearing.method, x), 0.0)
+    s = jnp.where(valid, smearing_entropy(smearing.method, x), 0.0)
     entropy = 2.0 * jnp.sum(kweights[:, None] * s)
     return 2.0 * f, mu, entropy
 
