@@ -17,10 +17,11 @@ import pytest
 from ase.build import molecule
 
 from basis.layout import ao_permutation, ao_rotation
-from basis.system import System
+from basis.system import System, molecules_equal
 from basis.units import BOHR_ANGSTROM
 from vardft.hamiltonian import prepare_batch, predict_hamiltonian, unpad
 from vardft.model import HamiltonianModel, ModelConfig, count_params, init_params
+from vardft.testing import MOLECULE_OPERATIONS, assert_equivariant, equivariance_errors, make_transforms
 
 EQUIVARIANCE_RTOL = 1e-10  # relative to max |H|
 EQUIVARIANCE_RTOL_FLOAT32 = 1e-4
@@ -39,43 +40,35 @@ POSITIONS = np.array(
 PERM = [3, 0, 5, 1, 4, 2]
 
 
-def _rotation(seed):
-    return np.asarray(e3nn.rand_matrix(jax.random.PRNGKey(seed), (), dtype=jnp.float64))
-
-
-def _transforms():
-    """(name, R, t) applied as x -> x R^T + t: rotations, inversion, a rotoinversion, a translation."""
-    return [
-        ("rotation", _rotation(11), np.array([0.4, -1.3, 2.2])),
-        ("rotation2", _rotation(12), np.zeros(3)),
-        ("inversion", -np.eye(3), np.zeros(3)),
-        ("rotoinversion", -_rotation(13), np.array([-3.0, 0.5, 1.0])),
-        ("translation", np.eye(3), np.array([10.0, -7.0, 3.0])),
-    ]
+OPS = MOLECULE_OPERATIONS + ("combined",)  # rotation, inversion, rotoinversion, translation, permutation, all at once
+SEED = 11
+BASE = System(SYMBOLS, POSITIONS)
 
 
 def _case(basis, dtype="float64"):
     """One batch: a molecule, its transforms, a permutation, water (smaller) and a padding slot."""
     cfg = ModelConfig.preset("S", basis=basis, elements=ELEMENTS, dtype=dtype)
     params = init_params(jax.random.PRNGKey(1), cfg)
-    base = System(SYMBOLS, POSITIONS)
-    systems = [base] + [System(SYMBOLS, POSITIONS @ r.T + t) for _, r, t in _transforms()]
-    systems.append(System(tuple(SYMBOLS[p] for p in PERM), POSITIONS[PERM]))
+    systems = [BASE] + [tr.apply(BASE) for tr in make_transforms(BASE, OPS, SEED)]
     systems.append(System.from_atoms(molecule("H2O")))
     batch = prepare_batch(systems, cfg, batch_size=len(systems) + 1)  # one bucket, one compilation
     return cfg, params, batch, np.asarray(predict_hamiltonian(params, batch))
 
 
+def _outputs(h_all, batch):
+    """vardft.testing's batched fn: the batch's own predictions for the systems it was built from."""
+    n = len(OPS) + 1
+    built = [tr.apply(BASE) for tr in make_transforms(BASE, OPS, SEED)]
+
+    def fn(systems):
+        assert len(systems) == n and all(molecules_equal(a, b, atol=0) for a, b in zip(systems, [BASE] + built))
+        return [unpad(h_all, batch, k) for k in range(n)]
+
+    return fn
+
+
 def _errors(basis, h_all, batch):
-    h0 = unpad(h_all, batch, 0)
-    scale = np.abs(h0).max()
-    errors = {}
-    for k, (name, r, _) in enumerate(_transforms(), start=1):
-        d = ao_rotation(basis, SYMBOLS, r)
-        errors[name] = np.abs(unpad(h_all, batch, k) - d @ h0 @ d.T).max() / scale
-    idx = ao_permutation(basis, SYMBOLS, PERM)
-    errors["permutation"] = np.abs(unpad(h_all, batch, len(_transforms()) + 1) - h0[np.ix_(idx, idx)]).max() / scale
-    return errors
+    return equivariance_errors(_outputs(h_all, batch), BASE, basis=basis, ops=OPS, seed=SEED, batched=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +79,9 @@ def svp_case():
 @pytest.mark.parametrize("basis", ["def2-svp", "def2-tzvp"])
 def test_equivariance(basis, request):
     cfg, _, batch, h_all = request.getfixturevalue("svp_case") if basis == "def2-svp" else _case(basis)
-    errors = _errors(basis, h_all, batch)
+    errors = assert_equivariant(_outputs(h_all, batch), BASE, basis=basis, ops=OPS, seed=SEED, batched=True,
+                                rtol=EQUIVARIANCE_RTOL)
     print(basis, {k: f"{v:.1e}" for k, v in errors.items()})
-    for name, err in errors.items():
-        assert err < EQUIVARIANCE_RTOL, f"{name}: {err:.2e}"
     # not trivially equivariant: every atom block and every atom-pair block is non-zero
     h0 = unpad(h_all, batch, 0)
     offsets = np.concatenate([[0], np.cumsum([cfg.layout.element_nao[cfg.layout.elements.index(s)] for s in SYMBOLS])])
@@ -113,7 +105,7 @@ def test_float32_option(svp_case):
 
 def test_padding(svp_case):
     cfg, _, batch, h = svp_case
-    water = len(_transforms()) + 2
+    water = len(OPS) + 1
     assert h.shape == (batch.shape[0],) + (batch.shape[3],) * 2 and h.dtype == np.float64
     assert batch.nao[water] == 24 < batch.shape[3]
     assert np.all(h[water, 24:, :] == 0) and np.all(h[water, :, 24:] == 0) and np.all(h[-1] == 0)
