@@ -2,9 +2,20 @@
 
 Each cycle: E, F = E[P], ∂E/∂P (one jitted forward+backward pass), DIIS
 extrapolation of F on the commutator error X^T (F P S − S P F) X, then the
-generalized eigenproblem of :mod:`solvers.eigen` gives the next P. The
-settings (grid, auxiliary basis, initial guess) are PySCF's defaults, so the
-result reproduces ``pyscf.dft.RKS(mol, xc).density_fit().run()``.
+generalized eigenproblem of :mod:`solvers.eigen` gives the next P.
+
+The solver takes integrals and never calls PySCF: the caller builds them with
+:func:`basis.integrals.build_integrals` (PySCF's default grid, auxiliary basis
+and minao guess), and the result then reproduces
+``pyscf.dft.RKS(mol, xc).density_fit().run()``.
+
+Example:
+    >>> from basis import System
+    >>> from basis.integrals import build_integrals
+    >>> water = System(("O", "H", "H"), [[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]])
+    >>> ints = build_integrals(water, xc="pbe", basis="sto-3g")
+    >>> round(scf_from_integrals(ints).energy, 4)
+    -75.2267
 """
 
 from __future__ import annotations
@@ -17,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from basis.integrals import Integrals, build_integrals
-from basis.system import System
+from basis.integrals import Integrals
 from solvers.diis import DIIS_SPACE, diis_init, diis_update
 from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
 from solvers.energy import EnergyComponents, energy_and_fock
@@ -140,16 +150,3 @@ def scf_from_integrals(
         n_electrons=ints.n_electrons,
         wall_time=time.perf_counter() - start,
     )
-
-
-def run_scf(system: System, xc: str = "pbe", basis: str = "def2-svp", dm0=None, **kwargs) -> SCFResult:
-    """SCF of a molecule with PySCF-default settings for ``xc`` and ``basis``.
-
-    Example:
-        >>> from basis import System
-        >>> water = System(("O", "H", "H"), [[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]])
-        >>> round(run_scf(water, xc="pbe", basis="def2-svp").energy, 4)
-        -76.2722
-    """
-    ints = build_integrals(system, xc=xc, basis=basis)
-    return scf_from_integrals(ints, dm0=dm0, **kwargs)

@@ -19,14 +19,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pyscf.dft import libxc  # host path only: called inside jax.pure_callback
 
 from basis.functional import Functional
 
 
 def _libxc_eval(name: str, family: str, rho: np.ndarray):
     """Host-side libxc evaluation. rho: (..., nvar, ngrid) → exc, vrho, vsigma (..., ngrid)."""
-    from pyscf.dft import libxc
-
     rho = np.asarray(rho, dtype=np.float64)
     lead = rho.shape[:-2]
     nvar, ngrid = rho.shape[-2:]
@@ -122,8 +121,6 @@ def density_on_grid(P: jax.Array, ao: jax.Array) -> jax.Array:
 
 def _host_xc_energy_and_potential(name: str, family: str, P, ao, weights):
     """E_xc (Hartree) and V_xc (nao, nao) of a closed-shell P on the grid (numpy, host)."""
-    from pyscf.dft import libxc
-
     P = np.asarray(P, dtype=np.float64)
     ao = np.asarray(ao, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)

@@ -10,10 +10,22 @@ __all__ = ["InputError", "System", "initial_guess", "load", "read_systems", "scf
 
 
 def scf(system, xc: str = "pbe", basis: str = "def2-svp", **kwargs):
-    """Run vardft's JAX SCF; see :func:`solvers.scf.run_scf`."""
-    from solvers.scf import run_scf
+    """Run vardft's JAX SCF with PySCF's default settings for ``xc`` and ``basis``.
 
-    return run_scf(System.from_any(system), xc=xc, basis=basis, **kwargs)
+    Builds the integrals (:func:`basis.integrals.build_integrals`), then solves
+    (:func:`solvers.scf.scf_from_integrals`; ``kwargs`` such as ``dm0``,
+    ``max_cycle``, ``conv_tol`` go there). Returns a :class:`solvers.scf.SCFResult`.
+
+    Example:
+        >>> water = System(("O", "H", "H"), [[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]])
+        >>> round(scf(water, xc="pbe", basis="def2-svp").energy, 4)
+        -76.2722
+    """
+    from basis.integrals import build_integrals
+    from solvers.scf import scf_from_integrals
+
+    ints = build_integrals(System.from_any(system), xc=xc, basis=basis)
+    return scf_from_integrals(ints, **kwargs)
 
 
 def load(run_dir: str):

@@ -5,8 +5,9 @@ import pytest
 from ase.build import molecule
 from pyscf import dft, scf
 
+from basis.integrals import build_integrals
 from basis.system import System
-from solvers.scf import run_scf
+from solvers.scf import scf_from_integrals
 
 ENERGY_TOL = 1e-6  # Eh, issue 2
 ORBITAL_TOL = 1e-5  # Eh, every occupied orbital energy
@@ -26,7 +27,7 @@ def _pyscf_reference(system, xc, basis):
 )
 def test_scf_reproduces_pyscf(name, xc, basis):
     system = System.from_atoms(molecule(name))
-    res = run_scf(system, xc=xc, basis=basis)
+    res = scf_from_integrals(build_integrals(system, xc=xc, basis=basis))
     mf = _pyscf_reference(system, xc, basis)
     nocc = system.n_electrons_all // 2
     assert res.converged and mf.converged
@@ -43,6 +44,6 @@ def test_scf_from_a_displaced_geometry_and_user_guess():
     base = System.from_atoms(molecule("H2O"))
     system = base.replace(positions=base.positions + 0.05 * rng.standard_normal((3, 3)))
     mf = _pyscf_reference(system, "pbe", "def2-svp")
-    res = run_scf(system, xc="pbe", basis="def2-svp", dm0=mf.make_rdm1())
+    res = scf_from_integrals(build_integrals(system, xc="pbe", basis="def2-svp"), dm0=mf.make_rdm1())
     assert res.converged and res.iterations <= 3
     assert abs(res.energy - mf.e_tot) < ENERGY_TOL

@@ -50,14 +50,16 @@ def _summary(system, res, xc, basis) -> dict:
 
 def run(args) -> int:
     from basis.functional import parse_functional
-    from solvers.scf import run_scf
+    from basis.integrals import build_integrals
+    from solvers.scf import scf_from_integrals
     from vardft.commands._common import print_json, read_input
 
     functional = parse_functional(args.xc)
     systems = read_input(args.input, charge=args.charge)
     status = 0
     for k, system in enumerate(systems):
-        res = run_scf(system, xc=functional.name, basis=args.basis, max_cycle=args.max_cycle)
+        ints = build_integrals(system, xc=functional.name, basis=args.basis)
+        res = scf_from_integrals(ints, max_cycle=args.max_cycle)
         out = _summary(system, res, functional.name, args.basis)
         if args.json:
             print_json(out)
