@@ -18,7 +18,7 @@ Example:
     >>> from solvers.bands import bloch_sum
     >>> H_R = np.zeros((2, 1, 1)); H_R[0] = -1.0; H_R[1] = 0.5   # on-site, one neighbour
     >>> T = np.array([[0.0, 0, 0], [1.0, 0, 0]])
-    >>> np.round(bloch_sum(H_R, T, np.array([[0.0, 0, 0]])).real, 3)
+    >>> np.round(np.asarray(bloch_sum(H_R, T, np.array([[0.0, 0, 0]]))).real, 3)
     array([[[-0.5]]])
 """
 

@@ -17,10 +17,11 @@ below :data:`PSEUDO_INVERSE_CUTOFF`, so a (near-)singular history late in the
 SCF gives the minimum-norm solution instead of a failure.
 
 Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
+    >>> update = jax.jit(diis_update)
     >>> state = diis_init((2,), space=4)
-    >>> state, F = diis_update(state, jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0]))
-    >>> state, F = diis_update(state, jnp.array([0.0, 1.0]), jnp.array([-1.0, 0.0]))
+    >>> state, F = update(state, jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0]))
+    >>> state, F = update(state, jnp.array([0.0, 1.0]), jnp.array([-1.0, 0.0]))
     >>> [round(x, 12) for x in F.tolist()]   # equal weights cancel the two errors
     [0.5, 0.5]
 """
