@@ -1,5 +1,9 @@
 """Using a trained model from Python: load a run, predict, seed PySCF.
 
+:func:`load` returns a :class:`MoleculeModel` or a :class:`CrystalModel`, whichever
+kind the run directory holds; giving a model the other kind of structure is a
+one-line :class:`~basis.errors.InputError` naming both kinds.
+
 Example:
     >>> import vardft
     >>> model = vardft.load("runs/water")                     # doctest: +SKIP
@@ -11,23 +15,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from basis.crystal import make_kpts, to_cell
 from basis.errors import CheckpointError, InputError
 from basis.integrals import DEFAULT_GRID_LEVEL, build_integrals
+from basis.layout import ao_rotation
+from basis.pbc_integrals import build_periodic_integrals
 from basis.system import System
+from solvers import periodic
 from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
 from solvers.energy import total_energy
-from vardft import checkpoint as ckpt
+from vardft.tasks import CrystalTask, MoleculeTask
+from vardft.train import load_params, read_run
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """A predicted Hamiltonian and what follows from it (PySCF AO order, Hartree).
+    """A predicted Hamiltonian of a molecule and what follows from it (PySCF AO order, Hartree).
 
     Attributes:
         hamiltonian: (nao, nao) H.
@@ -56,38 +64,53 @@ class Prediction:
         return float(self.mo_energy[self.system.n_electrons_all // 2])
 
 
-def model_config_from_dict(d: dict):
-    """Rebuild a :class:`vardft.model.ModelConfig` from its ``to_dict`` (JSON lists → tuples)."""
-    import dataclasses as dc
+@dataclasses.dataclass(frozen=True)
+class CrystalPrediction:
+    """A predicted crystal Hamiltonian at the run's k-mesh (PySCF AO order, Hartree).
 
-    from vardft.model import ModelConfig
+    Attributes:
+        kpts: (nk, 3) Cartesian k-points, 1/Bohr.
+        hamiltonian: (nk, nao, nao) complex H(k).
+        overlap: (nk, nao, nao) complex S(k).
+        density_matrix: (nk, nao, nao) complex P(k) filling the lowest n_electrons/2
+            bands at every k (PySCF's ``dm_kpts``).
+        mo_energy: (nk, nmo) band energies.
+        energy: variational energy per cell E[P], Hartree.
+        n_electrons: valence electrons per cell.
+        system: the input.
+    """
 
-    known = {f.name for f in dc.fields(ModelConfig)}
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+    kpts: np.ndarray
+    hamiltonian: np.ndarray
+    overlap: np.ndarray
+    density_matrix: np.ndarray
+    mo_energy: np.ndarray
+    energy: float
+    n_electrons: int
+    system: System
+
+    @property
+    def homo(self) -> float:
+        """Valence-band maximum over the k-mesh, Hartree."""
+        return float(self.mo_energy[:, self.n_electrons // 2 - 1].max())
+
+    @property
+    def lumo(self) -> float:
+        """Conduction-band minimum over the k-mesh, Hartree."""
+        return float(self.mo_energy[:, self.n_electrons // 2].min())
 
 
 class Model:
     """A trained (or untrained, ``--steps 0``) Hamiltonian model from a run directory."""
 
+    kind = ""
+
     def __init__(self, run_dir: str):
-        from vardft.model import init_params
-        from vardft.train import TrainConfig
-
         self.run_dir = run_dir
-        saved = ckpt.load_config(run_dir)
-        self.config = TrainConfig.from_dict(saved["train"])
-        self.model_config = model_config_from_dict(saved["model"])
-        template = {
-            "params": init_params(jax.random.PRNGKey(0), self.model_config),
-        }
-        state = ckpt.load_state_dict(run_dir)
-        try:
-            from flax import serialization
-
-            self.params = serialization.from_state_dict(template["params"], state["params"])
-        except Exception as exc:
-            raise CheckpointError(f"checkpoint in {run_dir} does not match its config: {exc}") from None
-        self.step = int(state.get("step", 0))
+        self.record, self.config, self.model_config = read_run(run_dir)
+        if self.config.kind != self.kind:
+            raise CheckpointError(f"{run_dir} holds a {self.config.kind} model, not a {self.kind} model")
+        self.params, self.step = load_params(run_dir, self.model_config)
 
     @property
     def xc(self) -> str:
@@ -97,69 +120,149 @@ class Model:
     def basis(self) -> str:
         return self.config.basis
 
-    def _check_elements(self, system: System) -> None:
+    def _check(self, system) -> System:
+        system = System.from_any(system)
+        kind = "crystal" if system.is_periodic else "molecule"
+        if kind != self.kind:
+            raise InputError(f"the model in {self.run_dir} is a {self.kind} model; got a {kind} ({system.formula})")
         unknown = sorted(set(system.symbols) - set(self.model_config.elements))
         if unknown:
             raise InputError(
                 f"the model in {self.run_dir} knows elements {', '.join(self.model_config.elements)}; "
                 f"got {', '.join(unknown)}"
             )
-
-    def hamiltonians(self, systems: Sequence[System]) -> list[np.ndarray]:
-        """Predicted H (nao, nao) for each system, Hartree, PySCF AO order."""
-        return [self._hamiltonian(System.from_any(system)) for system in systems]
-
-    def _hamiltonian(self, system: System, ints=None) -> np.ndarray:
-        """H of one system; ``ints`` (at the training grid level) are reused for the baseline."""
-        from vardft.hamiltonian import predict_hamiltonian, prepare_batch, unpad
-        from vardft.train import baseline_hamiltonian
-
-        self._check_elements(system)
         system.require_closed_shell()
-        batch = prepare_batch([system], self.model_config)
-        delta = np.asarray(self.config.output_scale * unpad(predict_hamiltonian(self.params, batch), batch, 0))
-        if self.config.baseline == "none":
-            return delta
-        if ints is None:
-            ints = build_integrals(system, self.xc, self.basis, self.config.grid_level)
-        return np.asarray(baseline_hamiltonian(ints, self.config.baseline)) + delta
+        return system
+
+
+class MoleculeModel(Model):
+    """A molecular model: :meth:`predict` gives H, orbitals, density and energy."""
+
+    kind = "molecule"
+
+    @property
+    def task(self) -> MoleculeTask:
+        return MoleculeTask(self.config)
+
+    def hamiltonian(self, system) -> np.ndarray:
+        """Predicted H (nao, nao) of one molecule, Hartree, PySCF AO order (built in the
+        molecule's frame and rotated back: exactly E(3)-equivariant)."""
+        return self.task.lab_hamiltonian(self.params, self.model_config, self._check(system))
 
     def predict(self, system) -> Prediction:
-        """Hamiltonian, orbitals, density and variational energy of one system.
+        """Hamiltonian, orbitals, density and variational energy of one molecule.
 
-        The energy is evaluated on PySCF's grid level 3; the baseline of H on the run's
-        training grid (the same integrals when the two levels agree).
+        Everything is computed in the molecule's own frame (:mod:`basis.frame`) and the
+        matrices rotated back, so H, S, P and C are exactly equivariant and the energy and
+        orbital energies exactly invariant. The energy is evaluated on PySCF's grid level
+        3; the baseline of H on the run's training grid (the same integrals when the two
+        levels agree).
         """
-        system = System.from_any(system)
-        ints = build_integrals(system, self.xc, self.basis, DEFAULT_GRID_LEVEL)
-        H = self._hamiltonian(system, ints if self.config.grid_level == DEFAULT_GRID_LEVEL else None)
+        system = self._check(system)
+        inside, frame = self.task.to_frame(system)
+        ints = build_integrals(inside, self.xc, self.basis, DEFAULT_GRID_LEVEL)
+        same_grid = self.config.grid_level == DEFAULT_GRID_LEVEL
+        H = self.task.hamiltonian(self.params, self.model_config, inside, ints if same_grid else None)
         X = canonical_orthogonalizer(np.asarray(ints.overlap))
         res = solve_hamiltonian(jnp.asarray(H), jnp.asarray(X), ints.n_electrons)
         energy = float(jax.jit(total_energy)(res.density, ints))
+        D = ao_rotation(self.basis, system.symbols, frame.rotation)
+        back = lambda m: D.T @ np.asarray(m) @ D  # noqa: E731  M_lab = Dᵀ M_frame D
         return Prediction(
-            hamiltonian=H,
-            overlap=np.asarray(ints.overlap),
-            density_matrix=np.asarray(res.density),
+            hamiltonian=back(H),
+            overlap=back(ints.overlap),
+            density_matrix=back(res.density),
             mo_energy=np.asarray(res.mo_energy),
-            mo_coeff=np.asarray(res.mo_coeff),
+            mo_coeff=D.T @ np.asarray(res.mo_coeff),
             energy=energy,
             system=system,
         )
 
 
-def load(run_dir: str) -> Model:
-    """Load the model of a run directory written by ``vardft train``."""
-    return Model(run_dir)
+def insulator_density(H: np.ndarray, S: np.ndarray, n_electrons: int):
+    """P(k) (nk, nao, nao) filling the lowest n_electrons/2 bands of H(k) C = S(k) C ε at
+    each k, and ε (nk, nmo), Hartree (linearly dependent directions as PySCF's KRKS)."""
+    e, C = periodic.generalized_eigh(jnp.asarray(H), jnp.asarray(S))
+    occ = jnp.zeros(e.shape).at[:, : n_electrons // 2].set(2.0)
+    return periodic.density_matrices(C, occ), np.asarray(e)
+
+
+class CrystalModel(Model):
+    """A crystal model: H(k) at any k, bands, and the prediction at the run's k-mesh."""
+
+    kind = "crystal"
+
+    @property
+    def task(self) -> CrystalTask:
+        return CrystalTask(self.config)
+
+    @property
+    def pseudo(self) -> str:
+        return self.config.pseudo
+
+    def hamiltonian(self, system, kpts, ints=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(H(k), S(k))``, (nk, nao, nao) complex, Hartree, at Cartesian ``kpts`` (nk, 3), 1/Bohr."""
+        return self.task.hamiltonian(self.params, self.model_config, self._check(system), kpts, ints)
+
+    def bands(self, system, kpts) -> np.ndarray:
+        """Band energies (nk, nmo), Hartree, at Cartesian ``kpts`` (1/Bohr), solved with S(k)
+        as PySCF's ``get_bands`` does (linearly dependent directions at 1e30)."""
+        H, S = self.hamiltonian(system, kpts)
+        e, _ = periodic.generalized_eigh(jnp.asarray(H), jnp.asarray(S))
+        return np.asarray(e)
+
+    def kpts(self, system) -> np.ndarray:
+        """The run's k-mesh for ``system``, Cartesian (nk, 3), 1/Bohr."""
+        cell = to_cell(self._check(system), basis=self.basis, pseudo=self.pseudo, mesh=self.config.mesh)
+        return make_kpts(cell, self.config.kmesh)
+
+    def predict(self, system) -> CrystalPrediction:
+        """H(k), S(k), P(k), bands and variational energy per cell at the run's k-mesh."""
+        system = self._check(system)
+        c = self.config
+        ints = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
+        H, S = self.hamiltonian(system, np.asarray(ints.kpts), ints)
+        P, bands = insulator_density(H, S, ints.n_electrons)
+        return CrystalPrediction(
+            kpts=np.asarray(ints.kpts),
+            hamiltonian=H,
+            overlap=S,
+            density_matrix=np.asarray(P),
+            mo_energy=bands,
+            energy=float(periodic.total_energy(P, ints)),
+            n_electrons=int(ints.n_electrons),
+            system=system,
+        )
+
+
+MODELS = {"molecule": MoleculeModel, "crystal": CrystalModel}
+
+
+def load(run_dir: str, kind: str | None = None) -> Model:
+    """The model of a run directory written by ``vardft train``: a :class:`MoleculeModel`
+    or a :class:`CrystalModel`, as the run says.
+
+    Args:
+        kind: ``"molecule"`` or ``"crystal"`` to require that kind.
+
+    Raises:
+        CheckpointError: not a vardft run directory, a run of the other ``kind``, or a
+            checkpoint that does not match its config.
+    """
+    _, config, _ = read_run(run_dir)
+    if kind is not None and kind != config.kind:
+        raise CheckpointError(f"{run_dir} holds a {config.kind} model, not a {kind} model")
+    return MODELS[config.kind](run_dir)
 
 
 def initial_guess(run_dir_or_model, mol) -> np.ndarray:
     """Density matrix (nao, nao) for ``mf.kernel(dm0=...)`` from a model's prediction.
 
     Args:
-        run_dir_or_model: a run directory or a loaded :class:`Model`.
+        run_dir_or_model: a run directory or a loaded :class:`MoleculeModel`.
         mol: a built ``pyscf.gto.Mole`` in the model's basis.
     """
-    model = run_dir_or_model if isinstance(run_dir_or_model, Model) else load(run_dir_or_model)
+    model = run_dir_or_model if isinstance(run_dir_or_model, Model) else load(run_dir_or_model, "molecule")
     if mol.nao != 0 and str(mol.basis).lower() != model.basis.lower():
         raise InputError(f"mol uses basis {mol.basis!r}; the model predicts {model.basis!r}")
     return model.predict(System.from_mole(mol)).density_matrix

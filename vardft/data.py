@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from basis.crystal import read_crystal
 from basis.errors import InputError, MalformedFileError
 from basis.functional import parse_functional
 from basis.integrals import DEFAULT_GRID_LEVEL, Integrals, build_integrals
@@ -37,17 +38,20 @@ ELEMENTS_SMALL = frozenset("HCNOF")
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Train/validation split of systems.
+    """Train/validation split of systems, all molecules or all crystals.
 
     Attributes:
         name: dataset or file name.
         train: systems to train on.
-        validation: held-out systems (conformations, or whole molecules for g2-small).
+        validation: held-out systems (conformations, whole molecules for g2-small,
+            or displaced and strained crystals that follow the training ones).
+        kind: ``"molecule"`` or ``"crystal"`` (systems with a cell).
     """
 
     name: str
     train: tuple[System, ...]
     validation: tuple[System, ...]
+    kind: str = "molecule"
 
 
 def thermal_conformations(base: System, n: int, rng: np.random.Generator, width_h: float = DISPLACEMENT_H) -> list[System]:
@@ -120,11 +124,62 @@ def _g2_small(seed: int, n_train: int, n_validation: int) -> Dataset:
     return Dataset("g2-small", tuple(train), tuple(val))
 
 
+CRYSTAL_DISPLACEMENT_ANGSTROM = 0.05
+"""Standard deviation of the random atomic displacements of :func:`crystal_structures`."""
+
+CRYSTAL_STRAIN = 0.01
+"""Standard deviation of the random symmetric strain of :func:`crystal_structures`."""
+
+
+def crystal_structures(
+    name: str = "si",
+    n: int = 4,
+    seed: int = 0,
+    displacement: float = CRYSTAL_DISPLACEMENT_ANGSTROM,
+    strain: float = CRYSTAL_STRAIN,
+) -> list[System]:
+    """Displaced and strained copies of a built-in crystal, deterministic for a seed.
+
+    The first ``n`` of a longer sequence are the same structures (one random stream).
+
+    Args:
+        name: ``"si"``, ``"diamond"`` or ``"hbn"``.
+        n: number of structures.
+        seed: numpy seed.
+        displacement: Gaussian atomic displacements, standard deviation in Å.
+        strain: symmetric strain ε with entries of this standard deviation; cell and
+            positions are multiplied by (1 + ε) (in-plane only for ``hbn``).
+    """
+    base = read_crystal(name)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(int(n)):
+        eps = rng.normal(scale=strain, size=(3, 3))
+        eps = 0.5 * (eps + eps.T)
+        if name.strip().lower() == "hbn":
+            eps[2, :] = eps[:, 2] = 0.0
+        deform = np.eye(3) + eps
+        pos = base.positions @ deform + rng.normal(scale=displacement, size=base.positions.shape)
+        out.append(System(base.symbols, pos, cell=base.cell @ deform))
+    return out
+
+
+def _crystal_set(name: str) -> Callable[[int, int, int], Dataset]:
+    def make(seed: int, n_train: int, n_validation: int) -> Dataset:
+        structures = crystal_structures(name, n_train + n_validation, seed=seed)
+        return Dataset(name, tuple(structures[:n_train]), tuple(structures[n_train:]), kind="crystal")
+
+    return make
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[[int, int, int], Dataset], int, int]] = {
     # name: (generator, default train size, default validation size)
     "water": (_conformation_set("H2O"), 128, 16),
     "ethanol": (_conformation_set("CH3CH2OH"), 48, 12),
     "g2-small": (_g2_small, 2, 1),
+    "si": (_crystal_set("si"), 16, 4),
+    "diamond": (_crystal_set("diamond"), 16, 4),
+    "hbn": (_crystal_set("hbn"), 16, 4),
 }
 
 
@@ -137,20 +192,29 @@ def load_dataset(
 ) -> Dataset:
     """A built-in dataset by name, or frames of a structure file / ASE database.
 
-    For files, the last ``validation_fraction`` of a seeded permutation of
-    the frames is held out.
+    For molecule files, the last ``validation_fraction`` of a seeded permutation of
+    the frames is held out. A file whose frames have a cell is a crystal set: every
+    frame (the first ``n_train``) is a training structure, none is held out.
 
     Raises:
         MalformedFileError: neither a built-in name nor a readable file.
+        InputError: a file mixing molecules and crystals.
     """
-    if source in BUILTIN_DATASETS:
-        make, nt, nv = BUILTIN_DATASETS[source]
+    key = source.strip().lower() if not os.path.exists(source) else source
+    if key in BUILTIN_DATASETS:
+        make, nt, nv = BUILTIN_DATASETS[key]
         return make(seed, nt if n_train is None else n_train, nv if n_validation is None else n_validation)
     if not os.path.exists(source):
         raise MalformedFileError(
             f"no such file or built-in dataset: {source} (built-in: {', '.join(BUILTIN_DATASETS)})"
         )
     systems = read_systems(source)
+    periodic = {s.cell is not None for s in systems}
+    if len(periodic) > 1:
+        raise InputError(f"{source} mixes molecules and crystals (some frames have a cell, some not)")
+    if periodic == {True}:
+        crystals = [read_crystal(source, index=i) for i in range(len(systems))]
+        return Dataset(os.path.basename(source), tuple(crystals[:n_train] if n_train else crystals), (), kind="crystal")
     perm = np.random.default_rng(seed).permutation(len(systems))
     n_val = n_validation if n_validation is not None else int(round(validation_fraction * len(systems)))
     if len(systems) > 1:
@@ -282,10 +346,88 @@ class IntegralCache:
 
 
 def check_dataset(dataset: Dataset) -> None:
-    """Raise an InputError unless every system is a closed-shell molecule."""
+    """Raise an InputError unless the dataset has training systems, all closed-shell and
+    all of the dataset's kind (molecules without a cell, crystals with one)."""
     if not dataset.train:
         raise InputError(f"dataset {dataset.name} has no training systems")
+    periodic = dataset.kind == "crystal"
     for s in dataset.train + dataset.validation:
         s.require_closed_shell()
-        if s.is_periodic:
-            raise InputError(f"dataset {dataset.name} contains a crystal; molecular training only for now")
+        if s.is_periodic != periodic:
+            raise InputError(f"dataset {dataset.name} mixes molecules and crystals")
+
+
+# ------------------------------------------------------------------ padding and buckets
+def pad_integrals(ints: Integrals, nao: int, naux: int | None = None, ngrid: int | None = None) -> Integrals:
+    """Zero-pad ``ints`` to ``nao`` AOs, ``naux`` auxiliary functions and ``ngrid`` grid points.
+
+    Padded AOs carry no density (their rows/columns of S, h, L and AO values are
+    zero); padded auxiliary functions are zero rows of the DF factor L
+    (nothing in J or K); padded grid points have zero AO values and zero
+    weight (zero density: libxc returns zero energy density and potentials).
+    The energy and Fock matrix of a padded density equal the unpadded ones.
+    ``naux`` / ``ngrid`` of ``None`` keep the molecule's own.
+    """
+    import jax.numpy as jnp
+
+    p = nao - ints.nao
+    q = 0 if naux is None else naux - ints.cderi.shape[0]
+    r = 0 if ngrid is None else ngrid - ints.weights.shape[0]
+    if min(p, q, r) < 0:
+        raise ValueError(
+            f"cannot pad integrals of shape (nao {ints.nao}, naux {ints.cderi.shape[0]}, "
+            f"ngrid {ints.weights.shape[0]}) down to ({nao}, {naux}, {ngrid})"
+        )
+    if p == q == r == 0:
+        return ints
+    pad2 = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, p), (0, p)])  # noqa: E731
+    return ints.replace(
+        overlap=pad2(ints.overlap),
+        hcore=pad2(ints.hcore),
+        cderi=jnp.pad(ints.cderi, [(0, q), (0, p), (0, p)]),
+        ao=jnp.pad(ints.ao, [(0, 0), (0, r), (0, p)]),
+        weights=jnp.pad(ints.weights, [(0, r)]),
+        dm_guess=pad2(ints.dm_guess),
+    )
+
+
+def size_buckets(systems: Sequence[System], basis: str, width: int, min_size: int = 1) -> list[list[System]]:
+    """Group molecules into size buckets that share one padded, compiled step.
+
+    Molecules are keyed by their AO count rounded up to a multiple of ``width``;
+    a bucket with fewer than ``min_size`` molecules joins the next larger one
+    (the last such bucket joins the largest). Molecules of one composition
+    always share a bucket; dataset order is kept within a bucket.
+
+    Args:
+        systems: molecules.
+        basis: AO basis (PySCF name) that decides the AO counts.
+        width: bucket width in AOs (> 0).
+        min_size: smallest bucket (e.g. the batch size).
+
+    Returns:
+        Buckets in ascending size, each a list of systems.
+    """
+    if width < 1:
+        raise InputError(f"bucket width must be a positive number of AOs, got {width}")
+    nao_of: dict[tuple, int] = {}
+    keyed: dict[int, list[System]] = {}
+    for s in systems:
+        comp = (s.symbols, s.charge, s.spin)
+        if comp not in nao_of:
+            nao_of[comp] = s.to_mole(basis).nao_nr()
+        keyed.setdefault(-(-nao_of[comp] // width), []).append(s)
+    buckets: list[list[System]] = []
+    pending: list[System] = []
+    for key in sorted(keyed):
+        pending = pending + keyed[key]
+        if len(pending) >= min_size:
+            buckets.append(pending)
+            pending = []
+    if pending:
+        if buckets:
+            buckets[-1] = buckets[-1] + pending
+        else:
+            buckets.append(pending)
+    position = {id(s): k for k, s in enumerate(systems)}
+    return [sorted(b, key=lambda s: position[id(s)]) for b in buckets]

@@ -32,7 +32,8 @@ Example:
     >>> import jax
     >>> from basis.system import System
     >>> from vardft.model import ModelConfig, init_params
-    >>> from vardft.hamiltonian import prepare_batch, predict_hamiltonian, unpad
+    >>> from vardft.hamiltonian import prepare_batch, unpad
+    >>> from vardft.model import predict_hamiltonian
     >>> cfg = ModelConfig.preset("S", basis="def2-svp", elements=("H", "O"))
     >>> water = System(("O", "H", "H"), [[0, 0, 0.12], [0, 0.76, -0.47], [0, -0.76, -0.47]])
     >>> batch = prepare_batch([water], cfg)
@@ -68,7 +69,6 @@ __all__ = [
     "prepare_batch",
     "bucket_size",
     "assemble",
-    "predict_hamiltonian",
     "unpad",
     "unpad_real_space",
     "bloch_sum_batch",
@@ -591,25 +591,6 @@ def assemble(diag_blocks, edge_blocks, ao_gather, shift_inverse=None):
     )
     m = jnp.take_along_axis(flat, ao_gather, axis=1).reshape(b, n, n)
     return 0.5 * (m + jnp.swapaxes(m, 1, 2))
-
-
-@jax.jit
-def predict_hamiltonian(params, batch: Batch):
-    """H for every molecule of a batch (jitted; one compilation per bucket shape).
-
-    Args:
-        params: model parameters from :func:`vardft.model.init_params`.
-        batch: :class:`Batch` from :func:`prepare_batch`; ``batch.config`` is static.
-
-    Returns:
-        (B, N, N) Kohn–Sham matrices in Hartree, PySCF AO order, padded AOs
-        zero. Differentiable w.r.t. ``params`` and ``batch.positions``.
-        For crystals: real-space blocks H(R), (B, nR, N, N), for the shifts
-        ``batch.lattice_shift`` (padding slots zero).
-    """
-    from vardft.model import HamiltonianModel
-
-    return HamiltonianModel(batch.config).apply(params, batch)
 
 
 def unpad(H, batch: Batch, index: int) -> np.ndarray:

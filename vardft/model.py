@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from basis.system import canonical_symbol
+from basis.system import System, canonical_symbol
 from basis.units import BOHR_ANGSTROM
 from vardft.hamiltonian import Batch, assemble, block_layout, irreps_to_block, prepare_batch
 
@@ -389,7 +389,7 @@ class HamiltonianModel(nn.Module):
 
     Call with a :class:`vardft.hamiltonian.Batch` prepared for the same config:
     ``HamiltonianModel(cfg).apply(params, batch)`` (or
-    :func:`vardft.hamiltonian.predict_hamiltonian`, which is jitted).
+    :func:`predict_hamiltonian`, which is jitted).
     """
 
     config: ModelConfig
@@ -480,10 +480,25 @@ class HamiltonianModel(nn.Module):
         return assemble(diag, off, jnp.asarray(batch.ao_gather), shift_inverse).astype(jnp.float64)
 
 
+@jax.jit
+def predict_hamiltonian(params, batch: Batch):
+    """H for every molecule of a batch (jitted; one compilation per bucket shape).
+
+    Args:
+        params: model parameters from :func:`vardft.model.init_params`.
+        batch: :class:`Batch` from :func:`prepare_batch`; ``batch.config`` is static.
+
+    Returns:
+        (B, N, N) Kohn–Sham matrices in Hartree, PySCF AO order, padded AOs
+        zero. Differentiable w.r.t. ``params`` and ``batch.positions``.
+        For crystals: real-space blocks H(R), (B, nR, N, N), for the shifts
+        ``batch.lattice_shift`` (padding slots zero).
+    """
+    return HamiltonianModel(batch.config).apply(params, batch)
+
+
 def _dummy_batch(config: ModelConfig) -> Batch:
     """A homonuclear dimer (even electron count) used only to create parameters."""
-    from basis.system import System
-
     s = config.elements[0]
     return prepare_batch([System((s, s), np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))], config)
 

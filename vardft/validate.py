@@ -1,24 +1,54 @@
-"""Metrics of a predicted Hamiltonian against PySCF's own SCF on the same inputs.
+"""Validation of a model against PySCF's own SCF on the same inputs: one driver,
+molecules and crystals.
 
-For each frame PySCF runs its SCF with the settings of
-:func:`basis.integrals.make_mean_field` (same xc, basis, auxiliary basis and
-grid as training), once from its ``minao`` guess and once from the density of
-the predicted Hamiltonian. All energies in Hartree.
+Molecules: for each frame PySCF runs its SCF with the settings of
+:func:`basis.integrals.make_mean_field` (same xc, basis, auxiliary basis and grid as
+training), once from its ``minao`` guess and once from the density of the predicted
+Hamiltonian (:func:`frame_metrics`).
+
+Crystals: for each held-out structure PySCF runs ``KRKS`` with the run's xc, basis,
+pseudopotential, k-mesh and FFT mesh, and the model's H(k) (baseline + network,
+exactly as in training) is compared (:func:`crystal_metrics`):
+
+- ``energy_error_per_cell``: E[P(H)] − E_KRKS, Hartree per cell, P(H) filling the
+  lowest n_electrons/2 bands of H(k) at every k;
+- ``band_mae_mev``: mean |ε_model − ε_KRKS| over the k-mesh and the valence bands plus
+  the ``n_conduction`` lowest conduction bands, meV;
+- optionally ``path_band_mae_mev``: the same along a band path, against PySCF's
+  ``mf.get_bands`` of the converged KRKS.
+
+:func:`validate_run` picks the held-out structures (:func:`held_out_structures`) and
+the metrics of the run's kind. All energies in Hartree unless a name says meV.
+
+Example:
+    >>> from vardft.validate import validate_run
+    >>> result = validate_run("runs/si", "si", path="")         # doctest: +SKIP
+    >>> result["mean"]["band_mae_mev"]                          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from basis.crystal import absolute_kpts, band_path, read_crystal
+from basis.errors import InputError, MalformedFileError
 from basis.integrals import Integrals, integrals_from_mean_field, make_mean_field
-from basis.system import System
+from basis.pbc_integrals import make_periodic_mean_field, periodic_integrals_from_mean_field
+from basis.system import System, read_systems
+from basis.units import HARTREE_TO_MEV
+from solvers import periodic
 from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
 from solvers.energy import total_energy
+from vardft.api import CrystalModel, Model, insulator_density, load
+from vardft.data import BUILTIN_DATASETS, load_dataset
 
 METRIC_KEYS = (
     "energy_error",
@@ -33,6 +63,29 @@ METRIC_KEYS = (
     "scf_cycles_ratio",
 )
 SIGNED_KEYS = ("energy_error", "homo_error", "lumo_error", "gap_error")
+
+N_CONDUCTION = 4
+"""Conduction bands included in the band MAE (the crystal issue's target)."""
+
+REFERENCE_CONV_TOL = 1e-10
+"""Energy convergence of PySCF's reference KRKS, Hartree per cell."""
+
+CRYSTAL_METRIC_KEYS = ("energy_error_per_cell", "band_mae_mev", "band_max_mev", "path_band_mae_mev")
+
+
+def band_mae_mev(pred: np.ndarray, ref: np.ndarray, n_occupied: int, n_conduction: int = N_CONDUCTION) -> tuple[float, float]:
+    """(MAE, max) over k of |pred − ref| for the lowest ``n_occupied + n_conduction`` bands, meV.
+
+    Args:
+        pred, ref: (nk, nmo) band energies, Hartree, ascending at each k.
+    """
+    nb = min(pred.shape[1], ref.shape[1], n_occupied + n_conduction)
+    d = np.abs(np.asarray(pred)[:, :nb] - np.asarray(ref)[:, :nb]) * HARTREE_TO_MEV
+    return float(d.mean()), float(d.max())
+
+
+OTHER_SET_SEED_OFFSET = 1_000_003
+"""Seed offset for a built-in set the run was not trained on (no overlap with any run's data)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,3 +209,182 @@ def format_table(summary: dict, title: str = "") -> str:
         lines.append(f"{key:<30}{summary[key] * scale:>14.4f}  {unit:<5}  {meaning}")
     lines.append(f"({summary['frames']} frames)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ crystals
+def crystal_metrics(model: CrystalModel, system: System, n_conduction: int = N_CONDUCTION,
+                    path: str | None = None, path_points: int = 20) -> dict:
+    """Metrics of a crystal model on one structure (see the module doc).
+
+    Args:
+        path: also compare along this band path (``""``: ASE's standard path) with
+            ``path_points`` k-points; ``None``: k-mesh only.
+
+    Returns:
+        dict with ``energy_error_per_cell`` (Eh), ``band_mae_mev``, ``band_max_mev``,
+        ``energy_eh`` (the model's variational energy), ``reference_energy_eh``,
+        ``reference_converged``, ``n_kpts``, ``n_bands``, ``mesh``, ``seconds`` and, with
+        a path, ``path_band_mae_mev``, ``path_band_max_mev``.
+    """
+    t0 = time.perf_counter()
+    cfg = model.config
+    mf = make_periodic_mean_field(system, cfg.xc, cfg.basis, cfg.pseudo, cfg.kmesh, cfg.mesh)
+    ints = periodic_integrals_from_mean_field(mf)
+    mf.conv_tol = REFERENCE_CONV_TOL
+    mf.kernel()
+    ref_bands = np.asarray(mf.mo_energy, dtype=np.float64).reshape(ints.nkpts, -1)
+    same_mesh = cfg.mesh is not None and tuple(cfg.mesh) == tuple(ints.mesh)
+    H, S = model.hamiltonian(system, np.asarray(ints.kpts), ints=ints if same_mesh else None)
+    P, bands = insulator_density(H, S, ints.n_electrons)
+    energy = float(periodic.total_energy(P, ints))
+    nocc = ints.n_electrons // 2
+    mae, mx = band_mae_mev(bands, ref_bands, nocc, n_conduction)
+    out = {
+        "formula": system.formula,
+        "energy_error_per_cell": energy - float(mf.e_tot),
+        "band_mae_mev": mae,
+        "band_max_mev": mx,
+        "energy_eh": energy,
+        "reference_energy_eh": float(mf.e_tot),
+        "reference_converged": bool(mf.converged),
+        "n_kpts": int(ints.nkpts),
+        "n_bands": int(min(bands.shape[1], nocc + n_conduction)),
+        "mesh": list(ints.mesh),
+    }
+    if path is not None:
+        bp = band_path(system, path or None, path_points)
+        kpath = absolute_kpts(mf.cell, bp.kpts_frac)
+        ref_path = np.asarray(mf.get_bands(kpath)[0], dtype=np.float64)
+        Hp, Sp = model.hamiltonian(system, kpath, ints=ints if same_mesh else None)
+        _, pred_path = insulator_density(Hp, Sp, ints.n_electrons)
+        out["path_band_mae_mev"], out["path_band_max_mev"] = band_mae_mev(pred_path, ref_path, nocc, n_conduction)
+        out["path"] = bp.path
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def summarize_crystals(frames: Sequence[dict]) -> dict:
+    """Means of the metrics over structures (energy error as a signed mean and a mean |·|)."""
+    out = {"n_structures": len(frames)}
+    for key in CRYSTAL_METRIC_KEYS:
+        vals = [f[key] for f in frames if key in f]
+        if vals:
+            out[key] = float(np.mean(vals))
+    if frames:
+        out["energy_error_per_cell_abs"] = float(np.mean([abs(f["energy_error_per_cell"]) for f in frames]))
+        out["band_max_mev"] = float(np.max([f["band_max_mev"] for f in frames]))
+    return out
+
+
+def format_crystal_table(result: dict, title: str = "") -> str:
+    """A table for people: one row per structure and the mean."""
+    has_path = any("path_band_mae_mev" in f for f in result["frames"])
+    head = f"{'structure':<12} {'ΔE/cell (mEh)':>14} {'band MAE (meV)':>15} {'band max (meV)':>15}"
+    head += f" {'path MAE (meV)':>15}" if has_path else ""
+    lines = [title] if title else []
+    lines += [head, "-" * len(head)]
+
+    def row(name, f):
+        text = f"{name:<12} {f['energy_error_per_cell'] * 1e3:>14.3f} {f['band_mae_mev']:>15.2f} {f['band_max_mev']:>15.2f}"
+        if has_path:
+            text += f" {f.get('path_band_mae_mev', float('nan')):>15.2f}"
+        return text
+
+    for i, f in enumerate(result["frames"]):
+        lines.append(row(f"{i}:{f['formula']}", f))
+    if result["frames"]:
+        lines.append("-" * len(head))
+        lines.append(row("mean", result["mean"]))
+    lines.append(
+        f"valence + {N_CONDUCTION} conduction bands at the {'x'.join(str(k) for k in result['kmesh'])} k-mesh, "
+        f"vs PySCF KRKS {result['xc']}/{result['basis']}/{result['pseudo']}"
+    )
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- driver
+def held_out_structures(model: Model, data: str, max_frames: int | None = None) -> list[System]:
+    """The structures to validate ``model`` on: for a built-in dataset its held-out split,
+    for a structure file every frame (at most ``max_frames``).
+
+    Molecules: the built-in validation frames (drawn from their own stream, so they do
+    not depend on the training size). Crystals: for the set the run was trained on, the
+    structures that follow the training ones in the same sequence (none was trained on),
+    ``max_frames`` of them (default 4); for another built-in set, a set drawn with the
+    seed offset by :data:`OTHER_SET_SEED_OFFSET`.
+
+    Raises:
+        InputError: structures of the other kind than the model's, an unreadable file,
+            ``max_frames`` < 1.
+    """
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be >= 1, got {max_frames}")
+    kind, seed = model.config.kind, model.config.seed
+    name = data.strip().lower()
+    if name in BUILTIN_DATASETS and not os.path.exists(data):
+        make, n_train_default, n_val_default = BUILTIN_DATASETS[name]
+        if kind == "molecule":
+            systems = list(load_dataset(name, seed=seed).validation)
+        else:
+            same = model.record.get("dataset") == name and model.record.get("n_train") is not None
+            systems = list(load_dataset(
+                name,
+                seed=seed if same else seed + OTHER_SET_SEED_OFFSET,
+                n_train=model.record["n_train"] if same else 0,
+                n_validation=max_frames or n_val_default,
+            ).validation)
+    elif os.path.exists(data):
+        systems = read_systems(data)
+        if kind == "crystal" and all(s.cell is not None for s in systems):
+            systems = [read_crystal(data, index=i) for i in range(len(systems))]
+    else:
+        raise MalformedFileError(f"no such file or built-in dataset: {data} (built-in: {', '.join(BUILTIN_DATASETS)})")
+    for s in systems:
+        if s.is_periodic != (kind == "crystal"):
+            other = "crystal" if s.is_periodic else "molecule"
+            raise InputError(f"the model in {model.run_dir} is a {kind} model; {data} holds a {other} ({s.formula})")
+    return systems[:max_frames] if max_frames else systems
+
+
+def validate_run(run_dir: str, data: str, max_frames: int | None = None, path: str | None = None,
+                 path_points: int = 20, progress: bool = True) -> dict:
+    """Validate the model in ``run_dir`` on the held-out structures of ``data`` against PySCF.
+
+    Args:
+        path: crystals only: also compare bands along this path (``""``: ASE's standard).
+
+    Returns:
+        ``{"run_dir", "data", "kind", "xc", "basis", "mean", "frames"}`` (crystals also
+        ``pseudo``, ``kmesh``, ``baseline``): per-structure metrics
+        (:func:`frame_metrics` / :func:`crystal_metrics`) and their means.
+
+    Raises:
+        CheckpointError: not a run directory. InputError: bad data, a path for molecules.
+    """
+    model = load(run_dir)
+    if path is not None and model.config.kind != "crystal":
+        raise InputError("--path compares band structures: it applies to crystal models")
+    systems = held_out_structures(model, data, max_frames)
+    frames = []
+    for system in tqdm(systems, desc="validate", unit="structure", disable=not progress, leave=False):
+        if model.config.kind == "crystal":
+            frames.append(crystal_metrics(model, model._check(system), path=path, path_points=path_points))
+        else:
+            m = frame_metrics(system, model.hamiltonian(system), model.xc, model.basis)
+            m["formula"] = system.formula
+            frames.append(m)
+    result = {"run_dir": run_dir, "data": data, "kind": model.config.kind, "xc": model.xc, "basis": model.basis}
+    if model.config.kind == "crystal":
+        result.update(pseudo=model.config.pseudo, kmesh=list(model.config.kmesh), baseline=model.config.baseline,
+                      mean=summarize_crystals(frames))
+    else:
+        result["mean"] = summarize(frames)
+    result["frames"] = frames
+    return result
+
+
+def format_result(result: dict) -> str:
+    """The table of a :func:`validate_run` result, for either kind."""
+    if result["kind"] == "crystal":
+        return format_crystal_table(result, f"{result['run_dir']} on held-out {result['data']} vs PySCF KRKS")
+    return format_table(result["mean"], f"{result['run_dir']} on {result['data']} ({result['xc']}/{result['basis']}) vs PySCF")

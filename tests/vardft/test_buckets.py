@@ -16,20 +16,11 @@ from basis.integrals import build_integrals
 from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.energy import energy_and_fock
-from vardft.data import Dataset, IntegralCache
-from vardft.losses import LossWeights, molecule_loss
-from vardft.train import (
-    MIXED_ELECTRONS,
-    TrainConfig,
-    _compiled_functions,
-    _optimizer_key,
-    model_config_for,
-    pad_integrals,
-    prepare_set,
-    size_buckets,
-    step_batch,
-    train,
-)
+from vardft.config import LossWeights, TrainConfig
+from vardft.data import Dataset, IntegralCache, pad_integrals, size_buckets
+from vardft.losses import molecule_loss
+from vardft.tasks import MIXED_ELECTRONS, MoleculeTask, model_config_for
+from vardft.train import _step_key, compiled_step, step_batch, train
 
 PAD_TOL = 1e-12
 """Hartree: padded and unpadded energies / Fock matrices (float64 round-off only)."""
@@ -115,7 +106,7 @@ def test_mixed_bucket_loss_equals_each_molecule_alone(cache):
     """Padded batch with traced electron counts vs every molecule unpadded with its static count."""
     config = dataclasses.replace(TINY, baseline="minao")
     model_config = model_config_for(config, ["C", "H", "N", "O"])
-    data = prepare_set(MIXED, model_config, config, cache).arrays
+    data = MoleculeTask(config).prepare_bucket(MIXED, model_config, cache).arrays
     assert data.ints.n_electrons == MIXED_ELECTRONS
     assert np.asarray(data.n_electrons).tolist() == [10, 10, 10, 16]
     weights = LossWeights()
@@ -146,5 +137,5 @@ def test_mixed_composition_training_compiles_one_step(tmp_path, cache):
     result = train(dataset, str(tmp_path / "run"), config, cache=cache, progress=False)
     assert result.step == 2 and result.skipped_steps == 0
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["energy"]) for r in result.history)
-    step_fn, _ = _compiled_functions(_optimizer_key(config))
+    step_fn, _ = compiled_step(_step_key(config))
     assert step_fn._cache_size() == 1

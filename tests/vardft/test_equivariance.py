@@ -132,3 +132,45 @@ def test_crystal_path_catches_ignored_lattice_shift():
 
     errors = equivariance_errors(broken, H_CRYSTAL, basis=CRYSTAL_BASIS, ops=("rotation", "lattice_shift"))
     assert errors["rotation"] < EXACT_RTOL and errors["lattice_shift"] > BROKEN_MIN_ERROR
+
+
+# ----------------------------------------------------------- the whole prediction
+PREDICT_RTOL = 1e-10  # relative to max|H|, def2-SVP (issue 10's target)
+
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory):
+    """``vardft train FILE --steps 0``: an untrained run with the minao baseline (H, C, N, O)."""
+    from ase.io import write
+
+    from vardft.cli import main
+
+    folder = tmp_path_factory.mktemp("predict")
+    data = str(folder / "mols.xyz")
+    write(data, [molecule("HCOOH"), molecule("CH3CH2OH"), molecule("CH3NO2")])
+    run_dir = str(folder / "run")
+    assert main(["train", data, "--out", run_dir, "--steps", "0", "--preset", "S", "--quiet", "--cache", "none"]) == 0
+    return run_dir
+
+
+def test_predicted_hamiltonian_is_equivariant_end_to_end(untrained_run):
+    """What ``predict`` returns, baseline included: rotation + inversion + translation and a
+    permutation at once, on a molecule without symmetry (nitromethane is used for
+    ethanol-like cost; HCOOH is planar but asymmetric)."""
+    from vardft.api import load
+
+    model = load(untrained_run)
+    errors = assert_equivariant(lambda s: model.predict(s).hamiltonian, FORMIC_ACID, basis="def2-svp",
+                                ops=("combined",), rtol=PREDICT_RTOL)
+    assert max(errors.values()) < PREDICT_RTOL
+
+
+def test_predicted_energy_and_orbital_energies_are_invariant(untrained_run):
+    from vardft.api import load
+
+    model = load(untrained_run)
+    transforms = make_transforms(FORMIC_ACID, ("combined",), seed=3)
+    a = model.predict(FORMIC_ACID)
+    b = model.predict(transforms[0].apply(FORMIC_ACID))
+    assert abs(a.energy - b.energy) < 1e-10
+    assert np.abs(a.mo_energy - b.mo_energy).max() < 1e-10

@@ -19,7 +19,8 @@ from ase.build import molecule
 from basis.layout import ao_permutation, ao_rotation
 from basis.system import System, molecules_equal
 from basis.units import BOHR_ANGSTROM
-from vardft.hamiltonian import prepare_batch, predict_hamiltonian, unpad
+from vardft.hamiltonian import prepare_batch, unpad
+from vardft.model import predict_hamiltonian
 from vardft.model import HamiltonianModel, ModelConfig, count_params, init_params
 from vardft.testing import MOLECULE_OPERATIONS, assert_equivariant, equivariance_errors, make_transforms
 

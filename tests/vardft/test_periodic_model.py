@@ -17,7 +17,8 @@ from basis.crystal import read_crystal
 from basis.layout import ao_offsets, ao_permutation, ao_rotation
 from basis.system import System
 from solvers.bands import bloch_sum
-from vardft.hamiltonian import bloch_sum_batch, prepare_batch, predict_hamiltonian, unpad_real_space
+from vardft.hamiltonian import bloch_sum_batch, prepare_batch, unpad_real_space
+from vardft.model import predict_hamiltonian
 from vardft.model import ModelConfig, init_params
 
 EQUIVARIANCE_RTOL = 1e-10  # relative to max |H(R)|

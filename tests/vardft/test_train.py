@@ -13,8 +13,8 @@ from basis.errors import CheckpointError
 from vardft.api import load
 from vardft.cli import main
 from vardft.data import Dataset, IntegralCache, load_dataset
-from vardft.losses import LossWeights
-from vardft.train import TrainConfig, train
+from vardft.config import LossWeights, TrainConfig
+from vardft.train import train
 from vardft.validate import frame_metrics
 
 BASIS = "sto-3g"
@@ -80,7 +80,7 @@ def test_validate_metrics_match_direct_pyscf(trained, water):
     run_dir, _ = trained
     model = load(run_dir)
     system = water.validation[0]
-    H = model.hamiltonians([system])[0]
+    H = model.hamiltonian(system)
     m = frame_metrics(system, H, "pbe", BASIS)
     # independent PySCF computation of the same quantities
     mol = system.to_mole(BASIS)

@@ -13,22 +13,25 @@ import scipy.linalg
 
 from basis.crystal import read_crystal
 from basis.pbc_integrals import build_periodic_integrals
+from basis.errors import InputError
+from vardft.api import load
 from vardft.cli import main
-from vardft.train_crystal import (
-    CrystalTrainConfig,
-    crystal_dataset,
-    hermitian_density,
-    load_crystal_model,
-    orthonormal_mse,
-    train_crystal,
-    _real_orthogonalizers,
-)
+from vardft.config import make_config
+from vardft.data import Dataset, crystal_structures
+from vardft.losses import hermitian_density, orthonormal_mse
+from vardft.tasks import CrystalTask, offmesh_kpts, real_orthogonalizers
+from vardft.train import train
 
 DENSITY_TOL = 1e-10
 FD_STEP = 1e-6
 FD_RTOL = 1e-5
 SMALL_MESH = (9, 9, 9)
-CONFIG = CrystalTrainConfig(xc="lda,vwn", mesh=SMALL_MESH, steps=4, learning_rate=1e-2)
+CONFIG = make_config("crystal", xc="lda,vwn", mesh=SMALL_MESH, steps=4, learning_rate=1e-2)
+
+
+def si_set(n, seed):
+    """``n`` displaced, strained Si cells as a training set (no held-out structures)."""
+    return Dataset("si", tuple(crystal_structures("si", n, seed=seed)), (), kind="crystal")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def test_hermitian_density_matches_numpy_and_has_finite_gradients(si_ints):
     ints = si_ints
     H = np.asarray(ints.hcore)
     S = np.asarray(ints.overlap)
-    X, mask = _real_orthogonalizers(S, ints.nao)
+    X, mask = real_orthogonalizers(S, ints.nao)
     P, eps = hermitian_density(jnp.asarray(H), X, mask, ints.n_electrons)
     nocc = ints.n_electrons // 2
     for k in range(ints.nkpts):
@@ -69,20 +72,21 @@ def test_hermitian_density_matches_numpy_and_has_finite_gradients(si_ints):
     assert abs(float(analytic) - float(fd)) < FD_RTOL * abs(float(fd))
 
 
-def test_crystal_dataset_is_deterministic():
-    a, b = crystal_dataset("si", 2, seed=3), crystal_dataset("si", 2, seed=3)
+def test_crystal_structures_are_deterministic():
+    a, b = crystal_structures("si", 2, seed=3), crystal_structures("si", 2, seed=3)
     assert np.array_equal(a[1].positions, b[1].positions) and np.array_equal(a[1].cell, b[1].cell)
     assert not np.array_equal(a[0].cell, a[1].cell)
 
 
 def test_training_lowers_the_energy_and_bands_from_the_model(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
-    result = train_crystal(crystal_dataset("si", 2, seed=0), CONFIG, run_dir=run_dir)
+    result = train(si_set(2, 0), run_dir, CONFIG, progress=False)
     energies = [h["energy"] for h in result.history]
     assert all(np.isfinite(energies))
     assert energies[-1] < energies[0]
-    params, model_cfg, cfg = load_crystal_model(run_dir)
-    assert cfg == result.config and model_cfg == result.model_config
+    model = load(run_dir)
+    cfg = model.config
+    assert model.kind == "crystal" and cfg == result.config and model.model_config == result.model_config
     assert cfg.mesh == SMALL_MESH and cfg.pseudo == "gth-pade" and cfg.baseline == "minao"
     assert main(["bands", "si", "--model", run_dir, "--path", "GX", "--npoints", "3", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -98,7 +102,7 @@ def test_orthonormal_residual_is_the_lowdin_basis_frobenius_norm(si_ints):
     rng = np.random.default_rng(4)
     D = rng.normal(size=S.shape) + 1j * rng.normal(size=S.shape)
     D = D + np.conj(np.swapaxes(D, 1, 2))
-    X, mask = _real_orthogonalizers(S, si_ints.nao)
+    X, mask = real_orthogonalizers(S, si_ints.nao)
     expected = []
     for k in range(S.shape[0]):
         s_half_inv = scipy.linalg.fractional_matrix_power(S[k], -0.5)
@@ -110,32 +114,30 @@ def test_orthonormal_residual_is_the_lowdin_basis_frobenius_norm(si_ints):
 
 def test_minibatch_resume_continues_exactly(tmp_path):
     """Batches of 2 of 3 crystals, drawn per step: 2 steps + resume 2 = 4 steps in one go."""
-    systems = crystal_dataset("si", 3, seed=1)
+    systems = si_set(3, 1)
     cfg = dataclasses.replace(CONFIG, steps=4, batch_size=2, checkpoint_every=1)
-    straight = train_crystal(systems, cfg)
+    straight = train(systems, None, cfg, progress=False)
     run_dir = str(tmp_path / "run")
 
     def interrupt(record):
         if record["step"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    first = train_crystal(systems, cfg, run_dir=run_dir, log=interrupt)
+    first = train(systems, run_dir, cfg, on_step=interrupt, progress=False)
     assert first.interrupted and first.step == 2
-    resumed = train_crystal(systems, cfg, run_dir=run_dir, resume=True)
+    resumed = train(systems, run_dir, cfg, resume=True, progress=False)
     assert resumed.step == 4
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history[2:]]
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    everything = train_crystal(systems, dataclasses.replace(cfg, batch_size=None, steps=1))
+    everything = train(systems, None, dataclasses.replace(cfg, batch_size=None, steps=1), progress=False)
     assert everything.history[0]["loss"] != straight.history[0]["loss"]  # a batch is a subset
 
 
 @pytest.mark.parametrize("bad", [{"batch_size": 0}, {"self_consistency_basis": "mo"}])
 def test_bad_training_options_raise_input_error(bad):
-    from basis.errors import InputError
-
     with pytest.raises(InputError):
-        train_crystal(crystal_dataset("si", 1, seed=0), dataclasses.replace(CONFIG, **bad))
+        train(si_set(1, 0), None, dataclasses.replace(CONFIG, **bad), progress=False)
 
 
 def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
@@ -144,9 +146,9 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
 
     from basis.crystal import scaled_kpts, to_cell
     from basis.pbc_integrals import periodic_integrals_from_mean_field
-    from vardft.train_crystal import _offmesh_integrals, offmesh_fock, offmesh_kpts
+    from vardft.losses import offmesh_fock
 
-    system = crystal_dataset("si", 1, seed=2)[0]
+    system = crystal_structures("si", 1, seed=2)[0]
     cfg = dataclasses.replace(CONFIG, xc="pbe", pseudo="gth-pbe", kmesh=(2, 2, 2))
     cell = to_cell(system, basis=cfg.basis, pseudo=cfg.pseudo, mesh=SMALL_MESH)
     mf = pbcdft.KRKS(cell, cell.make_kpts(cfg.kmesh), xc="pbe")
@@ -156,7 +158,7 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
     q = offmesh_kpts(cell, cfg.kmesh)
     frac = scaled_kpts(cell, q)
     assert np.allclose(np.sort(np.unique(np.round(frac, 12))), [0.25, 0.75]) and len(q) == 8
-    off = _offmesh_integrals(system, ints, cfg, ints.nao)
+    off = CrystalTask(cfg)._offmesh(system, ints, ints.nao, None)
     F = np.asarray(offmesh_fock(jnp.asarray(np.asarray(mf.make_rdm1())), ints, off))
     ref = np.asarray(mf.get_bands(q)[0])
     S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=q))
@@ -168,13 +170,18 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
 def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(tmp_path):
     """A config.json without the newer keys resumes with the loss it was trained with."""
     run_dir = str(tmp_path / "run")
-    train_crystal(crystal_dataset("si", 1, seed=0), dataclasses.replace(CONFIG, steps=1), run_dir=run_dir)
+    train(si_set(1, 0), run_dir, dataclasses.replace(CONFIG, steps=1), progress=False)
     path = os.path.join(run_dir, "config.json")
     with open(path) as f:
         conf = json.load(f)
-    for key in ("self_consistency_basis", "offmesh_self_consistency", "batch_size"):
-        del conf["train"][key]
+    # the layout of a crystal run before molecules and crystals shared one config
+    old = {k: v for k, v in conf["train"].items() if k not in ("kind", "loss", "weight_decay", "grid_level", "bucket_aos",
+                                                                 "self_consistency_basis", "offmesh_self_consistency",
+                                                                 "batch_size", "model_overrides", "eval_every")}
+    old.update(energy_weight=1.0, self_consistency_weight=3000.0, dataset="si", n_train=1)
+    conf["train"] = old
     with open(path, "w") as f:
         json.dump(conf, f)
-    _, _, cfg = load_crystal_model(run_dir)
+    cfg = load(run_dir).config
     assert (cfg.self_consistency_basis, cfg.offmesh_self_consistency, cfg.batch_size) == ("ao", False, None)
+    assert cfg.loss.self_consistency == 3000.0 and cfg.kind == "crystal"

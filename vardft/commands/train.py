@@ -1,20 +1,46 @@
-"""``vardft train DATA --out RUN_DIR``: label-free training."""
+"""``vardft train DATA --out RUN_DIR``: label-free training, molecules or crystals.
+
+Every default lives in :mod:`vardft.config`; a flag that is not given leaves the
+default (or, with ``--resume``, the run's own value) in place, and a flag that does
+not apply to the kind of DATA is a one-line error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
+from basis.errors import InputError
+from basis.functional import parse_functional
+from basis.pbc_integrals import check_periodic_functional
+from basis.crystal import check_kmesh
+from basis.system import check_basis
+from vardft.config import default_config, make_config
+from vardft.data import IntegralCache, default_cache_dir, load_dataset
+from vardft.train import read_run, train
 
-def add_level_arguments(p) -> None:
-    p.add_argument("--xc", default="pbe", help="functional (PySCF name)")
-    p.add_argument("--basis", default=None, help="basis set (PySCF name; default def2-svp, gth-szv for crystals)")
+FLAGS = {
+    # flag attribute: TrainConfig field
+    "xc": "xc",
+    "basis": "basis",
+    "preset": "preset",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "sc_weight": "self_consistency",
+    "baseline": "baseline",
+    "grid_level": "grid_level",
+    "seed": "seed",
+    "minutes": "max_minutes",
+    "checkpoint_every": "checkpoint_every",
+    "kmesh": "kmesh",
+    "pseudo": "pseudo",
+    "mesh": "mesh",
+}
 
 
 def register(sub) -> None:
-    from vardft.train import TrainConfig
-
-    d = TrainConfig()
+    m, c = default_config("molecule"), default_config("crystal")
     p = sub.add_parser(
         "train",
         help="train the Hamiltonian network without labels",
@@ -22,102 +48,94 @@ def register(sub) -> None:
             "Train the equivariant Hamiltonian network label-free: minimise the variational "
             "energy E[P(H)] of the density built from the predicted H, plus a self-consistency "
             "term |H - F[P(H)]|^2 that fixes the virtual spectrum. DATA is a built-in dataset "
-            "(water, ethanol, g2-small) or a multi-frame xyz/extxyz file or ASE database. "
-            "Crystals (si, diamond, hbn, or a file whose frames have a cell) train on the periodic "
-            "energy at a k-mesh (--kmesh, --pseudo; defaults in parentheses are for crystals). "
-            "--steps 0 writes an untrained model directory."
+            "(molecules: water, ethanol, g2-small; crystals: si, diamond, hbn) or a multi-frame "
+            "xyz/extxyz file or ASE database; frames with a cell train a crystal model on the periodic "
+            "energy at a k-mesh. Defaults are given as (molecules; crystals). --steps 0 writes an "
+            "untrained model directory."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="built-in dataset name or structure file")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (config, checkpoint, log)")
-    add_level_arguments(p)
-    from vardft.commands._crystal import CRYSTAL_DEFAULT_N_TRAIN
-    from vardft.train_crystal import CrystalTrainConfig
-
-    c = CrystalTrainConfig()
-    p.add_argument("--preset", default=None, choices=["S", "M", "L"], help=f"model size (default {d.preset}; {c.preset})")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps}; {c.steps})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"molecules (crystals) per step (default {d.batch_size}; {c.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.learning_rate}; {c.learning_rate})")
+    p.add_argument("--xc", default=None, help=f"functional, PySCF name ({m.xc})")
+    p.add_argument("--basis", default=None, help=f"basis set, PySCF name ({m.basis}; {c.basis})")
+    p.add_argument("--preset", default=None, choices=["S", "M", "L"], help=f"model size ({m.preset}; {c.preset})")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps ({m.steps}; {c.steps})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"structures per step ({m.batch_size}; {c.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({m.learning_rate}; {c.learning_rate})")
     p.add_argument("--sc-weight", type=float, default=None,
-                   help=f"weight of the self-consistency term, 1/Eh (default {d.loss.self_consistency}; {c.self_consistency_weight})")
-    p.add_argument("--baseline", default=d.baseline, choices=["minao", "none"], help="H = F[P_minao] + network (minao) or network only (none)")
-    p.add_argument("--grid-level", type=int, default=d.grid_level, help="PySCF grid level of the training energy")
-    p.add_argument("--seed", type=int, default=d.seed, help="initialisation and data-order seed")
+                   help=f"weight of the self-consistency term, 1/Eh ({m.loss.self_consistency}; {c.loss.self_consistency})")
+    p.add_argument("--baseline", default=None, choices=["minao", "none"],
+                   help=f"H = F[P_minao] + network (minao) or network only (none) ({m.baseline})")
+    p.add_argument("--seed", type=int, default=None, help=f"initialisation and data-order seed ({m.seed})")
     p.add_argument("--n-train", type=int, default=None,
-                   help=f"training conformations / structures of a built-in set (default: the set's own; {CRYSTAL_DEFAULT_N_TRAIN})")
+                   help="training structures of a built-in set (default: the set's own)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time (checkpoint kept)")
     p.add_argument("--checkpoint-every", type=int, default=None,
-                   help=f"steps between checkpoints (default {d.checkpoint_every}; {c.checkpoint_every})")
+                   help=f"steps between checkpoints ({m.checkpoint_every}; {c.checkpoint_every})")
+    p.add_argument("--grid-level", type=int, default=None, help=f"molecules: PySCF grid level of the training energy ({m.grid_level})")
+    p.add_argument("--cache", default=None,
+                   help="molecules: integral cache directory (default: $VARDFT_CACHE or ~/.cache/vardft; 'none' disables)")
     p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
                    help="crystals: training k-mesh (default 2 per periodic direction, 1 along vacuum)")
     p.add_argument("--pseudo", default=None, help="crystals: GTH pseudopotential (default: matches --xc)")
     p.add_argument("--mesh", nargs=3, type=int, metavar=("M1", "M2", "M3"), default=None,
                    help="crystals: FFT mesh of the energy (default PySCF's for the first structure)")
-    p.add_argument("--cache", default=None, help="integral cache directory (default: $VARDFT_CACHE or ~/.cache/vardft; 'none' disables)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN_DIR from its last checkpoint (flags given must agree with the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def config_from_args(args):
-    from basis.functional import parse_functional
-    from vardft.losses import LossWeights
-    from vardft.train import TrainConfig
-
-    d = TrainConfig()
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    steps = pick(args.steps, d.steps)
-    if steps < 0:
-        from basis.errors import InputError
-
-        raise InputError("--steps must be >= 0")
-    return dataclasses.replace(
-        d,
-        xc=parse_functional(args.xc).name,
-        basis=pick(args.basis, d.basis),
-        preset=pick(args.preset, d.preset),
-        steps=steps,
-        batch_size=pick(args.batch_size, d.batch_size),
-        learning_rate=pick(args.lr, d.learning_rate),
-        loss=LossWeights(energy=d.loss.energy, self_consistency=pick(args.sc_weight, d.loss.self_consistency), supervised=0.0),
-        baseline=args.baseline,
-        grid_level=args.grid_level,
-        seed=args.seed,
-        checkpoint_every=pick(args.checkpoint_every, d.checkpoint_every),
-        max_minutes=args.minutes,
-    )
+def given_settings(args) -> dict:
+    """The TrainConfig fields the user set on the command line (checked, normalised)."""
+    out = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
+    if "xc" in out:
+        out["xc"] = parse_functional(out["xc"]).name
+    for key in ("kmesh", "mesh"):
+        if key in out:
+            if min(out[key]) < 1:
+                raise InputError(f"--{key} {' '.join(map(str, out[key]))} must be three positive integers")
+            out[key] = tuple(int(v) for v in out[key])
+    if "kmesh" in out:
+        out["kmesh"] = check_kmesh(out["kmesh"])
+    return out
 
 
 def make_cache(arg):
-    from vardft.data import IntegralCache, default_cache_dir
-
     if arg is not None and arg.lower() == "none":
         return IntegralCache(None)
     return IntegralCache(arg or default_cache_dir())
 
 
 def run(args) -> int:
-    from basis.system import check_basis
-    from vardft.data import load_dataset
-    from vardft.train import train
-
-    from vardft.commands._crystal import is_crystal_data, run_train
-
-    if is_crystal_data(args.data):
-        return run_train(args)
-    config = config_from_args(args)
-    dataset = load_dataset(args.data, seed=config.seed, n_train=args.n_train)
+    given = given_settings(args)
+    seed = given.get("seed")
+    if args.resume:
+        _, saved, _ = read_run(args.out)
+        seed = saved.seed
+    dataset = load_dataset(args.data, seed=seed or 0, n_train=args.n_train)
+    if args.cache is not None and dataset.kind == "crystal":
+        raise InputError("--cache applies to molecules, not to crystals")
+    if args.resume:
+        config = dataclasses.replace(saved)
+        overrides = dict(given)
+        if "self_consistency" in overrides:
+            overrides["loss"] = dataclasses.replace(saved.loss, self_consistency=overrides.pop("self_consistency"))
+        config = dataclasses.replace(config, **overrides)
+    else:
+        config = make_config(dataset.kind, dataset=args.data.strip().lower(), **given)
+    if dataset.kind == "crystal":
+        check_periodic_functional(config.xc)
     check_basis(config.basis, {s for m in dataset.train + dataset.validation for s in m.symbols})
-    print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} validation, "
-          f"{config.xc}/{config.basis}, preset {config.preset}, {config.steps} steps -> {args.out}")
-    result = train(dataset, args.out, config, resume=args.resume, cache=make_cache(args.cache), progress=not args.quiet)
+    print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
+          f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.steps} steps -> {args.out}")
+    cache = make_cache(args.cache) if dataset.kind == "molecule" else None
+    result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
-    msg = f"step {result.step}, {result.wall_time / 60:.1f} min"
+    msg = f"step {result.step}, {result.seconds / 60:.1f} min"
     if last:
-        msg += f", energy {last['energy']:.6f} Eh, self-consistency rmse {last['sc_rmse'] * 1e6:.0f} μEh"
+        per = " per cell" if dataset.kind == "crystal" else ""
+        msg += f", energy {last['energy']:.6f} Eh{per}, self-consistency rmse {last['sc_rmse'] * 1e6:.0f} μEh"
     if result.skipped_steps:
         msg += f", {result.skipped_steps} non-finite steps skipped"
     print(("interrupted, checkpoint saved: " if result.interrupted else "done: ") + msg)

@@ -1,0 +1,273 @@
+"""One training configuration for molecules and crystals, its defaults and named presets.
+
+Every default of a training run lives here, nowhere else (not in the CLI): the
+dataclass defaults are those of a molecular run; :data:`KIND_DEFAULTS` says what a
+crystal run changes; :data:`PRESETS` name the settings of the built-in datasets,
+each overriding as little as possible.
+
+Fields that only make sense for one kind (``grid_level`` for molecules, ``kmesh`` for
+crystals, ...) are ``None`` for the other, and :func:`make_config` refuses a value
+for them with a one-line :class:`~basis.errors.InputError`.
+
+Example:
+    >>> from vardft.config import make_config
+    >>> make_config("crystal", steps=10).kmesh is None    # resolved per structure at train time
+    True
+    >>> make_config("molecule", kmesh=(2, 2, 2))
+    Traceback (most recent call last):
+    ...
+    basis.errors.InputError: kmesh applies to crystals, not to molecules
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from basis.errors import InputError
+
+KINDS = ("molecule", "crystal")
+
+BASELINES = ("minao", "none")
+"""``minao``: H = H_base + ΔH_θ with H_base the Kohn–Sham matrix of PySCF's minao guess
+density (one Fock build per structure, no SCF); ``none``: H = ΔH_θ."""
+
+SELF_CONSISTENCY_BASES = ("ao", "orthonormal")
+"""Where |H − F|² is measured: the AO basis, or X†(H − F)X with X an orthogonalizer of S
+(the latter bounds orbital/band errors, Weyl's inequality)."""
+
+TRAIN_GRID_LEVEL = 1
+"""PySCF grid level of the molecular training energy. Measured on water PBE/def2-SVP at
+the converged density: level 1 has 10,128 points (level 3: 33,704) and changes the Fock
+matrix by 1.7 μEh MAE (134 μEh max), far below the accuracy targets, for a 3× cheaper
+step. Validation and prediction energies always use level 3."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (energy in Eh, the matrix terms in Eh²)."""
+
+    energy: float = 1.0
+    self_consistency: float = 300.0
+    supervised: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run except the data (molecules or crystals).
+
+    Attributes:
+        kind: ``"molecule"`` or ``"crystal"``.
+        xc, basis: level of theory (PySCF names).
+        preset: model size, ``"S"``, ``"M"`` or ``"L"``.
+        cutoff: model cutoff, Å. Crystals: measured on displaced Si (gth-szv), 5 Å
+            plateaus at a self-consistency RMSE of 1.4 mEh, 7 Å reaches 0.96 mEh; after
+            250 steps 8 Å gives a held-out band MAE of 50.8 meV, 10 Å 43.7 meV.
+        model_overrides: ((field, value), ...) of :class:`vardft.model.ModelConfig`.
+        steps: optimizer steps.
+        batch_size: structures per step (``None``: all of them every step).
+        learning_rate: peak learning rate (linear warm-up over ``warmup_steps``, cosine
+            decay to ``final_lr_fraction`` of the peak at ``steps``).
+        weight_decay: AdamW's decoupled weight decay (0: plain Adam, bit for bit).
+        adam_eps: Adam's ε. Gradients of μEh-level errors are far below optax's
+            default 1e-8, which then stalls training (measured on a water Fock fit).
+        grad_clip: global gradient-norm clip.
+        loss: weights of the energy and self-consistency terms.
+        self_consistency_basis: one of :data:`SELF_CONSISTENCY_BASES`.
+        baseline: one of :data:`BASELINES`.
+        output_scale: ΔH = output_scale × network output, Hartree (the network's
+            outputs start at O(1); the baseline is already within ~0.02 Eh).
+        seed: parameter initialisation and data order.
+        checkpoint_every: steps between checkpoints.
+        eval_every: steps between label-free evaluations of held-out structures.
+        max_minutes: stop (with a checkpoint) after this much wall time; None: no limit.
+
+    Molecules only:
+        grid_level: PySCF grid level of the training energy (:data:`TRAIN_GRID_LEVEL`).
+        bucket_aos: width in AOs of a size bucket: molecules whose AO counts round up to
+            the same multiple share one padded, compiled step.
+
+    Crystals only:
+        pseudo: GTH pseudopotential (``None``: the one matching ``xc``).
+        kmesh: Γ-centred training k-mesh (``None``: 2 per periodic direction, 1 along vacuum).
+        mesh: FFT mesh (``None``: PySCF's default for the first structure; every
+            structure uses the same mesh so that one compiled step serves all).
+        offmesh_self_consistency: also require H(q) = F(q)[P] at the k-mesh shifted by
+            half a step (F(q) from the potential of the training density, as PySCF's
+            ``get_bands``): the training mesh alone fixes ΔH(R) only up to aliasing.
+    """
+
+    kind: str = "molecule"
+    xc: str = "pbe"
+    basis: str = "def2-svp"
+    preset: str = "L"
+    cutoff: float = 8.0
+    model_overrides: tuple = ()
+    steps: int = 3000
+    batch_size: int | None = 8
+    learning_rate: float = 1e-2
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.01
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-16
+    grad_clip: float = 10.0
+    loss: LossWeights = LossWeights()
+    self_consistency_basis: str = "ao"
+    baseline: str = "minao"
+    output_scale: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    max_minutes: float | None = None
+    # molecules
+    grid_level: int | None = TRAIN_GRID_LEVEL
+    bucket_aos: int | None = 16
+    # crystals
+    pseudo: str | None = None
+    kmesh: tuple[int, int, int] | None = None
+    mesh: tuple[int, int, int] | None = None
+    offmesh_self_consistency: bool | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild a saved config (JSON lists back to tuples; unknown keys ignored)."""
+        d = dict(d)
+        d["loss"] = LossWeights(**d.get("loss", {}))
+        d["model_overrides"] = tuple(tuple(kv) for kv in d.get("model_overrides", ()))
+        for key in ("kmesh", "mesh"):
+            if d.get(key) is not None:
+                d[key] = tuple(int(v) for v in d[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+MOLECULE_ONLY = ("grid_level", "bucket_aos")
+CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency")
+
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "molecule": {},
+    "crystal": dict(
+        kind="crystal",
+        basis="gth-szv",
+        preset="S",
+        cutoff=10.0,
+        steps=500,
+        batch_size=4,
+        warmup_steps=10,
+        loss=LossWeights(self_consistency=3000.0),
+        self_consistency_basis="orthonormal",
+        checkpoint_every=50,
+        grid_level=None,
+        bucket_aos=None,
+        offmesh_self_consistency=True,
+    ),
+}
+"""What each kind changes in the dataclass defaults (crystal values from the Si tuning:
+16 structures, 4 per step, λ = 3000, orthonormal residual, half-shifted k-points)."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "water": {},
+    "ethanol": {},
+    "g2-small": {},
+    "si": {},
+    "diamond": {},
+    "hbn": {},
+}
+"""Named presets of the built-in datasets: overrides on top of their kind's defaults.
+Each is empty today (the defaults were tuned on water and Si); a preset that needs
+other settings overrides only those."""
+
+CRYSTAL_KPOINTS_PER_DIRECTION = 2
+"""Default training k-mesh: 2 per periodic direction, 1 along vacuum."""
+
+
+def default_config(kind: str) -> TrainConfig:
+    """The defaults of a kind of run."""
+    if kind not in KINDS:
+        raise InputError(f"unknown kind of run {kind!r}; choose from {', '.join(KINDS)}")
+    return dataclasses.replace(TrainConfig(), **KIND_DEFAULTS[kind])
+
+
+def make_config(kind: str, dataset: str | None = None, **overrides) -> TrainConfig:
+    """Defaults of ``kind``, then the preset of ``dataset`` (:data:`PRESETS`; other names
+    have none), then ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored (a flag not given). A field that
+    does not apply to ``kind`` is an :class:`InputError`, as are unknown fields and
+    values that cannot work (:func:`check_config`).
+    """
+    config = default_config(kind)
+    if dataset is not None:
+        config = dataclasses.replace(config, **PRESETS.get(dataset, {}))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise InputError(f"unknown training setting(s): {', '.join(unknown)}")
+    other = CRYSTAL_ONLY if kind == "molecule" else MOLECULE_ONLY
+    for name in other:
+        if name in given:
+            raise InputError(f"{name} applies to {'crystals' if kind == 'molecule' else 'molecules'}, not to {kind}s")
+    if "self_consistency" in given:
+        given["loss"] = dataclasses.replace(given.get("loss", config.loss), self_consistency=given.pop("self_consistency"))
+    config = dataclasses.replace(config, **given)
+    check_config(config)
+    return config
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Raise :class:`InputError` for settings that cannot work; return ``config``."""
+    if config.kind not in KINDS:
+        raise InputError(f"unknown kind of run {config.kind!r}; choose from {', '.join(KINDS)}")
+    if config.baseline not in BASELINES:
+        raise InputError(f"unknown baseline {config.baseline!r}; choose from {', '.join(BASELINES)}")
+    if config.self_consistency_basis not in SELF_CONSISTENCY_BASES:
+        raise InputError(
+            f"unknown self-consistency basis {config.self_consistency_basis!r}; "
+            f"choose from {', '.join(SELF_CONSISTENCY_BASES)}"
+        )
+    if config.steps < 0:
+        raise InputError(f"steps must be >= 0, got {config.steps}")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {config.batch_size}")
+    if config.checkpoint_every < 1:
+        raise InputError(f"checkpoint interval must be >= 1 step, got {config.checkpoint_every}")
+    if config.eval_every < 1:
+        raise InputError(f"evaluation interval must be >= 1 step, got {config.eval_every}")
+    if not (config.learning_rate > 0 and config.learning_rate < float("inf")):
+        raise InputError(f"learning rate must be a positive finite number, got {config.learning_rate}")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise InputError(f"minutes must be > 0, got {config.max_minutes}")
+    if config.kind == "molecule":
+        if config.bucket_aos is not None and config.bucket_aos < 1:
+            raise InputError(f"bucket width must be a positive number of AOs, got {config.bucket_aos}")
+        if config.grid_level is not None and not 0 <= config.grid_level <= 9:
+            raise InputError(f"grid level must be 0..9 (PySCF's levels), got {config.grid_level}")
+    return config
+
+
+def legacy_config(saved: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of a run's ``config.json``, including runs written before
+    molecules and crystals shared one config (crystal runs then had ``kind: crystal`` at
+    the top and their own field names; they load with the loss they were trained with)."""
+    train = dict(saved["train"])
+    if saved.get("kind") == "crystal" and "kind" not in train:
+        train.setdefault("baseline", "none")
+        train.setdefault("output_scale", 0.1)
+        train.setdefault("self_consistency_basis", "ao")
+        train.setdefault("offmesh_self_consistency", False)
+        train.setdefault("batch_size", None)
+        crystal = dict(KIND_DEFAULTS["crystal"])
+        crystal.pop("loss")
+        train = {**crystal, **train}
+        train["loss"] = {
+            "energy": train.pop("energy_weight", 1.0),
+            "self_consistency": train.pop("self_consistency_weight", 300.0),
+            "supervised": 0.0,
+        }
+        train["weight_decay"] = 0.0
+    train.setdefault("kind", "molecule")
+    return TrainConfig.from_dict(train)

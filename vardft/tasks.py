@@ -1,0 +1,503 @@
+"""The two kinds of training task, molecules and crystals, behind one small interface.
+
+A task turns structures into the arrays a training step consumes and says how a
+batch of them is scored; the training loop (:mod:`vardft.train`), validation
+(:mod:`vardft.validate`) and prediction (:mod:`vardft.api`) are written once against
+this interface:
+
+- ``resolve(systems)``: the config with the defaults that depend on the data fixed
+  (k-mesh, FFT mesh, pseudopotential), as saved with a run;
+- ``prepare(systems, model_config, cache, progress)``: a list of :class:`PreparedSet`
+  (size buckets; one compiled step per bucket);
+- ``batch_terms(params, data, idx)``: per-structure loss (B,) and metrics (B,) each;
+- ``hamiltonian(params, model_config, system, ...)``: the predicted H of one structure.
+
+A molecule is a crystal with the single lattice shift R = 0 at the Γ point: both use
+the same model, graph padding (:func:`vardft.hamiltonian.prepare_batch`) and loss
+structure. What differs lives here and nowhere else: molecules have the AO-basis
+Kohn–Sham matrix of PySCF's molecular grid and density fitting, crystals H(k) on a
+k-mesh with the FFT-mesh energy of :mod:`solvers.periodic`.
+
+The predicted Hamiltonian is ``H = H_base + output_scale · ΔH_θ``. ``H_base`` is the
+Kohn–Sham matrix of PySCF's minao guess density (``baseline="minao"``) or zero.
+
+Molecules are handled in a frame fixed by the molecule (:mod:`basis.frame`): PySCF's
+XC grid is fixed in the laboratory axes, so a baseline built on it would change with
+the orientation (uracil PBE/def2-SVP: 131 μEh max at grid level 1). Training and
+prediction place every molecule in its own frame (principal axes of the charge-weighted
+second moments; the remaining ambiguities are O_h elements, under which the grid is
+exactly covariant), build everything there, and prediction rotates the result back,
+so ``predict`` is E(3)-equivariant to round-off. Molecules with degenerate moments
+(symmetric and spherical tops) average the baseline over an invariantly chosen set of
+frames (:func:`basis.frame.frame_averaged`: one Fock build per frame), linear molecules
+and atoms project it onto its exact symmetry.
+For crystals, the potential v_guess(r) of the guess density on the FFT mesh is formed
+once per structure and ``H_base(k) = h(k) + ⟨φ_k|v_guess|φ_k⟩`` at any k (training
+mesh, half-shifted mesh, band path: the machinery of ``mf.get_bands``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, to_cell
+from basis.errors import InputError
+from basis.frame import MolecularFrame, frame_averaged, from_frame_matrix, molecular_frame, to_frame
+from basis.integrals import Integrals, build_integrals
+from basis.pbc_integrals import (
+    PeriodicIntegrals,
+    band_integral_chunks,
+    bloch_ao_nbytes,
+    build_band_integrals,
+    build_periodic_integrals,
+    check_periodic_functional,
+    make_periodic_mean_field,
+)
+from basis.system import System, atomic_number
+from solvers import periodic
+from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
+from solvers.energy import energy_and_fock
+from vardft.config import CRYSTAL_KPOINTS_PER_DIRECTION, TrainConfig
+from vardft.data import IntegralCache, pad_integrals, size_buckets
+from vardft.hamiltonian import Batch, bloch_sum_batch, prepare_batch
+from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
+from vardft.model import ModelConfig, predict_hamiltonian
+
+
+@dataclasses.dataclass
+class PreparedSet:
+    """Structures of one size bucket and their stacked arrays (a pytree for the step)."""
+
+    systems: tuple[System, ...]
+    arrays: Any
+
+    def __len__(self) -> int:
+        return len(self.systems)
+
+
+def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfig:
+    """The model of a run: size preset, overrides, basis, cutoff; elements ordered by Z."""
+    return ModelConfig.preset(
+        config.preset,
+        **dict(config.model_overrides),
+        basis=config.basis,
+        elements=tuple(sorted(set(elements), key=atomic_number)),
+        cutoff=config.cutoff,
+    )
+
+
+def _gather(tree, idx):
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+# ============================================================== molecules
+@flax.struct.dataclass
+class MoleculeArrays:
+    """Arrays of the ``n`` molecules of one size bucket, stacked on axis 0.
+
+    Molecules may differ in composition: every axis is zero-padded to the bucket's
+    largest (AOs ``N``, auxiliary functions, grid points), which changes no energy or
+    Fock matrix (:func:`vardft.data.pad_integrals`).
+
+    Attributes:
+        batch: :class:`vardft.hamiltonian.Batch` of all molecules (model input).
+        ints: stacked :class:`Integrals`, padded to ``N`` AOs, ``naux`` and ``ngrid``.
+            Its static ``n_electrons`` is the molecules' common count, or
+            :data:`MIXED_ELECTRONS` when they differ (use the ``n_electrons`` field).
+        X: (n, N, N) padded orthogonalizers.
+        mo_mask: (n, N) real columns of X.
+        h_base: (n, N, N) baseline Hamiltonians, Hartree.
+        n_electrons: (n,) int32 electrons per molecule (traced in the step).
+    """
+
+    batch: Any
+    ints: Integrals
+    X: jax.Array
+    mo_mask: jax.Array
+    h_base: jax.Array
+    n_electrons: jax.Array
+
+
+MIXED_ELECTRONS = -1
+"""Static ``Integrals.n_electrons`` of a stacked bucket whose molecules differ in
+electron count: code that reads the static count instead of the ``n_electrons``
+field then fails loudly (``solve_hamiltonian`` rejects it)."""
+
+_fock_of = jax.jit(lambda P, ints: energy_and_fock(P, ints)[2])
+
+_STACKED_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_guess")
+
+
+def _merged_auxbasis(names: Sequence[str]) -> str:
+    """One auxiliary-basis description for a bucket (PySCF names it per element for a molecule)."""
+    unique = list(dict.fromkeys(names))
+    if len(unique) == 1:
+        return unique[0]
+    try:
+        merged: dict = {}
+        for name in unique:
+            merged.update(ast.literal_eval(name))
+        return str(dict(sorted(merged.items())))
+    except (ValueError, SyntaxError, TypeError):
+        return " | ".join(unique)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoleculeTask:
+    """Molecules: H (nao, nao) in PySCF's AO order; energy on PySCF's molecular grid."""
+
+    config: TrainConfig
+    kind = "molecule"
+
+    def resolve(self, systems: Sequence[System]) -> TrainConfig:
+        return self.config
+
+    def baseline(self, ints: Integrals) -> jax.Array:
+        """(nao, nao) F[P_minao] (or zero) on the grid of ``ints``, Hartree."""
+        if self.config.baseline == "minao":
+            return _fock_of(ints.dm_guess, ints)
+        return jnp.zeros_like(ints.overlap)
+
+    @staticmethod
+    def to_frame(system: System) -> tuple[System, MolecularFrame]:
+        """``system`` placed in its own frame (positions ``Q (x − c)``), and the frame."""
+        frame = molecular_frame(system)
+        return to_frame(system, frame), frame
+
+    def frame_baseline(self, system: System, ints: Integrals) -> np.ndarray:
+        """H_base (nao, nao) of a molecule already in its frame (:meth:`to_frame`); ``ints``
+        its integrals at the training grid level (possibly padded in naux / ngrid).
+
+        Without degenerate moments this is the baseline on ``ints`` itself (the frame of
+        a molecule in its frame is the identity up to O_h); otherwise the average over
+        the molecule's candidate frames."""
+        c = self.config
+        if c.baseline == "none" or not molecular_frame(system).degenerate:
+            return np.asarray(self.baseline(ints))
+
+        def fock(s: System) -> np.ndarray:
+            return np.asarray(self.baseline(build_integrals(s, c.xc, c.basis, c.grid_level)))
+
+        return frame_averaged(fock, system, c.basis)
+
+    def _integrals(self, systems, cache: IntegralCache, progress: bool):
+        """``(shapes, load)``: ``shapes[k] = (naux, ngrid, n_electrons)`` and ``load(k)`` the
+        integrals of ``systems[k]``; with a disk cache they are reloaded one at a time."""
+        c = self.config
+        args = (c.xc, c.basis, c.grid_level)
+        kept, shapes = [], []
+        for s in tqdm(systems, desc="integrals", unit="mol", disable=not progress, leave=False):
+            ints = cache.get(s, *args)
+            shapes.append((ints.cderi.shape[0], ints.weights.shape[0], ints.n_electrons))
+            if cache.directory is None:
+                kept.append(ints)
+        if cache.directory is None:
+            return shapes, kept.__getitem__
+        return shapes, lambda k: cache.get(systems[k], *args)
+
+    def prepare_bucket(self, systems, model_config, cache, pad_to=None, progress=False) -> PreparedSet:
+        """Integrals, orthogonalizers, baselines and model inputs of one size bucket of
+        molecules as given (:meth:`prepare` places them in their frames first)."""
+        batch = prepare_batch(list(systems), model_config, pad_to=pad_to)
+        n_slots = batch.ao_mask.shape[1]
+        shapes, load = self._integrals(systems, cache, progress)
+        naux = max(sh[0] for sh in shapes)
+        ngrid = max(sh[1] for sh in shapes)
+        electrons = np.array([sh[2] for sh in shapes], np.int32)
+        static_electrons = int(electrons[0]) if np.all(electrons == electrons[0]) else MIXED_ELECTRONS
+        n = len(systems)
+        stacked: dict[str, np.ndarray] = {}
+        xs, masks, bases, auxbases = [], [], [], []
+        template = None
+        for k in range(n):
+            ints = load(k)
+            X, mask = pad_orthogonalizer(canonical_orthogonalizer(np.asarray(ints.overlap)), n_slots, n_slots)
+            # baseline from the AO-unpadded integrals (conformations of one composition: exactly as unbatched)
+            own_aos = pad_integrals(ints, ints.nao, naux, ngrid).replace(n_electrons=static_electrons)
+            base = self.frame_baseline(systems[k], own_aos)
+            bases.append(np.pad(base, [(0, n_slots - base.shape[0])] * 2))
+            padded = pad_integrals(own_aos, n_slots)
+            if template is None:
+                template = padded
+            elif (padded.basis, padded.functional, padded.grid_level) != (
+                template.basis, template.functional, template.grid_level
+            ):
+                raise InputError(f"{systems[k].formula}: integrals built with other settings than {systems[0].formula}")
+            auxbases.append(padded.auxbasis)
+            for name in _STACKED_FIELDS:
+                a = np.asarray(getattr(padded, name))
+                if name not in stacked:
+                    stacked[name] = np.zeros((n,) + a.shape, a.dtype)
+                stacked[name][k] = a
+            xs.append(X)
+            masks.append(mask)
+            del ints, own_aos, padded
+        fields = {}
+        for name in _STACKED_FIELDS:  # one field at a time: the numpy and JAX copies never coexist in full
+            fields[name] = jnp.asarray(stacked.pop(name))
+        arrays = MoleculeArrays(
+            batch=batch,
+            ints=template.replace(**fields, auxbasis=_merged_auxbasis(auxbases)),
+            X=jnp.asarray(np.stack(xs)),
+            mo_mask=jnp.asarray(np.stack(masks)),
+            h_base=jnp.asarray(np.stack(bases)),
+            n_electrons=jnp.asarray(electrons),
+        )
+        return PreparedSet(systems=tuple(systems), arrays=arrays)
+
+    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1) -> list[PreparedSet]:
+        """Size buckets of ``systems`` (width ``config.bucket_aos``), each prepared, every
+        molecule in its own frame (:meth:`to_frame`)."""
+        cache = cache or IntegralCache(None)
+        systems = [self.to_frame(s)[0] for s in systems]
+        buckets = size_buckets(systems, self.config.basis, self.config.bucket_aos, min_size=min_bucket)
+        return [self.prepare_bucket(b, model_config, cache, progress=progress) for b in buckets]
+
+    def batch_terms(self, params, data: MoleculeArrays, idx):
+        """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the molecules ``idx``."""
+        c = self.config
+        batch = _gather(data.batch, idx)
+        H = data.h_base[idx] + c.output_scale * predict_hamiltonian(params, batch)
+
+        def one(H, ints, X, mo_mask, ao_mask, n_electrons):
+            return molecule_loss(
+                H, ints, X, mo_mask, ao_mask, c.loss, n_electrons=n_electrons,
+                self_consistency_basis=c.self_consistency_basis,
+            )
+
+        terms = jax.vmap(one)(
+            H, _gather(data.ints, idx), data.X[idx], data.mo_mask[idx], batch.ao_mask, data.n_electrons[idx]
+        )
+        metrics = {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
+        return terms.loss, metrics
+
+    def hamiltonian(self, params, model_config: ModelConfig, system: System, ints: Integrals | None = None):
+        """H (nao, nao) of a molecule already in its frame, Hartree, PySCF AO order.
+
+        ``ints``: the molecule's integrals at the run's training grid level, reused for
+        the baseline (built here when needed and not given). :meth:`lab_hamiltonian`
+        takes any molecule.
+        """
+        batch = prepare_batch([system], model_config)
+        n = int(np.asarray(batch.nao)[0])
+        delta = np.asarray(self.config.output_scale * predict_hamiltonian(params, batch)[0, :n, :n])
+        if self.config.baseline == "none":
+            return delta
+        if ints is None:
+            ints = build_integrals(system, self.config.xc, self.config.basis, self.config.grid_level)
+        return self.frame_baseline(system, ints) + delta
+
+    def lab_hamiltonian(self, params, model_config: ModelConfig, system: System) -> np.ndarray:
+        """H (nao, nao) of ``system`` as given: built in its frame and rotated back."""
+        inside, frame = self.to_frame(system)
+        H = self.hamiltonian(params, model_config, inside)
+        return from_frame_matrix(H, frame, self.config.basis, system.symbols)
+
+
+# =============================================================== crystals
+@flax.struct.dataclass
+class CrystalArrays:
+    """Crystals with their periodic graph and integrals, stacked on a leading axis B.
+
+    Attributes:
+        batch: periodic :class:`~vardft.hamiltonian.Batch` (B crystals).
+        ints: :class:`PeriodicIntegrals` stacked over B (same mesh, k-mesh, basis).
+        X: (B, nk, 2N, 2N) real-embedded orthogonalizers of S(k).
+        mo_mask: (B, nk, 2N) real columns of X.
+        h_base: (B, nk, N, N) complex baseline H_base(k) at the k-points, Hartree.
+        offmesh: stacked :class:`~vardft.losses.OffMesh` or ``None``.
+    """
+
+    batch: Batch
+    ints: PeriodicIntegrals
+    X: Any
+    mo_mask: Any
+    h_base: Any
+    offmesh: Any = None
+
+
+def real_orthogonalizers(S: np.ndarray, nao_pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real embeddings of canonical orthogonalizers X(k) of S(k) (nk, nao, nao), padded.
+
+    Returns ``X`` (nk, 2N, 2N) and ``mo_mask`` (nk, 2N) in the layout of
+    :func:`solvers.eigen.pad_orthogonalizer`.
+    """
+    Xs, masks = [], []
+    for Sk in np.asarray(S):
+        X = canonical_orthogonalizer(Sk)
+        Xr = np.asarray(embed_complex(jnp.asarray(X)))
+        Xp, m = pad_orthogonalizer(Xr, 2 * nao_pad, 2 * nao_pad)
+        Xs.append(Xp)
+        masks.append(m)
+    return np.stack(Xs), np.stack(masks)
+
+
+_effective_potential = jax.jit(periodic.effective_potential)
+_potential_matrices = jax.jit(periodic.potential_matrices)
+
+BAND_CHUNK_BYTES = 256 * 2**20
+"""Bloch AO memory per chunk of k-points when the baseline is taken to new k-points."""
+
+
+def offmesh_kpts(cell, kmesh: Sequence[int]) -> np.ndarray:
+    """The Γ-centred ``kmesh`` shifted by half a step along each sampled direction.
+
+    Fractions (n + ½)/N_d for N_d > 1 (0 along an unsampled direction, e.g. vacuum),
+    as Cartesian k-points (nq, 3), 1/Bohr, of a PySCF ``cell``: none of them lies on
+    the training mesh.
+    """
+    axes = [(np.arange(n) + (0.5 if n > 1 else 0.0)) / n for n in kmesh]
+    frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return absolute_kpts(cell, frac)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrystalTask:
+    """Crystals: H(k) = H_base(k) + Σ_R e^{ik·T_R} ΔH(R) on a k-mesh; energy per cell."""
+
+    config: TrainConfig
+    kind = "crystal"
+
+    def resolve(self, systems: Sequence[System]) -> TrainConfig:
+        """The config with k-mesh, pseudopotential and FFT mesh fixed (the mesh: PySCF's
+        default for the first structure), as saved in a run directory."""
+        c = self.config
+        first = System.from_any(systems[0])
+        kmesh = tuple(c.kmesh or default_kmesh(first, CRYSTAL_KPOINTS_PER_DIRECTION))
+        pseudo = c.pseudo or default_pseudo(c.xc)
+        if c.mesh is None:
+            mf = make_periodic_mean_field(first, c.xc, c.basis, pseudo, kmesh, None)
+            mesh = tuple(int(v) for v in mf.cell.mesh)
+        else:
+            mesh = tuple(int(m) for m in c.mesh)
+        return dataclasses.replace(c, kmesh=tuple(int(k) for k in kmesh), pseudo=pseudo, mesh=mesh)
+
+    def baseline_potential(self, ints: PeriodicIntegrals) -> jax.Array | None:
+        """Hartree + XC potential of PySCF's initial-guess density on the FFT mesh,
+        (nderiv, ngrid); ``None`` without a baseline."""
+        if self.config.baseline != "minao":
+            return None
+        return _effective_potential(ints.dm_guess, ints)
+
+    def baseline(self, ints, potential=None) -> jax.Array:
+        """H_base(k) at the k-points of ``ints`` (:class:`PeriodicIntegrals` or band
+        integrals), (nk, nao, nao) complex128, Hartree: h(k) + ⟨φ_k|v_guess|φ_k⟩ (equal
+        to F(k)[P_guess] at the training k-points), or zeros."""
+        if self.config.baseline != "minao":
+            return jnp.zeros_like(ints.overlap)
+        return ints.hcore + _potential_matrices(potential, ints.ao)
+
+    def _offmesh(self, system: System, ints: PeriodicIntegrals, n_pad: int, potential) -> OffMesh:
+        c = self.config
+        cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=ints.mesh)
+        band = build_band_integrals(cell, offmesh_kpts(cell, c.kmesh), ints.functional, mesh=ints.mesh)
+        X, mask = real_orthogonalizers(np.asarray(band.overlap), n_pad)
+        return OffMesh(
+            kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask),
+            h_base=self.baseline(band, potential),
+        )
+
+    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1) -> list[PreparedSet]:
+        """One bucket of all ``systems`` (they must have the same atoms); integrals at the
+        config's k-mesh and FFT mesh (:meth:`resolve` first)."""
+        c = self.config
+        systems = [System.from_any(s) for s in systems]
+        batch = prepare_batch(systems, model_config)
+        n_pad = batch.ao_mask.shape[1]
+        ints, XM, bases, offmesh = [], [], [], []
+        for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
+            i = build_periodic_integrals(s, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
+            if i.nao != n_pad:
+                raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
+            ints.append(i)
+            XM.append(real_orthogonalizers(np.asarray(i.overlap), n_pad))
+            v = self.baseline_potential(i)
+            bases.append(np.asarray(self.baseline(i, v)))
+            if c.offmesh_self_consistency:
+                offmesh.append(self._offmesh(s, i, n_pad, v))
+        arrays = CrystalArrays(
+            batch=batch,
+            ints=_stack(ints),
+            X=jnp.asarray(np.stack([x for x, _ in XM])),
+            mo_mask=jnp.asarray(np.stack([m for _, m in XM])),
+            h_base=jnp.asarray(np.stack(bases)),
+            offmesh=_stack(offmesh) if offmesh else None,
+        )
+        return [PreparedSet(systems=tuple(systems), arrays=arrays)]
+
+    def batch_terms(self, params, data: CrystalArrays, idx):
+        """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of crystals ``idx``."""
+        c = self.config
+        data = _gather(data, idx)
+        H_R = c.output_scale * predict_hamiltonian(params, data.batch)
+        Hk = data.h_base + bloch_sum_batch(H_R, data.batch, data.ints.kpts)
+
+        def one(h, i, x, m, hq=None, o=None):
+            return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o)
+
+        if data.offmesh is None:
+            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask)
+        else:
+            Hq = data.offmesh.h_base + bloch_sum_batch(H_R, data.batch, data.offmesh.kpts)
+            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, Hq, data.offmesh)
+        metrics = {
+            "energy": terms.energy,
+            "sc_rmse": terms.self_consistency_rmse,
+            "sc_rmse_orthonormal": terms.orthonormal_rmse,
+        }
+        return terms.loss, metrics
+
+    def hamiltonian(self, params, model_config: ModelConfig, system: System, kpts, ints=None):
+        """Predicted H(k) and S(k) of ``system`` at Cartesian ``kpts`` (nk, 3), 1/Bohr.
+
+        H(k) = H_base(k) + Σ_R e^{ik·T_R} ΔH(R) with the run's baseline (the potential of
+        PySCF's initial-guess density at the run's k-mesh, on its FFT mesh, taken to
+        every k), exactly as in training.
+
+        Args:
+            ints: optional :class:`PeriodicIntegrals` of ``system`` at the run's k-mesh and
+                FFT mesh (reused for the baseline potential instead of being rebuilt).
+
+        Returns:
+            ``(H (nk, nao, nao), S (nk, nao, nao))`` complex128 numpy arrays, Hartree.
+        """
+        c = self.config
+        kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+        batch = prepare_batch([system], model_config)
+        nao = int(np.asarray(batch.nao)[0])
+        H_R = c.output_scale * predict_hamiltonian(params, batch)
+        dH = np.asarray(bloch_sum_batch(H_R, batch, jnp.asarray(kpts))[0][:, :nao, :nao])
+        cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=c.mesh)
+        if c.baseline == "none":
+            S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts), dtype=np.complex128).reshape(-1, nao, nao)
+            return dH, S
+        if ints is None:
+            ints = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
+        v = self.baseline_potential(ints)
+        functional = check_periodic_functional(c.xc)
+        size = int(max(1, BAND_CHUNK_BYTES // bloch_ao_nbytes(1, ints.ngrid, nao, functional)))
+        Hb, S = [], []
+        for n, chunk in band_integral_chunks(cell, kpts, functional, size, mesh=ints.mesh):
+            Hb.append(np.asarray(self.baseline(chunk, v))[:n])
+            S.append(np.asarray(chunk.overlap)[:n])
+        return np.concatenate(Hb) + dH, np.concatenate(S)
+
+
+TASKS = {"molecule": MoleculeTask, "crystal": CrystalTask}
+
+
+def task_for(config: TrainConfig):
+    """The task of a config's kind."""
+    return TASKS[config.kind](config)
