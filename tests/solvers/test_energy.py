@@ -8,6 +8,7 @@ import pytest
 from basis.integrals import integrals_from_mean_field, make_mean_field
 from basis.system import System
 from solvers.energy import energy, energy_and_fock, total_energy
+from solvers.xc import density_on_grid
 
 ENERGY_TOL = 1e-9  # Eh, same P in both codes
 FOCK_TOL = 1e-8  # Eh elementwise (issue 2 requirement)
@@ -52,8 +53,6 @@ def test_components_match_pyscf_terms_in_other_basis():
 def test_grid_integrates_electron_count():
     mf = make_mean_field(WATER, "pbe", "def2-svp")
     ints = integrals_from_mean_field(mf)
-    from solvers.xc import density_on_grid
-
     rho = density_on_grid(ints.dm_guess, ints.ao)
     n_exact = float(jnp.sum(ints.dm_guess * ints.overlap))  # tr(P S)
     assert abs(float(jnp.sum(ints.weights * rho[0])) - n_exact) < 1e-5

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pyscf.pbc.scf.addons import smearing_
 
 from basis.crystal import read_crystal
 from basis.errors import FunctionalError
@@ -127,8 +128,6 @@ def test_scf_matches_pyscf(si_pbe):
 
 
 def test_smearing_matches_pyscf(si_lda):
-    from pyscf.pbc.scf.addons import smearing_
-
     sigma = 0.05
     mf, ints = si_lda
     mf = mf.copy()
