@@ -36,3 +36,12 @@ class FunctionalError(InputError):
 
 class CheckpointError(InputError):
     """A run directory or checkpoint that is missing or unreadable."""
+
+
+class OutputPathError(InputError):
+    """An output path vardft will not write: a directory, a file inside a run
+    directory, or a file the command reads."""
+
+
+class ResourceLimitError(InputError):
+    """A request whose estimated memory or size exceeds a documented budget."""

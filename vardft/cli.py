@@ -3,7 +3,8 @@
 Each sub-command lives in :mod:`vardft.commands` as a module with
 ``register(subparsers)``, which adds its parser and sets ``func``. Errors in
 the user's input (:class:`basis.errors.InputError`) print one line to stderr
-and exit with status 2; no traceback.
+and exit with status 2; no traceback. Other exceptions are bugs and keep their
+traceback.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"vardft {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"vardft {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vardft {args.command}: interrupted", file=sys.stderr)

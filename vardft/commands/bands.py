@@ -92,6 +92,30 @@ def _pyscf_bands(mf, kpts_path, bands) -> tuple[np.ndarray, dict]:
     }
 
 
+def check_bloch_memory(mf, xc: str) -> None:
+    """Refuse, before anything is allocated, an SCF whose Bloch AO values on the FFT mesh
+    exceed :data:`basis.pbc_integrals.BLOCH_AO_BUDGET_BYTES` (all-electron bases such as
+    def2-svp on Si ask PySCF for a 2263³ mesh: hundreds of GiB).
+
+    Raises:
+        ResourceLimitError: one line with the estimate in GiB and what to change.
+    """
+    from basis.errors import ResourceLimitError
+    from basis.pbc_integrals import BLOCH_AO_BUDGET_BYTES, bloch_ao_nbytes, check_periodic_functional
+
+    functional = check_periodic_functional(xc)
+    mesh = [int(m) for m in mf.with_df.mesh]
+    ngrid = int(np.prod(np.asarray(mesh, dtype=np.int64)))
+    nkpts, nao = len(mf.kpts), int(mf.cell.nao_nr())
+    need = bloch_ao_nbytes(nkpts, ngrid, nao, functional)
+    if need > BLOCH_AO_BUDGET_BYTES:
+        raise ResourceLimitError(
+            f"basis {mf.cell.basis}: the Bloch AO values would need {need / 2**30:.3g} GiB "
+            f"({nkpts} k-points x {'x'.join(map(str, mesh))} mesh points x {nao} AOs), more than the "
+            f"{BLOCH_AO_BUDGET_BYTES / 2**30:g} GiB budget; use a GTH basis (gth-szv, gth-dzvp) or a smaller --kmesh"
+        )
+
+
 def scf_band_structure(
     system,
     xc: str = "pbe",
@@ -132,6 +156,7 @@ def scf_band_structure(
     t0 = time.perf_counter()
     bp = band_path(system, path, npoints)
     mf = make_periodic_mean_field(system, xc=xc, basis=basis, pseudo=pseudo, kmesh=kmesh)
+    check_bloch_memory(mf, xc)
     cell = mf.cell
     ints = periodic_integrals_from_mean_field(mf)
     timings["integrals"] = time.perf_counter() - t0

@@ -1,4 +1,10 @@
-"""``vardft demo``: the main job on built-in data, start to finish."""
+"""``vardft demo``: the main job on built-in data, start to finish.
+
+``--out`` is a new path, an empty directory, or a run made by an earlier ``demo``;
+only then is it (re)used, and only vardft's own files are removed from it
+(:func:`vardft.rundir.claim_run_directory` with ``replace=True``). Any other content
+is a one-line refusal: demo never deletes what it did not write.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ def register(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
+    p.add_argument("--out", default="runs/demo",
+                   help="run directory: new, empty, or an earlier demo run (replaced); anything else is refused")
     p.add_argument("--minutes", type=float, default=8.0, help="training wall-time cap")
     p.add_argument("--steps", type=int, default=500, help="training steps (the full water defaults use 3000)")
     p.add_argument("--frames", type=int, default=8, help="held-out conformations to validate")
@@ -24,10 +31,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_args(args) -> None:
+    from basis.errors import InputError
+
+    if not args.minutes > 0:
+        raise InputError(f"--minutes must be positive, not {args.minutes:g}")
+    if args.steps < 1:
+        raise InputError(f"--steps must be at least 1, not {args.steps}")
+    if args.frames < 1:
+        raise InputError(f"--frames must be at least 1, not {args.frames}")
+
+
 def run(args) -> int:
+    from vardft.rundir import claim_run_directory
+
+    _check_args(args)
+    with claim_run_directory(args.out, "molecule", resume=False, created_by="demo", replace=True):
+        return _demo(args)
+
+
+def _demo(args) -> int:
     import dataclasses
-    import os
-    import shutil
 
     from vardft.commands._common import print_json
     from vardft.commands.validate import validate_run
@@ -36,8 +60,6 @@ def run(args) -> int:
     from vardft.validate import format_table
 
     config = dataclasses.replace(TrainConfig(), max_minutes=args.minutes, steps=args.steps)
-    if os.path.isdir(args.out) and os.path.exists(os.path.join(args.out, "config.json")):
-        shutil.rmtree(args.out)
     dataset = load_dataset("water", seed=config.seed)
     print(f"vardft demo: label-free training on {len(dataset.train)} water conformations "
           f"({config.xc}/{config.basis}) for at most {args.minutes:g} min -> {args.out}")

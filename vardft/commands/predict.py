@@ -46,10 +46,44 @@ def write_predictions(path: str, predictions, xc: str, basis: str) -> None:
                 g.attrs["positions_angstrom"] = np.asarray(pred.system.positions)
 
 
+def check_output_path(out: str, run_dir: str, inputs: tuple[str, ...] = ()) -> None:
+    """Refuse an ``--out`` that would destroy something: a directory, a file inside a
+    vardft run directory (``RUN_DIR``'s checkpoint or config, or another run's), or a
+    file the command reads.
+
+    Raises:
+        OutputPathError: one line naming ``--out`` and what it would overwrite.
+    """
+    import os
+
+    from basis.errors import OutputPathError
+    from vardft.rundir import run_containing
+
+    if not out or not os.path.basename(out):
+        raise OutputPathError(f"--out {out!r} is not a file name; give one such as pred.h5")
+    if os.path.isdir(out):
+        raise OutputPathError(f"--out {out} is a directory; give a file name such as {os.path.join(out, 'pred.h5')}")
+    run = run_containing(os.path.dirname(os.path.realpath(out)))
+    if run is not None:
+        what = "the run" if os.path.realpath(run) == os.path.realpath(run_dir) else "the vardft run"
+        raise OutputPathError(f"--out {out} lies inside {what} {run}; write predictions outside run directories")
+    for path in inputs:
+        if os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path):
+            raise OutputPathError(f"--out {out} is the input file {path}; choose another name")
+
+
 def run(args) -> int:
+    from basis.errors import CheckpointError
     from vardft.api import load
     from vardft.commands._common import print_json, read_input
+    from vardft.rundir import run_kind
 
+    check_output_path(args.out, args.run_dir, (args.input,))
+    if run_kind(args.run_dir) != "molecule":
+        raise CheckpointError(
+            f"{args.run_dir} holds a crystal model; predict takes molecular runs "
+            f"(for crystals: vardft bands INPUT --model {args.run_dir})"
+        )
     model = load(args.run_dir)
     systems = read_input(args.input)
     preds = [model.predict(s) for s in systems]

@@ -1,0 +1,114 @@
+"""demo, predict and bands never destroy a user's files and refuse bad requests in one line.
+
+Issue 15: ``demo --out`` deleted a whole project folder; ``predict --out`` could be a
+directory or the run's own checkpoint; ``predict`` on a crystal run, ``bands --path ""``
+and ``bands --basis def2-svp`` on Si (259 GiB) ended in tracebacks.
+"""
+
+import json
+import os
+
+from tests.cli_helpers import assert_refused, run_cli
+from vardft.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, save_checkpoint
+from vardft.rundir import MARKER_FILE, claim_run_directory
+
+WATER_XYZ = "3\nwater\nO 0.0 0.0 0.0\nH 0.0 0.0 0.96\nH 0.93 0.0 -0.24\n"
+
+
+def _tree(root):
+    """{relative path: content} of every file under ``root``."""
+    out = {}
+    for here, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(here, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def _project(root):
+    files = {"config.json": b'{"project": "mine"}', "src/main.py": b"print('hi')\n", "data/results.csv": b"a,b\n1,2\n"}
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(root, rel)) or root, exist_ok=True)
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(data)
+    return files
+
+
+def _molecule_run(path, created_by="train"):
+    with claim_run_directory(str(path), "molecule", resume=False, created_by=created_by):
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump({"format_version": 1, "xc": "pbe", "basis": "def2-svp"}, f)
+        save_checkpoint(str(path), {"step": 1})
+
+
+# ----------------------------------------------------------------------- demo
+def test_demo_refuses_a_project_folder_and_deletes_nothing(tmp_path):
+    project = tmp_path / "project"
+    files = _project(str(project))
+    result = run_cli("demo", "--out", project, "--steps", "1", cwd=tmp_path)
+    assert_refused(result, str(project), "config.json that vardft did not write")
+    assert _tree(str(project)) == files
+
+
+def test_demo_refuses_its_own_run_with_a_users_file_in_it(tmp_path):
+    run = tmp_path / "demo"
+    _molecule_run(run, created_by="demo")
+    (run / "notes.txt").write_text("mine")
+    before = _tree(str(run))
+    result = run_cli("demo", "--out", run, "--steps", "1", cwd=tmp_path)
+    assert_refused(result, "notes.txt that vardft did not write")
+    assert _tree(str(run)) == before
+
+
+def test_demo_refuses_a_training_run(tmp_path):
+    run = tmp_path / "run"
+    _molecule_run(run)
+    before = _tree(str(run))
+    result = run_cli("demo", "--out", run, "--steps", "1", cwd=tmp_path)
+    assert_refused(result, "already holds a vardft molecule run")
+    assert _tree(str(run)) == before
+
+
+# -------------------------------------------------------------------- predict
+def test_predict_out_is_a_directory(tmp_path):
+    run = tmp_path / "run"
+    _molecule_run(run)
+    (tmp_path / "water.xyz").write_text(WATER_XYZ)
+    (tmp_path / "outdir").mkdir()
+    result = run_cli("predict", run, "water.xyz", "--out", "outdir", cwd=tmp_path)
+    assert_refused(result, "--out outdir is a directory")
+
+
+def test_predict_out_inside_the_run_never_touches_it(tmp_path):
+    run = tmp_path / "run"
+    _molecule_run(run)
+    (tmp_path / "water.xyz").write_text(WATER_XYZ)
+    before = _tree(str(run))
+    for target in (CHECKPOINT_FILE, CONFIG_FILE, "pred.h5"):
+        result = run_cli("predict", run, "water.xyz", "--out", run / target, cwd=tmp_path)
+        assert_refused(result, "lies inside the run")
+    assert _tree(str(run)) == before
+
+
+def test_predict_with_a_crystal_run(tmp_path):
+    run = tmp_path / "crystal"
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(json.dumps({"format_version": 1, "kind": "crystal"}))
+    save_checkpoint(str(run), {"step": 1})
+    (tmp_path / "water.xyz").write_text(WATER_XYZ)
+    result = run_cli("predict", run, "water.xyz", "--out", "pred.h5", cwd=tmp_path)
+    assert_refused(result, "holds a crystal model", "vardft bands")
+    assert not (tmp_path / "pred.h5").exists() and not (run / MARKER_FILE).exists()
+
+
+# ---------------------------------------------------------------------- bands
+def test_bands_empty_path(tmp_path):
+    result = run_cli("bands", "si", "--scf", "--path", "", cwd=tmp_path)
+    assert_refused(result, "band path '' is empty")
+
+
+def test_bands_memory_is_estimated_before_allocating(tmp_path):
+    result = run_cli("bands", "si", "--scf", "--basis", "def2-svp", cwd=tmp_path)
+    line = assert_refused(result, "def2-svp", "GiB", "budget")
+    assert "Bloch AO values would need" in line
