@@ -5,7 +5,7 @@ FFT density fitting), takes the Kohn–Sham potential of the converged density
 to every k-point on the path and diagonalises F(k) there, as PySCF's
 ``mf.get_bands`` does. ``--compare-pyscf`` runs PySCF's own SCF and
 ``get_bands`` on the same path and reports the largest difference.
-``--model RUN_DIR`` takes a crystal model trained by :mod:`vardft.train_crystal`:
+``--model RUN_DIR`` takes a crystal model trained by ``vardft train`` (:class:`vardft.api.CrystalModel`):
 H(k) = H_base(k) + Σ_R e^{ik·R} ΔH(R) at every k on the path (the run's baseline, the
 potential of PySCF's guess density, taken to each k; the network's H(R) Bloch-summed),
 solved with S(k) from PySCF (``--xc``, ``--basis``, ``--pseudo``, ``--kmesh`` and the
@@ -205,19 +205,20 @@ def model_band_structure(
         for bad crystals or paths, or elements the model does not know.
     """
     from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path, default_pseudo, to_cell
-    from vardft.train_crystal import load_crystal_model, predict_bands
+    from vardft.api import load
 
     npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
     timings = {}
     t0 = time.perf_counter()
-    params, model_cfg, cfg = load_crystal_model(run_dir)
-    pseudo = cfg.pseudo or default_pseudo(cfg.xc)
     bp = band_path(system, path, npoints)
+    model = load(run_dir, "crystal")
+    cfg = model.config
+    pseudo = cfg.pseudo or default_pseudo(cfg.xc)
     cell = to_cell(system, basis=cfg.basis, pseudo=pseudo, mesh=cfg.mesh)
     kpts_path = absolute_kpts(cell, bp.kpts_frac)
     timings["setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bands = predict_bands(params, model_cfg, cfg, system, kpts_path)
+    bands = model.bands(system, kpts_path)
     timings["model"] = time.perf_counter() - t0
     n_electrons = int(cell.nelectron)
     nocc = n_electrons // 2
