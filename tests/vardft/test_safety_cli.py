@@ -112,3 +112,39 @@ def test_bands_memory_is_estimated_before_allocating(tmp_path):
     result = run_cli("bands", "si", "--scf", "--basis", "def2-svp", cwd=tmp_path)
     line = assert_refused(result, "def2-svp", "GiB", "budget")
     assert "Bloch AO values would need" in line
+
+
+def test_demo_replaces_its_own_run_and_only_its_files(tmp_path, monkeypatch, capsys):
+    """In-process, training and validation replaced by stubs: a second demo into the
+    same --out starts from an empty run (vardft's files removed, nothing else there)."""
+    import types
+
+    import vardft.data
+    import vardft.train
+    import vardft.validate
+    from vardft.checkpoint import VALIDATION_FILE, atomic_write_bytes
+    from vardft.cli import main
+    from vardft.rundir import read_marker
+
+    seen = []
+
+    def fake_train(dataset, run_dir, config, **kwargs):
+        seen.append(sorted(os.listdir(run_dir)))
+        atomic_write_bytes(os.path.join(run_dir, CONFIG_FILE), b"{}")
+        save_checkpoint(run_dir, {"step": config.steps})
+        return types.SimpleNamespace(step=config.steps, seconds=0.0)
+
+    def fake_validate(run_dir, data, max_frames=None, progress=True):
+        atomic_write_bytes(os.path.join(run_dir, VALIDATION_FILE), b"{}")
+        return {"mean": {}, "xc": "pbe", "basis": "def2-svp"}
+
+    monkeypatch.setattr(vardft.train, "train", fake_train)
+    monkeypatch.setattr(vardft.validate, "validate_run", fake_validate)
+    monkeypatch.setattr(vardft.data, "load_dataset", lambda name, seed=0: types.SimpleNamespace(train=(1, 2)))
+    out = str(tmp_path / "demo")
+    for _ in range(2):
+        assert main(["demo", "--out", out, "--steps", "1", "--json"]) == 0
+    assert seen == [[".lock", MARKER_FILE]] * 2
+    assert sorted(os.listdir(out)) == sorted([".lock", MARKER_FILE, CONFIG_FILE, CHECKPOINT_FILE, "validation.json"])
+    assert read_marker(out)["created_by"] == "demo"
+    capsys.readouterr()

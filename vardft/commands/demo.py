@@ -51,20 +51,18 @@ def run(args) -> int:
 
 
 def _demo(args) -> int:
-    import dataclasses
-
     from vardft.commands._common import print_json
-    from vardft.commands.validate import validate_run
+    from vardft.config import make_config
     from vardft.data import IntegralCache, default_cache_dir, load_dataset
-    from vardft.train import TrainConfig, train
-    from vardft.validate import format_table
+    from vardft.train import train
+    from vardft.validate import format_table, validate_run
 
-    config = dataclasses.replace(TrainConfig(), max_minutes=args.minutes, steps=args.steps)
+    config = make_config("molecule", "water", max_minutes=args.minutes, steps=args.steps)
     dataset = load_dataset("water", seed=config.seed)
     print(f"vardft demo: label-free training on {len(dataset.train)} water conformations "
           f"({config.xc}/{config.basis}) for at most {args.minutes:g} min -> {args.out}")
     result = train(dataset, args.out, config, cache=IntegralCache(default_cache_dir()), progress=not args.json)
-    print(f"trained {result.step} steps in {result.wall_time / 60:.1f} min; validating on "
+    print(f"trained {result.step} steps in {result.seconds / 60:.1f} min; validating on "
           f"{args.frames} held-out conformations against PySCF ...")
     out = validate_run(args.out, "water", max_frames=args.frames, progress=not args.json)
     if args.json:
