@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pyscf.dft import numint
+
 from basis.errors import FunctionalError
 
 _FAMILIES = {"HF": "hf", "LDA": "lda", "GGA": "gga"}
@@ -48,7 +50,6 @@ def parse_functional(xc: str) -> Functional:
         FunctionalError: unknown name, meta-GGA, non-local or range-separated
             functionals (not supported yet).
     """
-    from pyscf.dft import numint
 
     if not isinstance(xc, str) or not xc.strip():
         raise FunctionalError("the functional name is empty")

@@ -9,15 +9,15 @@ PySCF's density-fitting factor, the one ``mf.density_fit()`` would use.
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+from pyscf import dft, lib, scf
+from pyscf.dft import numint
 
 from basis.functional import Functional, parse_functional
 from basis.system import System
-
-jax.config.update("jax_enable_x64", True)
 
 DEFAULT_GRID_LEVEL = 3
 """PySCF's default ``grids.level``."""
@@ -73,7 +73,6 @@ def make_mean_field(system: System, xc: str, basis: str, grid_level: int = DEFAU
     This is the single place those settings are chosen; validation and tests
     compare against the object it returns.
     """
-    from pyscf import dft, scf
 
     functional = parse_functional(xc)
     system.require_closed_shell()
@@ -88,14 +87,12 @@ def make_mean_field(system: System, xc: str, basis: str, grid_level: int = DEFAU
 
 
 def _unpack_cderi(cderi_packed: np.ndarray, nao: int) -> np.ndarray:
-    from pyscf import lib
 
     return np.asarray(lib.unpack_tril(cderi_packed), dtype=np.float64).reshape(-1, nao, nao)
 
 
 def integrals_from_mean_field(mf) -> Integrals:
     """Collect the integrals of a (not necessarily run) PySCF mean-field object."""
-    from pyscf.dft import numint
 
     mol = mf.mol
     functional = parse_functional(getattr(mf, "xc", "hf") if hasattr(mf, "grids") else "hf")

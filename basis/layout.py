@@ -34,7 +34,11 @@ import dataclasses
 import functools
 from typing import Sequence
 
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from pyscf import gto
 
 from basis.errors import BasisError
 from basis.system import canonical_symbol, check_basis
@@ -107,7 +111,6 @@ def element_layout(basis: str, symbol: str) -> ElementLayout:
         UnknownElementError: not an element.
         BasisError: the basis is unknown or lacks the element.
     """
-    from pyscf import gto
 
     symbol = canonical_symbol(symbol)
     check_basis(basis, [symbol])
@@ -167,7 +170,6 @@ def real_sph_pyscf(l: int, xyz: np.ndarray) -> np.ndarray:
     Returns:
         (n, 2l+1) values in PySCF order.
     """
-    from pyscf import gto
 
     xyz = np.asarray(xyz, dtype=np.float64)
     exps = _cart_exponents(l)
@@ -192,9 +194,6 @@ def _lstsq_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _e3nn_to_pyscf_cached(l: int) -> np.ndarray:
-    import jax
-    import jax.numpy as jnp
-    import e3nn_jax as e3nn
 
     u = _fit_points(l)
     irrep = e3nn.Irrep(l, (-1) ** l)

@@ -29,13 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from pyscf import gto
+from pyscf.pbc import dft as pbcdft
+from pyscf.pbc import tools
+from pyscf.pbc.dft import numint
 
 from basis.crystal import check_kmesh, default_kmesh, default_pseudo, make_kpts, to_cell
-from basis.errors import FunctionalError
+from basis.errors import FunctionalError, InputError
 from basis.functional import Functional, parse_functional
 from basis.system import System
-
-jax.config.update("jax_enable_x64", True)
 
 BLOCH_AO_BUDGET_BYTES = 6 * 2**30
 """Largest Bloch AO array :func:`build_periodic_integrals` builds in one piece
@@ -176,7 +178,6 @@ def make_periodic_mean_field(
     Raises:
         InputError subclasses for bad crystal, functional, basis, pseudo or mesh.
     """
-    from pyscf.pbc import dft as pbcdft
 
     functional = check_periodic_functional(xc)
     pseudo = default_pseudo(functional) if pseudo is None else pseudo
@@ -190,7 +191,6 @@ def make_periodic_mean_field(
 
 def bloch_ao(cell, coords: np.ndarray, kpts: np.ndarray, deriv: int) -> np.ndarray:
     """(nk, nderiv, ngrid, nao) complex128 Bloch AO values (PySCF's ``eval_ao_kpts``)."""
-    from pyscf.pbc.dft import numint
 
     ao = numint.eval_ao_kpts(cell, coords, kpts=np.asarray(kpts).reshape(-1, 3), deriv=deriv)
     ao = np.asarray(ao, dtype=np.complex128)
@@ -205,9 +205,7 @@ def periodic_integrals_from_mean_field(mf, budget_bytes: int = BLOCH_AO_BUDGET_B
         FunctionalError: a functional the periodic energy does not support.
         InputError: the Bloch AO array would exceed ``budget_bytes``.
     """
-    from pyscf.pbc import tools
 
-    from basis.errors import InputError
 
     cell = mf.cell
     functional = check_periodic_functional(mf.xc)
@@ -274,7 +272,6 @@ def build_band_integrals(
     ``KRKS`` object; ``mesh`` defaults to ``cell.mesh`` (the SCF's mesh).
     Call it on chunks of k-points to bound memory.
     """
-    from pyscf.pbc import dft as pbcdft
 
     functional = check_periodic_functional(functional)
     kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
@@ -310,7 +307,6 @@ def band_integral_chunks(
     Yields:
         (n_valid, chunk): the first ``n_valid`` k-points of ``chunk`` are new.
     """
-    from pyscf.pbc import dft as pbcdft
 
     functional = check_periodic_functional(functional)
     kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
@@ -361,7 +357,6 @@ def real_space_integrals(cell, shifts: np.ndarray, intor: str = "int1e_ovlp") ->
     Returns:
         (nR, nao, nao) float64.
     """
-    from pyscf import gto
 
     mol = cell.to_mol()
     coords = np.asarray(mol.atom_coords(unit="Bohr"))

@@ -1,42 +1,49 @@
 """vardft: label-free learning of electronic Hamiltonians.
 
-Public names (may grow, not break): :class:`System`, :func:`scf`.
+Public names (may grow, not break): :class:`System`, :func:`read_systems`,
+:func:`scf`, :func:`load` (a :class:`~vardft.api.MoleculeModel` or
+:class:`~vardft.api.CrystalModel`), :func:`initial_guess`, :func:`train`,
+:func:`load_dataset`, :func:`make_config`. Float64 JAX is switched on by
+``basis/__init__.py``, the one place that does it.
 """
 
-from basis.errors import InputError  # float64 JAX is switched on by basis/__init__.py
+from basis.errors import InputError
+from basis.integrals import build_integrals
 from basis.system import System, read_systems
+from solvers.scf import SCFResult, scf_from_integrals
+from vardft.api import CrystalModel, MoleculeModel, initial_guess, load
+from vardft.config import TrainConfig, make_config
+from vardft.data import load_dataset
+from vardft.train import train
 
-__all__ = ["InputError", "System", "initial_guess", "load", "read_systems", "scf"]
+__all__ = [
+    "CrystalModel",
+    "InputError",
+    "MoleculeModel",
+    "SCFResult",
+    "System",
+    "TrainConfig",
+    "initial_guess",
+    "load",
+    "load_dataset",
+    "make_config",
+    "read_systems",
+    "scf",
+    "train",
+]
 
 
-def scf(system, xc: str = "pbe", basis: str = "def2-svp", **kwargs):
+def scf(system, xc: str = "pbe", basis: str = "def2-svp", **kwargs) -> SCFResult:
     """Run vardft's JAX SCF with PySCF's default settings for ``xc`` and ``basis``.
 
     Builds the integrals (:func:`basis.integrals.build_integrals`), then solves
     (:func:`solvers.scf.scf_from_integrals`; ``kwargs`` such as ``dm0``,
-    ``max_cycle``, ``conv_tol`` go there). Returns a :class:`solvers.scf.SCFResult`.
+    ``max_cycle``, ``conv_tol`` go there).
 
     Example:
         >>> water = System(("O", "H", "H"), [[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]])
         >>> round(scf(water, xc="pbe", basis="def2-svp").energy, 4)
         -76.2722
     """
-    from basis.integrals import build_integrals
-    from solvers.scf import scf_from_integrals
-
     ints = build_integrals(System.from_any(system), xc=xc, basis=basis)
     return scf_from_integrals(ints, **kwargs)
-
-
-def load(run_dir: str):
-    """Load a trained model; see :class:`vardft.api.Model`."""
-    from vardft.api import load as _load
-
-    return _load(run_dir)
-
-
-def initial_guess(run_dir, mol):
-    """Density matrix for ``pyscf`` ``mf.kernel(dm0=...)``; see :func:`vardft.api.initial_guess`."""
-    from vardft.api import initial_guess as _initial_guess
-
-    return _initial_guess(run_dir, mol)

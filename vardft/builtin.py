@@ -8,6 +8,10 @@ Molecules: any name of ASE's G2 collection (``H2O``, ``CH3CH2OH``, ``C6H6``,
 
 from __future__ import annotations
 
+from ase.build import molecule
+from ase.collections import g2
+
+from basis.crystal import builtin_crystal
 from basis.system import System
 
 MOLECULE_ALIASES = {
@@ -22,7 +26,6 @@ CRYSTALS = ("si", "diamond", "hbn")
 
 
 def _g2_name(name: str) -> str | None:
-    from ase.collections import g2
 
     name = MOLECULE_ALIASES.get(name.lower(), name)
     return name if name in g2.names else None
@@ -35,10 +38,7 @@ def is_builtin(name: str) -> bool:
 def load(name: str) -> list[System]:
     """The built-in structure ``name`` as a one-element list of systems."""
     if name.lower() in CRYSTALS:
-        from basis.crystal import builtin_crystal
-
         return [builtin_crystal(name.lower())]
-    from ase.build import molecule
 
     g2name = _g2_name(name)
     if g2name is None:

@@ -50,8 +50,8 @@ import functools
 import math
 from typing import Any, Sequence
 
+import e3nn_jax as e3nn
 import flax.struct
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -166,7 +166,6 @@ def _parity(l: int) -> str:
 
 def _cg_matrix(l1: int, l2: int) -> np.ndarray:
     """Orthogonal (d1 d2, d1 d2): PySCF block entries (m1, m2) from irreps (L, M), L ascending."""
-    import e3nn_jax as e3nn
 
     q1, q2 = e3nn_to_pyscf(l1), e3nn_to_pyscf(l2)
     cols = []

@@ -37,6 +37,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from basis.layout import ao_offsets, ao_permutation, ao_rotation
 from basis.system import System
@@ -95,7 +96,6 @@ class Transform:
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
     return Rotation.random(random_state=rng).as_matrix()  # float64, proper
 

@@ -11,13 +11,12 @@ import numpy as np
 
 from basis.errors import MalformedFileError
 from basis.system import System, read_systems
+from vardft import builtin
 
 
 def read_input(path: str, charge: int | None = None) -> list[System]:
     """Systems from a structure file, or from a built-in name when no such file exists."""
     if not os.path.exists(path):
-        from vardft import builtin
-
         if builtin.is_builtin(path):
             systems = builtin.load(path)
             if charge is not None:
