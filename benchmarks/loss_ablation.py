@@ -36,10 +36,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from vardft.commands.validate import validate_run
+    from vardft.config import LossWeights, TrainConfig
     from vardft.data import IntegralCache, default_cache_dir, load_dataset
-    from vardft.losses import LossWeights
-    from vardft.train import TrainConfig, train
+    from vardft.train import train
+    from vardft.validate import validate_run
 
     dataset = load_dataset("water")
     names = list(VARIANTS)

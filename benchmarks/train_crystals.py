@@ -6,8 +6,8 @@ Usage:
     python benchmarks/train_crystals.py diamond --json
     python benchmarks/train_crystals.py si --baseline none    # the network without the minao baseline
 
-Trains with :func:`vardft.train_crystal.train_crystal` on ``--n-train`` structures of the
-built-in set (:func:`vardft.train_crystal.crystal_dataset`, seed 0), then validates on the
+Trains with :func:`vardft.train.train` on ``--n-train`` structures of the
+built-in set (:func:`vardft.data.crystal_structures`, seed 0), then validates on the
 ``--n-val`` structures that follow them in the same sequence (never used in training):
 PySCF ``KRKS`` with the same xc/basis/pseudo/k-mesh/FFT mesh per structure, and
 
@@ -45,7 +45,7 @@ DEEPH_E3_MEV = 1.0
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("crystal", nargs="?", default="si", choices=["si", "diamond", "hbn"])
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: CrystalTrainConfig's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the crystal defaults of vardft.config)")
     p.add_argument("--minutes", type=float, default=None, help="training wall-time cap")
     p.add_argument("--n-train", type=int, default=16, help="training structures")
     p.add_argument("--n-val", type=int, default=4, help="held-out structures")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", default=None, choices=["minao", "none"])
     p.add_argument("--sc-weight", type=float, default=None)
     p.add_argument("--sc-basis", default=None, choices=["orthonormal", "ao"], help="basis of the self-consistency residual")
-    p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: CrystalTrainConfig's)")
+    p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: the crystal defaults of vardft.config)")
     p.add_argument("--no-offmesh", action="store_true", help="self-consistency at the training k-mesh only")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--output-scale", type=float, default=None)
@@ -64,26 +64,27 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from basis.crystal import default_kmesh
-    from vardft.train_crystal import CrystalTrainConfig, crystal_dataset, train_crystal
-    from vardft.validate_crystal import crystal_metrics, summarize_crystals
+    from vardft.api import load
+    from vardft.config import make_config
+    from vardft.data import load_dataset
+    from vardft.train import train
+    from vardft.validate import crystal_metrics, summarize_crystals
 
-    systems = crystal_dataset(args.crystal, args.n_train + args.n_val, seed=0)
-    train_set, held_out = systems[: args.n_train], systems[args.n_train :]
-    cfg = CrystalTrainConfig(dataset=args.crystal, n_train=args.n_train, max_minutes=args.minutes,
-                             kmesh=tuple(args.kmesh) if args.kmesh else default_kmesh(systems[0], 2))
-    overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency_weight": args.sc_weight,
+    dataset = load_dataset(args.crystal, seed=0, n_train=args.n_train, n_validation=args.n_val)
+    train_set, held_out = dataset.train, dataset.validation
+    overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency": args.sc_weight,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
-                 "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size}
+                 "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size,
+                 "max_minutes": args.minutes, "kmesh": tuple(args.kmesh) if args.kmesh else None}
     if args.no_offmesh:
         overrides["offmesh_self_consistency"] = False
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = make_config("crystal", args.crystal, **overrides)
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.crystal}-")
-    result = train_crystal(train_set, cfg, run_dir=run_dir, progress=not args.json)
+    result = train(dataclasses.replace(dataset, validation=()), run_dir, cfg, progress=not args.json)
+    model = load(run_dir)
     t0 = time.perf_counter()
     path = "" if args.path_points > 0 else None
-    frames = [crystal_metrics(result.params, result.model_config, result.config, s, path=path,
-                              path_points=max(args.path_points, 2)) for s in held_out]
+    frames = [crystal_metrics(model, s, path=path, path_points=max(args.path_points, 2)) for s in held_out]
     mean = summarize_crystals(frames)
     target = BAND_TARGET_MEV.get(args.crystal)
     last = result.history[-1] if result.history else {}

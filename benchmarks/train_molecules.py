@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 import time
@@ -83,9 +82,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from vardft.commands.validate import validate_run
+    from vardft.config import TrainConfig
     from vardft.data import IntegralCache, default_cache_dir, load_dataset
-    from vardft.train import TrainConfig, train
+    from vardft.train import train
+    from vardft.validate import validate_run
 
     config = dataclasses.replace(TrainConfig(), max_minutes=args.minutes)
     if args.steps is not None:

@@ -276,7 +276,8 @@ def train(
     cache = cache or IntegralCache(None)
     min_bucket = config.batch_size or 1
     sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket)
-    val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress) if dataset.validation else []
+    evaluate = bool(dataset.validation) and config.eval_every is not None
+    val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress) if evaluate else []
     sizes = [len(s) for s in sets]
 
     optimizer = make_optimizer(config)
