@@ -213,14 +213,14 @@ def periodic_integrals_from_mean_field(mf, budget_bytes: int = BLOCH_AO_BUDGET_B
     mesh = tuple(int(m) for m in mf.with_df.mesh)
     if tuple(int(m) for m in mf.grids.mesh) != mesh:
         raise InputError(f"the XC grid mesh {tuple(mf.grids.mesh)} differs from the FFT mesh {mesh}")
-    coords = np.asarray(cell.get_uniform_grids(mesh), dtype=np.float64)
-    ngrid = coords.shape[0]
+    ngrid = int(np.prod(mesh))
     need = bloch_ao_nbytes(len(kpts), ngrid, cell.nao_nr(), functional)
     if need > budget_bytes:
         raise InputError(
             f"Bloch AO values need {need / 2**30:.1f} GiB ({len(kpts)} k-points x {ngrid} mesh points "
             f"x {cell.nao_nr()} AOs); use a smaller k-mesh or basis"
         )
+    coords = np.asarray(cell.get_uniform_grids(mesh), dtype=np.float64)
     ao = bloch_ao(cell, coords, kpts, functional.ao_deriv)
     coulG = np.asarray(tools.get_coulG(cell, mesh=np.asarray(mesh)), dtype=np.float64)
     nk, nao = len(kpts), cell.nao_nr()

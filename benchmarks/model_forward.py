@@ -30,9 +30,8 @@ from ase.build import molecule  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from basis.system import System  # noqa: E402
-from vardft.hamiltonian import prepare_batch  : E402
-from vardft.model import predict_hamiltonian
-from vardft.model import ModelConfig, count_params, init_params  # noqa: E402
+from vardft.hamiltonian import prepare_batch  # noqa: E402
+from vardft.model import ModelConfig, count_params, init_params, predict_hamiltonian  # noqa: E402
 
 MOLECULES = {"water": "H2O", "ethanol": "CH3CH2OH", "biphenyl": "biphenyl"}
 ELEMENTS = ("H", "C", "N", "O", "F")

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from basis.errors import InputError
 from basis.integrals import Integrals
 from solvers.diis import DIIS_SPACE, diis_init, diis_update
 from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
@@ -114,7 +115,12 @@ def scf_from_integrals(
         max_cycle: largest number of Fock builds.
         diis_space: number of (Fock, error) pairs DIIS extrapolates from.
         callback: called as ``callback(cycle, energy, gradient_norm)``.
+
+    Raises:
+        InputError: ``max_cycle`` < 1.
     """
+    if max_cycle < 1:
+        raise InputError(f"max_cycle must be at least 1, got {max_cycle}")
     start = time.perf_counter()
     S = np.asarray(ints.overlap)
     X = canonical_orthogonalizer(S)

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +133,13 @@ class Model:
                 f"got {', '.join(unknown)}"
             )
         system.require_closed_shell()
+        charges = self.record.get("charges")
+        if charges is not None and system.charge not in charges:
+            warnings.warn(
+                f"{system.formula} has charge {system.charge:+d}; the model in {self.run_dir} was trained on "
+                f"charge(s) {', '.join(f'{c:+d}' for c in charges)} only: expect a poor prediction",
+                stacklevel=3,
+            )
         return system
 
 

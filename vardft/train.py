@@ -23,9 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -41,6 +41,7 @@ from vardft import checkpoint as ckpt
 from vardft.config import TrainConfig, check_config, default_config, legacy_config
 from vardft.data import Dataset, IntegralCache, check_dataset
 from vardft.model import ModelConfig, init_params
+from vardft.rundir import claim_run_directory
 from vardft.tasks import PreparedSet, model_config_for, task_for
 
 
@@ -148,6 +149,7 @@ def run_record(config: TrainConfig, model_config: ModelConfig, dataset: Dataset)
         "dataset": dataset.name,
         "n_train": len(dataset.train),
         "n_validation": len(dataset.validation),
+        "charges": sorted({int(s.charge) for s in dataset.train}),
     }
 
 
@@ -259,20 +261,21 @@ def train(
         config = _check_resume(run_dir, record, saved, config, dataset, model_config_for(saved, elements))
         model_config = saved_model
     else:
-        if run_dir is not None and ckpt.has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
         config = check_config(config or default_config(dataset.kind))
     task = task_for(config)
     config = task.resolve(dataset.train)
-    task = task_for(config)
     if not resume:
         model_config = model_config_for(config, elements)
-    if run_dir is not None and not resume:
-        os.makedirs(run_dir, exist_ok=True)
-        ckpt.save_config(run_dir, run_record(config, model_config, dataset))
-        if os.path.exists(os.path.join(run_dir, ckpt.LOG_FILE)):
-            os.remove(os.path.join(run_dir, ckpt.LOG_FILE))
+    claim = contextlib.nullcontext() if run_dir is None else claim_run_directory(run_dir, dataset.kind, resume=resume)
+    with claim:
+        if run_dir is not None and not resume:
+            ckpt.save_config(run_dir, run_record(config, model_config, dataset))
+        return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start)
 
+
+def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start) -> TrainResult:
+    """The loop of :func:`train`, inside the claim of ``run_dir``."""
+    task = task_for(config)
     cache = cache or IntegralCache(None)
     min_bucket = config.batch_size or 1
     sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket)

@@ -14,7 +14,7 @@ import pytest
 
 from basis.integrals import build_integrals
 from basis.system import System
-from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
+from solvers.eigen import canonical_orthogonalizer
 from solvers.energy import energy_and_fock
 from vardft.config import LossWeights, TrainConfig
 from vardft.data import Dataset, IntegralCache, pad_integrals, size_buckets

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from basis.crystal import absolute_kpts, read_crystal
+from basis.crystal import absolute_kpts
 from basis.pbc_integrals import make_periodic_mean_field, periodic_integrals_from_mean_field
 from solvers.periodic import fock, generalized_eigh
 from vardft.config import make_config

@@ -7,7 +7,6 @@ overlap matrices in tests/basis/test_layout.py (independent of e3nn-jax).
 
 import time
 
-import e3nn_jax as e3nn
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -16,9 +15,7 @@ import optax
 import pytest
 from ase.build import molecule
 
-from basis.layout import ao_permutation, ao_rotation
 from basis.system import System, molecules_equal
-from basis.units import BOHR_ANGSTROM
 from vardft.hamiltonian import prepare_batch, unpad
 from vardft.model import predict_hamiltonian
 from vardft.model import HamiltonianModel, ModelConfig, count_params, init_params

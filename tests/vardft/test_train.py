@@ -1,6 +1,5 @@
 """Label-free training: it learns, it resumes exactly, and its run directory predicts and validates."""
 
-import dataclasses
 import os
 import signal
 
@@ -12,7 +11,7 @@ from pyscf import dft
 from basis.errors import CheckpointError
 from vardft.api import load
 from vardft.cli import main
-from vardft.data import Dataset, IntegralCache, load_dataset
+from vardft.data import IntegralCache, load_dataset
 from vardft.config import LossWeights, TrainConfig
 from vardft.train import train
 from vardft.validate import frame_metrics
@@ -135,7 +134,7 @@ def test_cli_train_zero_steps_writes_a_usable_untrained_model(tmp_path, capsys):
     args = ["train", "water", "--out", run_dir, "--steps", "0", "--basis", BASIS, "--preset", "L",
             "--n-train", "2", "--cache", "none", "--quiet"]
     assert main(args) == 0
-    assert sorted(os.listdir(run_dir)) == ["checkpoint.msgpack", "config.json"]
+    assert sorted(os.listdir(run_dir)) == [".lock", "checkpoint.msgpack", "config.json", "vardft-run.json"]
     model = load(run_dir)
     assert model.step == 0 and model.basis == BASIS and model.xc == "pbe"
     pred = model.predict(water_molecule())

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from basis.errors import InputError
+from basis.functional import parse_functional
+from basis.integrals import build_integrals
 from basis.units import HARTREE_TO_EV
+from solvers.scf import scf_from_integrals
+from vardft.commands._common import print_json, read_input
 
 
 def register(sub) -> None:
@@ -49,12 +54,9 @@ def _summary(system, res, xc, basis) -> dict:
 
 
 def run(args) -> int:
-    from basis.functional import parse_functional
-    from basis.integrals import build_integrals
-    from solvers.scf import scf_from_integrals
-    from vardft.commands._common import print_json, read_input
-
     functional = parse_functional(args.xc)
+    if args.max_cycle < 1:
+        raise InputError(f"--max-cycle must be at least 1, got {args.max_cycle}")
     systems = read_input(args.input, charge=args.charge)
     status = 0
     for k, system in enumerate(systems):

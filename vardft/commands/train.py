@@ -7,13 +7,13 @@ not apply to the kind of DATA is a one-line error.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import os
 
+from basis.crystal import check_kmesh
 from basis.errors import InputError
 from basis.functional import parse_functional
 from basis.pbc_integrals import check_periodic_functional
-from basis.crystal import check_kmesh
 from basis.system import check_basis
 from vardft.config import default_config, make_config
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
@@ -102,9 +102,13 @@ def given_settings(args) -> dict:
 
 
 def make_cache(arg):
+    """The integral cache of ``--cache`` (``none``: no disk cache)."""
     if arg is not None and arg.lower() == "none":
         return IntegralCache(None)
-    return IntegralCache(arg or default_cache_dir())
+    directory = arg or default_cache_dir()
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise InputError(f"--cache {directory} is a file; the integral cache is a directory")
+    return IntegralCache(directory)
 
 
 def run(args) -> int:
