@@ -20,9 +20,13 @@ releases the lock when the process ends, however it ends, so a lock file left
 behind by a killed process never blocks the next run.
 
 Example:
+    >>> import os, tempfile
     >>> from vardft.rundir import claim_run_directory
-    >>> with claim_run_directory("runs/water", "molecule", resume=False):
-    ...     ...  # write config.json, checkpoint.msgpack, log.jsonl
+    >>> run = os.path.join(tempfile.mkdtemp(), "run")
+    >>> with claim_run_directory(run, "molecule", resume=False):
+    ...     pass  # write config.json, checkpoint.msgpack, log.jsonl
+    >>> sorted(os.listdir(run))
+    ['.lock', 'vardft-run.json']
 """
 
 from __future__ import annotations

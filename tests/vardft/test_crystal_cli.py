@@ -25,7 +25,7 @@ def test_train_writes_a_crystal_run(crystal_run):
     assert conf["kind"] == "crystal" and conf["baseline"] == "minao"
     train = conf["train"]
     assert (train["xc"], train["basis"], train["pseudo"]) == ("lda,vwn", "gth-szv", "gth-pade")
-    assert train["kmesh"] == [1, 1, 1] and train["mesh"] == [9, 9, 9] and train["dataset"] == "si"
+    assert train["kmesh"] == [1, 1, 1] and train["mesh"] == [9, 9, 9] and conf["dataset"] == "si"
     with open(os.path.join(crystal_run, "log.jsonl")) as f:
         records = [json.loads(line) for line in f]
     assert [r["step"] for r in records] == [1, 2]
@@ -79,3 +79,34 @@ def test_bad_batch_size_is_one_line(tmp_path, capsys):
     assert main(["train", "si", "--out", str(tmp_path / "r"), *TINY, "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "batch size" in err
+
+
+def test_predict_writes_crystal_hamiltonians(crystal_run, tmp_path, capsys):
+    """``vardft predict`` with a crystal model: H(k), S(k), P(k) and bands at the run's k-mesh."""
+    import h5py
+
+    out = str(tmp_path / "pred.h5")
+    assert main(["predict", crystal_run, "si", "--out", out]) == 0
+    with h5py.File(out) as f:
+        g = f["0"]
+        assert g.attrs["kind"] == "crystal" and list(g.attrs["kmesh"]) == [1, 1, 1]
+        H, S, P = g["hamiltonian"][()], g["overlap"][()], g["density_matrix"][()]
+        assert H.shape == S.shape == P.shape == (1, 8, 8) and np.iscomplexobj(H)
+        assert np.abs(H - np.conj(np.swapaxes(H, 1, 2))).max() < 1e-12
+        assert abs(np.einsum("kij,kji->", P, S).real - 8.0) < 1e-8  # valence electrons of Si2
+        assert np.isfinite(g["energy"][()])
+
+
+def test_molecule_on_a_crystal_model_is_one_line(crystal_run, tmp_path, capsys):
+    assert main(["predict", crystal_run, "water", "--out", str(tmp_path / "p.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "crystal model" in err[0] and "molecule" in err[0]
+
+
+def test_load_gives_the_run_kind(crystal_run):
+    from basis.errors import CheckpointError
+    from vardft.api import CrystalModel, load
+
+    assert isinstance(load(crystal_run), CrystalModel)
+    with pytest.raises(CheckpointError, match="crystal model, not a molecule model"):
+        load(crystal_run, "molecule")

@@ -91,18 +91,6 @@ def test_predict_out_inside_the_run_never_touches_it(tmp_path):
     assert _tree(str(run)) == before
 
 
-def test_predict_with_a_crystal_run(tmp_path):
-    run = tmp_path / "crystal"
-    run.mkdir()
-    (run / CONFIG_FILE).write_text(json.dumps({"format_version": 1, "kind": "crystal"}))
-    save_checkpoint(str(run), {"step": 1})
-    (tmp_path / "water.xyz").write_text(WATER_XYZ)
-    result = run_cli("predict", run, "water.xyz", "--out", "pred.h5", cwd=tmp_path)
-    assert_refused(result, "holds a crystal model", "vardft bands")
-    assert not (tmp_path / "pred.h5").exists() and not (run / MARKER_FILE).exists()
-
-
-# ---------------------------------------------------------------------- bands
 def test_bands_empty_path(tmp_path):
     result = run_cli("bands", "si", "--scf", "--path", "", cwd=tmp_path)
     assert_refused(result, "band path '' is empty")

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+import h5py
+import numpy as np
+
+from basis.errors import OutputPathError
+from vardft.api import load
+from vardft.checkpoint import atomic_output
+from vardft.commands._common import print_json, read_input
+from vardft.rundir import run_containing, run_kind
 
 
 def register(sub) -> None:
@@ -13,7 +23,11 @@ def register(sub) -> None:
             "Predict H for every frame of INPUT with the model in RUN_DIR and write pred.h5: "
             "one group per frame ('0', '1', ...) with datasets hamiltonian, overlap, "
             "density_matrix, mo_energy, mo_coeff, energy (PySCF AO order, Hartree) and "
-            "attributes basis, xc, symbols, positions_angstrom."
+            "attributes kind, basis, xc, symbols, positions_angstrom. With a crystal model INPUT "
+            "holds cells, and the datasets are at the run's k-mesh: kpts (nk, 3) 1/Bohr, "
+            "hamiltonian, overlap and density_matrix (nk, nao, nao) complex H(k), S(k), P(k), "
+            "mo_energy (nk, nmo) and the energy per cell; attributes also pseudo, kmesh, "
+            "cell_angstrom."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -24,26 +38,25 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def write_predictions(path: str, predictions, xc: str, basis: str) -> None:
-    import h5py
-    import numpy as np
-
-    from vardft.checkpoint import atomic_output
-
+def write_predictions(path: str, predictions, model) -> None:
+    """pred.h5: one group per prediction (molecules or crystals, see ``vardft predict --help``)."""
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for k, pred in enumerate(predictions):
                 g = f.create_group(str(k))
-                g.create_dataset("hamiltonian", data=pred.hamiltonian)
-                g.create_dataset("overlap", data=pred.overlap)
-                g.create_dataset("density_matrix", data=pred.density_matrix)
-                g.create_dataset("mo_energy", data=pred.mo_energy)
-                g.create_dataset("mo_coeff", data=pred.mo_coeff)
+                for name in ("kpts", "hamiltonian", "overlap", "density_matrix", "mo_energy", "mo_coeff"):
+                    if hasattr(pred, name):
+                        g.create_dataset(name, data=np.asarray(getattr(pred, name)))
                 g.create_dataset("energy", data=np.float64(pred.energy))
-                g.attrs["basis"] = basis
-                g.attrs["xc"] = xc
+                g.attrs["kind"] = model.kind
+                g.attrs["basis"] = model.basis
+                g.attrs["xc"] = model.xc
                 g.attrs["symbols"] = list(pred.system.symbols)
                 g.attrs["positions_angstrom"] = np.asarray(pred.system.positions)
+                if model.kind == "crystal":
+                    g.attrs["pseudo"] = model.pseudo
+                    g.attrs["kmesh"] = list(model.config.kmesh)
+                    g.attrs["cell_angstrom"] = np.asarray(pred.system.cell)
 
 
 def check_output_path(out: str, run_dir: str, inputs: tuple[str, ...] = ()) -> None:
@@ -54,11 +67,6 @@ def check_output_path(out: str, run_dir: str, inputs: tuple[str, ...] = ()) -> N
     Raises:
         OutputPathError: one line naming ``--out`` and what it would overwrite.
     """
-    import os
-
-    from basis.errors import OutputPathError
-    from vardft.rundir import run_containing
-
     if not out or not os.path.basename(out):
         raise OutputPathError(f"--out {out!r} is not a file name; give one such as pred.h5")
     if os.path.isdir(out):
@@ -73,28 +81,21 @@ def check_output_path(out: str, run_dir: str, inputs: tuple[str, ...] = ()) -> N
 
 
 def run(args) -> int:
-    from basis.errors import CheckpointError
-    from vardft.api import load
-    from vardft.commands._common import print_json, read_input
-    from vardft.rundir import run_kind
-
     check_output_path(args.out, args.run_dir, (args.input,))
-    if run_kind(args.run_dir) != "molecule":
-        raise CheckpointError(
-            f"{args.run_dir} holds a crystal model; predict takes molecular runs "
-            f"(for crystals: vardft bands INPUT --model {args.run_dir})"
-        )
+    run_kind(args.run_dir)  # a one-line error for anything but a vardft run
     model = load(args.run_dir)
     systems = read_input(args.input)
     preds = [model.predict(s) for s in systems]
-    write_predictions(args.out, preds, model.xc, model.basis)
+    write_predictions(args.out, preds, model)
+    per = " per cell" if model.kind == "crystal" else ""
     for k, pred in enumerate(preds):
         summary = {"frame": k, "formula": pred.system.formula, "energy": pred.energy, "homo": pred.homo,
-                   "lumo": pred.lumo, "nao": int(pred.hamiltonian.shape[0])}
+                   "lumo": pred.lumo, "nao": int(pred.hamiltonian.shape[-1])}
         if args.json:
             print_json(summary)
         else:
-            print(f"frame {k} {pred.system.formula}: E = {pred.energy:.8f} Eh, HOMO {pred.homo:.5f}, LUMO {pred.lumo:.5f} Eh")
+            print(f"frame {k} {pred.system.formula}: E = {pred.energy:.8f} Eh{per}, "
+                  f"HOMO {pred.homo:.5f}, LUMO {pred.lumo:.5f} Eh")
     if not args.json:
         print(f"wrote {len(preds)} frame(s) to {args.out}")
     return 0
