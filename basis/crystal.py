@@ -21,6 +21,10 @@ import os
 from typing import Sequence
 
 import numpy as np
+from ase.build import bulk
+from ase.dft.kpoints import parse_path_string
+from pyscf.pbc import gto as pbcgto
+from pyscf.pbc.gto import pseudo as pp
 
 from basis.errors import BasisError, GeometryError, InputError, MalformedFileError
 from basis.functional import Functional, parse_functional
@@ -74,7 +78,6 @@ def builtin_crystal(name: str) -> System:
     Raises:
         InputError: unknown name.
     """
-    from ase.build import bulk
 
     key = str(name).strip().lower()
     if key == "si":
@@ -178,7 +181,6 @@ def check_pseudo(pseudo: str, symbols: Sequence[str]) -> None:
     Raises:
         BasisError: unknown pseudopotential family, or one element it lacks.
     """
-    from pyscf.pbc.gto import pseudo as pp
 
     if not isinstance(pseudo, str) or not pseudo.strip():
         raise BasisError("the pseudopotential name is empty")
@@ -227,7 +229,6 @@ def to_cell(
         GeometryError: no cell. BasisError: unknown basis or pseudopotential, or
         one without an element. ElectronCountError: open shell or no electrons.
     """
-    from pyscf.pbc import gto as pbcgto
 
     as_crystal(system)
     check_basis(basis, system.symbols)
@@ -356,7 +357,6 @@ def band_path(system: System, path: str | None = None, npoints: int = DEFAULT_PA
     Raises:
         InputError: a point the lattice does not have, or fewer than 2 points.
     """
-    from ase.dft.kpoints import parse_path_string
 
     as_crystal(system)
     if path is not None and not str(path).replace(",", "").strip():

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Iterable, Sequence
 
+import ase.io
 import numpy as np
+from ase import Atoms
+from pyscf import gto
 from pyscf.data import elements as _elements
+from pyscf.data.nist import BOHR
 
 from basis.errors import (
     BasisError,
@@ -210,7 +215,6 @@ class System:
         Raises:
             BasisError: unknown basis, or no functions for one of the elements.
         """
-        from pyscf import gto
 
         if self.is_periodic:
             raise GeometryError("this system has a cell; use to_cell for crystals")
@@ -230,7 +234,6 @@ class System:
 
     def to_atoms(self):
         """An ``ase.Atoms`` copy of this system."""
-        from ase import Atoms
 
         if self.cell is None:
             return Atoms(symbols=list(self.symbols), positions=np.array(self.positions))
@@ -264,7 +267,6 @@ class System:
     @classmethod
     def from_mole(cls, mol) -> "System":
         """From a built ``pyscf.gto.Mole`` (positions converted Bohr → Ångström)."""
-        from pyscf.data.nist import BOHR
 
         symbols = tuple(mol.atom_pure_symbol(i) for i in range(mol.natm))
         return cls(
@@ -283,8 +285,6 @@ class System:
             return cls.from_atoms(obj)
         if hasattr(obj, "atom_coords"):
             if hasattr(obj, "lattice_vectors"):
-                from pyscf.data.nist import BOHR
-
                 symbols = tuple(obj.atom_pure_symbol(i) for i in range(obj.natm))
                 return cls(
                     symbols=symbols,
@@ -385,9 +385,6 @@ def _check_xyz_counts(path: str) -> None:
 
 def _load_shells(basis: str, symbol: str):
     """PySCF's shells of ``basis`` for one element, or ``None`` when unavailable."""
-    import warnings
-
-    from pyscf import gto
 
     try:
         with warnings.catch_warnings():
@@ -429,7 +426,6 @@ def read_systems(path: str | os.PathLike, charge: int | None = None, spin: int |
         MalformedFileError: missing, empty or unparsable file.
         UnknownElementError, GeometryError, ElectronCountError: bad content.
     """
-    import ase.io
 
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from basis.errors import InputError
+
 COMMANDS = ("scf", "train", "predict", "validate", "bands", "demo")
 
 
@@ -39,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from basis.errors import InputError
 
     parser = build_parser()
     args = parser.parse_args(argv)

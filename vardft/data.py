@@ -16,15 +16,23 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from typing import Callable, Sequence
 
+import h5py
+import jax.numpy as jnp
 import numpy as np
+from ase.build import molecule
+from ase.collections import g2
+from ase.data import atomic_masses
+from tqdm.auto import tqdm
 
 from basis.crystal import read_crystal
 from basis.errors import InputError, MalformedFileError
 from basis.functional import parse_functional
 from basis.integrals import DEFAULT_GRID_LEVEL, Integrals, build_integrals
 from basis.system import System, read_systems
+from vardft.checkpoint import atomic_output
 
 DISPLACEMENT_H = 0.06
 """Gaussian displacement width of a hydrogen atom, Å (heavier atoms: × sqrt(m_H/m))."""
@@ -56,7 +64,6 @@ class Dataset:
 
 def thermal_conformations(base: System, n: int, rng: np.random.Generator, width_h: float = DISPLACEMENT_H) -> list[System]:
     """``n`` displaced copies of ``base`` (mass-weighted Gaussian displacements, Å)."""
-    from ase.data import atomic_masses
 
     masses = atomic_masses[base.atomic_numbers]
     sigma = width_h * np.sqrt(atomic_masses[1] / masses)
@@ -69,15 +76,12 @@ def thermal_conformations(base: System, n: int, rng: np.random.Generator, width_
 
 
 def _g2(name: str) -> System:
-    from ase.build import molecule
 
     return System.from_atoms(molecule(name))
 
 
 def g2_small_names() -> list[str]:
     """Closed-shell molecules of ASE's G2 set made of H, C, N, O, F with ≤ 6 heavy atoms, sorted."""
-    from ase.build import molecule
-    from ase.collections import g2
 
     names = []
     for name in g2.names:
@@ -257,9 +261,7 @@ def _arrays_checksum(arrays: dict) -> str:
 
 
 def _save_integrals(path: str, ints: Integrals) -> None:
-    import h5py
 
-    from vardft.checkpoint import atomic_output
 
     arrays = {name: np.asarray(getattr(ints, name)) for name in _ARRAY_FIELDS}
     with atomic_output(path) as tmp:
@@ -278,10 +280,6 @@ def _save_integrals(path: str, ints: Integrals) -> None:
 def _load_integrals(path: str) -> Integrals | None:
     """The integrals cached in ``path``, or ``None`` when the file is from another cache
     version, unreadable, or fails its checksum (then with a warning): rebuild it."""
-    import warnings
-
-    import h5py
-    import jax.numpy as jnp
 
     try:
         with h5py.File(path, "r") as f:
@@ -339,8 +337,6 @@ class IntegralCache:
         return ints
 
     def get_many(self, systems: Sequence[System], xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL, progress: bool = False) -> list[Integrals]:
-        from tqdm.auto import tqdm
-
         it = tqdm(systems, desc="integrals", unit="mol", disable=not progress, leave=False)
         return [self.get(s, xc, basis, grid_level) for s in it]
 
@@ -368,7 +364,6 @@ def pad_integrals(ints: Integrals, nao: int, naux: int | None = None, ngrid: int
     The energy and Fock matrix of a padded density equal the unpadded ones.
     ``naux`` / ``ngrid`` of ``None`` keep the molecule's own.
     """
-    import jax.numpy as jnp
 
     p = nao - ints.nao
     q = 0 if naux is None else naux - ints.cderi.shape[0]

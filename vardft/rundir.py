@@ -36,6 +36,7 @@ import errno
 import fcntl
 import json
 import os
+from importlib.metadata import version
 from typing import Any, Iterator, Mapping, Sequence
 
 from basis.errors import CheckpointError
@@ -69,8 +70,6 @@ another claim of the same directory (``demo`` around ``train``) does not lock it
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("vardft")
     except Exception:  # not installed (a source checkout on sys.path)
         return "unknown"

@@ -25,7 +25,20 @@ import time
 
 import numpy as np
 
+from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path, default_pseudo, read_crystal, to_cell
+from basis.errors import InputError, ResourceLimitError
+from basis.pbc_integrals import (
+    BLOCH_AO_BUDGET_BYTES,
+    band_integral_chunks,
+    bloch_ao_nbytes,
+    check_periodic_functional,
+    make_periodic_mean_field,
+    periodic_integrals_from_mean_field,
+)
 from basis.units import HARTREE_TO_EV
+from solvers.bands import band_structure
+from solvers.periodic import run_periodic_scf
+from vardft.api import load
 
 BAND_CHUNK_BYTES = 512 * 2**20
 """Bloch AO memory per chunk of path k-points."""
@@ -100,8 +113,6 @@ def check_bloch_memory(mf, xc: str) -> None:
     Raises:
         ResourceLimitError: one line with the estimate in GiB and what to change.
     """
-    from basis.errors import ResourceLimitError
-    from basis.pbc_integrals import BLOCH_AO_BUDGET_BYTES, bloch_ao_nbytes, check_periodic_functional
 
     functional = check_periodic_functional(xc)
     mesh = [int(m) for m in mf.with_df.mesh]
@@ -141,15 +152,6 @@ def scf_band_structure(
     Raises:
         InputError subclasses for bad crystals, functionals, bases, meshes or paths.
     """
-    from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path
-    from basis.pbc_integrals import (
-        band_integral_chunks,
-        bloch_ao_nbytes,
-        make_periodic_mean_field,
-        periodic_integrals_from_mean_field,
-    )
-    from solvers.bands import band_structure
-    from solvers.periodic import run_periodic_scf
 
     npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
     timings = {}
@@ -204,8 +206,6 @@ def model_band_structure(
         CheckpointError: no run directory or not a crystal model; InputError subclasses
         for bad crystals or paths, or elements the model does not know.
     """
-    from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path, default_pseudo, to_cell
-    from vardft.api import load
 
     npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
     timings = {}
@@ -225,8 +225,6 @@ def model_band_structure(
     out = _band_record(system, cfg.xc, cfg.basis, pseudo, cfg.kmesh, bp, bands, bands[:, nocc - 1].max())
     out.update({"n_electrons": n_electrons, "model": run_dir})
     if compare_pyscf:
-        from basis.pbc_integrals import make_periodic_mean_field
-
         t0 = time.perf_counter()
         mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh, mesh=cfg.mesh)
         ref_bands, out["pyscf"] = _pyscf_bands(mf, kpts_path, bands)
@@ -338,8 +336,6 @@ def _summary(data: dict, plot: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from basis.crystal import read_crystal
-    from basis.errors import InputError
 
     system = read_crystal(args.input)
     if args.model is not None:

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import argparse
 
+from basis.errors import InputError
+from vardft.commands._common import print_json
+from vardft.config import make_config
+from vardft.data import IntegralCache, default_cache_dir, load_dataset
+from vardft.rundir import claim_run_directory
+from vardft.train import train
+from vardft.validate import format_table, validate_run
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -32,7 +40,6 @@ def register(sub) -> None:
 
 
 def _check_args(args) -> None:
-    from basis.errors import InputError
 
     if not args.minutes > 0:
         raise InputError(f"--minutes must be positive, not {args.minutes:g}")
@@ -43,7 +50,6 @@ def _check_args(args) -> None:
 
 
 def run(args) -> int:
-    from vardft.rundir import claim_run_directory
 
     _check_args(args)
     with claim_run_directory(args.out, "molecule", resume=False, created_by="demo", replace=True):
@@ -51,11 +57,6 @@ def run(args) -> int:
 
 
 def _demo(args) -> int:
-    from vardft.commands._common import print_json
-    from vardft.config import make_config
-    from vardft.data import IntegralCache, default_cache_dir, load_dataset
-    from vardft.train import train
-    from vardft.validate import format_table, validate_run
 
     config = make_config("molecule", "water", max_minutes=args.minutes, steps=args.steps)
     dataset = load_dataset("water", seed=config.seed)
