@@ -6,20 +6,17 @@ real-space blocks by the same Bloch sum is checked against PySCF's
 ``pbc_intor`` in tests/solvers/test_bands.py.
 """
 
-import e3nn_jax as e3nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from basis.units import BOHR_ANGSTROM
 from basis.crystal import read_crystal
-from basis.layout import ao_offsets, ao_permutation, ao_rotation
 from basis.system import System
 from solvers.bands import bloch_sum
 from vardft.hamiltonian import bloch_sum_batch, prepare_batch, unpad_real_space
-from vardft.model import predict_hamiltonian
-from vardft.model import ModelConfig, init_params
+from vardft.model import ModelConfig, init_params, predict_hamiltonian
+from vardft.testing import CRYSTAL_OPERATIONS, assert_equivariant
 
 EQUIVARIANCE_RTOL = 1e-10  # relative to max |H(R)|
 RELABEL_RTOL = 1e-10
@@ -38,22 +35,9 @@ def _displaced(name, seed, substitute=None):
     return System(symbols, base.positions + rng.normal(scale=DISPLACEMENT_ANGSTROM, size=base.positions.shape), cell=base.cell)
 
 
-def _rotation(seed):
-    return np.asarray(e3nn.rand_matrix(jax.random.PRNGKey(seed), (), dtype=jnp.float64))
-
-
-TRANSFORMS = [
-    ("rotation", _rotation(21), np.array([0.3, -1.1, 2.0])),
-    ("inversion", -np.eye(3), np.zeros(3)),
-    ("rotoinversion", -_rotation(22), np.array([-2.0, 0.5, 0.7])),
-    ("translation", np.eye(3), np.array([4.0, -3.0, 1.5])),
-]
-ATOM_SHIFTS = [np.array([[0, 0, 0], [1, 0, 0]]), np.array([[0, -1, 2], [1, 1, 0]]), np.array([[1, -1, 0], [1, -1, 0]])]
-
-
 @pytest.fixture(scope="module")
 def case():
-    """Displaced Si, diamond and Si with one C, each transformed; one batch, one compilation."""
+    """Displaced Si, diamond and Si with one C, and perfect Si; one batch, one compilation."""
     cfg = ModelConfig.preset("S", basis=BASIS, elements=("C", "Si"), cutoff=CUTOFF_ANGSTROM)
     params = init_params(jax.random.PRNGKey(3), cfg)
     bases = [_displaced("si", 0), _displaced("diamond", 1), _displaced("si", 2, substitute="C")]
@@ -61,14 +45,6 @@ def case():
     for b, s in enumerate(bases):
         systems.append(s)
         meta.append((b, "base", None))
-        for name, r, t in TRANSFORMS:
-            systems.append(System(s.symbols, s.positions @ r.T + t, cell=s.cell @ r.T))
-            meta.append((b, name, r))
-        for m in ATOM_SHIFTS:
-            systems.append(System(s.symbols, s.positions + m @ s.cell, cell=s.cell))
-            meta.append((b, "atom_shift", m))
-        systems.append(System(s.symbols[::-1], s.positions[::-1], cell=s.cell))
-        meta.append((b, "permutation", [1, 0]))
     systems.append(read_crystal("si"))
     meta.append((None, "perfect", None))
     batch = prepare_batch(systems, cfg)
@@ -115,59 +91,25 @@ def test_h_minus_r_is_transpose_and_hk_hermitian(case):
     assert np.abs(Hk[0, :, : HR.shape[1], : HR.shape[1]] - ref).max() < BLOCH_TOL
 
 
-@pytest.mark.parametrize("name", [t[0] for t in TRANSFORMS])
-def test_equivariance_rotation_inversion_translation(case, name):
-    _, batch, H, systems, meta = case
-    for b in range(3):
-        H0, s0 = unpad_real_space(H, batch, _index(meta, b, "base")[0])
-        k = _index(meta, b, name)[0]
-        H1, s1 = unpad_real_space(H, batch, k)
-        assert np.array_equal(s0, s1)  # same integer shifts, rotated Cartesian translations
-        d = ao_rotation(BASIS, systems[k].symbols, meta[k][2])
-        err = np.abs(H1 - d @ H0 @ d.T).max() / np.abs(H0).max()
-        assert err < EQUIVARIANCE_RTOL, (name, b, err)
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig.preset("S", basis=BASIS, elements=("C", "Si"), cutoff=CUTOFF_ANGSTROM)
+    return cfg, init_params(jax.random.PRNGKey(3), cfg)
 
 
-def test_lattice_translation_of_atoms_relabels_shifts(case):
-    """Atom a moved by m_a · lattice: H'(R)_ij = H(R + m_j − m_i)_ij, H'(k) = U H(k) U†."""
-    _, batch, H, systems, meta = case
-    kpts = np.random.default_rng(6).normal(scale=0.5, size=(3, 3))
-    for b in range(3):
-        k0 = _index(meta, b, "base")[0]
-        H0, s0 = unpad_real_space(H, batch, k0)
-        old = {tuple(s): q for q, s in enumerate(s0)}
-        offsets = ao_offsets(BASIS, systems[k0].symbols)
-        scale = np.abs(H0).max()
-        Hk0 = np.asarray(bloch_sum_batch(H, batch, kpts))[k0]
-        for k in _index(meta, b, "atom_shift"):
-            m = meta[k][2]
-            H1, s1 = unpad_real_space(H, batch, k)
-            for q, n in enumerate(s1):
-                for i in range(2):
-                    for j in range(2):
-                        bi, bj = slice(offsets[i], offsets[i + 1]), slice(offsets[j], offsets[j + 1])
-                        src = old.get(tuple(n + m[j] - m[i]))
-                        want = 0.0 if src is None else H0[src, bi, bj]
-                        assert np.abs(H1[q, bi, bj] - want).max() < RELABEL_RTOL * scale
-            lattice = np.asarray(batch.lattice)[k]
-            phase = np.exp(1j * kpts @ (m @ lattice).T)  # (nk, natom)
-            u = np.repeat(phase, np.diff(offsets), axis=1)  # (nk, nao)
-            Hk1 = np.asarray(bloch_sum_batch(H, batch, kpts))[k]
-            n = H0.shape[1]
-            want = u[:, :, None] * Hk0[:, :n, :n] * np.conj(u[:, None, :])
-            assert np.abs(Hk1[:, :n, :n] - want).max() < RELABEL_RTOL * scale
+@pytest.mark.parametrize("base", [("si", 0, None), ("diamond", 1, None), ("si", 2, "C")], ids=["si", "diamond", "si-c"])
+def test_equivariance(model, base):
+    """Rotation, inversion, rotoinversion, translation, permutation, lattice shifts of single
+    atoms (H'(R)_ij = H(R + m_j − m_i)_ij) and all at once, through vardft.testing."""
+    cfg, params = model
 
+    def real_space(systems):
+        batch = prepare_batch(systems, cfg)
+        H = np.asarray(predict_hamiltonian(params, batch))
+        return [unpad_real_space(H, batch, k) for k in range(len(systems))]
 
-def test_permutation_of_atoms(case):
-    _, batch, H, systems, meta = case
-    for b in range(3):
-        k0 = _index(meta, b, "base")[0]
-        H0, s0 = unpad_real_space(H, batch, k0)
-        k = _index(meta, b, "permutation")[0]
-        H1, s1 = unpad_real_space(H, batch, k)
-        assert np.array_equal(s0, s1)
-        idx = ao_permutation(BASIS, systems[k0].symbols, [1, 0])
-        assert np.abs(H1 - H0[:, idx][:, :, idx]).max() < RELABEL_RTOL * np.abs(H0).max()
+    assert_equivariant(real_space, _displaced(*base), basis=BASIS, ops=CRYSTAL_OPERATIONS + ("combined",),
+                       rtol=EQUIVARIANCE_RTOL, batched=True)
 
 
 def test_molecules_and_crystals_do_not_mix():
