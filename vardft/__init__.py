@@ -12,7 +12,7 @@ from basis.integrals import build_integrals
 from basis.system import System, read_systems
 from solvers.scf import SCFResult, scf_from_integrals
 from vardft.api import CrystalModel, MoleculeModel, initial_guess, load
-from vardft.config import TrainConfig, make_config
+from vardft.config import DEFAULT_XC, MOLECULE_BASIS, TrainConfig, make_config
 from vardft.data import load_dataset
 from vardft.train import train
 
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def scf(system, xc: str = "pbe", basis: str = "def2-svp", **kwargs) -> SCFResult:
+def scf(system, xc: str = DEFAULT_XC, basis: str = MOLECULE_BASIS, **kwargs) -> SCFResult:
     """Run vardft's JAX SCF with PySCF's default settings for ``xc`` and ``basis``.
 
     Builds the integrals (:func:`basis.integrals.build_integrals`), then solves

@@ -28,6 +28,22 @@ from basis.errors import InputError
 
 KINDS = ("molecule", "crystal")
 
+DEFAULT_XC = "pbe"
+"""Functional of every command and run unless told otherwise (PySCF name)."""
+
+MOLECULE_BASIS = "def2-svp"
+"""AO basis of molecules unless told otherwise (``vardft scf``, molecular runs)."""
+
+CRYSTAL_BASIS = "gth-szv"
+"""AO basis of crystals unless told otherwise (``vardft bands``, crystal runs)."""
+
+MAX_SCF_CYCLES = 100
+"""Largest number of SCF cycles of ``vardft scf`` (PySCF's default ``max_cycle`` is 50)."""
+
+DEMO = dict(steps=500, minutes=8.0, frames=8, out="runs/demo")
+"""``vardft demo``: a short water run (the full water defaults use 3000 steps), its
+wall-time cap, the held-out conformations validated and the run directory."""
+
 BASELINES = ("minao", "none")
 """``minao``: H = H_base + ΔH_θ with H_base the Kohn–Sham matrix of PySCF's minao guess
 density (one Fock build per structure, no SCF); ``none``: H = ΔH_θ."""
@@ -100,8 +116,8 @@ class TrainConfig:
     """
 
     kind: str = "molecule"
-    xc: str = "pbe"
-    basis: str = "def2-svp"
+    xc: str = DEFAULT_XC
+    basis: str = MOLECULE_BASIS
     preset: str = "L"
     cutoff: float = 8.0
     model_overrides: tuple = ()
@@ -153,7 +169,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "molecule": {},
     "crystal": dict(
         kind="crystal",
-        basis="gth-szv",
+        basis=CRYSTAL_BASIS,
         preset="S",
         cutoff=10.0,
         steps=500,

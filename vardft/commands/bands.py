@@ -39,6 +39,7 @@ from basis.units import HARTREE_TO_EV
 from solvers.bands import band_structure
 from solvers.periodic import run_periodic_scf
 from vardft.api import load
+from vardft.config import CRYSTAL_BASIS, DEFAULT_XC
 
 BAND_CHUNK_BYTES = 512 * 2**20
 """Bloch AO memory per chunk of path k-points."""
@@ -61,8 +62,8 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--scf", action="store_true", help="bands from vardft's JAX k-point SCF")
     source.add_argument("--model", metavar="RUN_DIR", help="bands from a crystal model trained by vardft (its xc, basis, pseudo)")
-    p.add_argument("--xc", default="pbe", help="LDA or GGA functional, PySCF names (default pbe)")
-    p.add_argument("--basis", default="gth-szv", help="GTH basis (default gth-szv)")
+    p.add_argument("--xc", default=DEFAULT_XC, help=f"LDA or GGA functional, PySCF names (default {DEFAULT_XC})")
+    p.add_argument("--basis", default=CRYSTAL_BASIS, help=f"GTH basis (default {CRYSTAL_BASIS})")
     p.add_argument("--pseudo", default=None, help="GTH pseudopotential (default: gth-pade for LDA, gth-pbe for PBE)")
     p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
                    help="SCF k-point mesh (default 3 per periodic direction, 1 along vacuum)")

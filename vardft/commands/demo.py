@@ -12,7 +12,7 @@ import argparse
 
 from basis.errors import InputError
 from vardft.commands._common import print_json
-from vardft.config import make_config
+from vardft.config import DEMO, make_config
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.rundir import claim_run_directory
 from vardft.train import train
@@ -30,11 +30,11 @@ def register(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="runs/demo",
+    p.add_argument("--out", default=DEMO["out"],
                    help="run directory: new, empty, or an earlier demo run (replaced); anything else is refused")
-    p.add_argument("--minutes", type=float, default=8.0, help="training wall-time cap")
-    p.add_argument("--steps", type=int, default=500, help="training steps (the full water defaults use 3000)")
-    p.add_argument("--frames", type=int, default=8, help="held-out conformations to validate")
+    p.add_argument("--minutes", type=float, default=DEMO["minutes"], help="training wall-time cap")
+    p.add_argument("--steps", type=int, default=DEMO["steps"], help="training steps (the full water defaults use 3000)")
+    p.add_argument("--frames", type=int, default=DEMO["frames"], help="held-out conformations to validate")
     p.add_argument("--json", action="store_true", help="print the validation result as JSON")
     p.set_defaults(func=run)
 

@@ -11,6 +11,7 @@ from basis.integrals import build_integrals
 from basis.units import HARTREE_TO_EV
 from solvers.scf import scf_from_integrals
 from vardft.commands._common import print_json, read_input
+from vardft.config import DEFAULT_XC, MAX_SCF_CYCLES, MOLECULE_BASIS
 
 
 def register(sub) -> None:
@@ -26,10 +27,10 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("input", metavar="INPUT", help="structure file (xyz, extxyz, ...) or built-in name")
-    p.add_argument("--xc", default="pbe", help="functional, PySCF names: hf, lda,vwn, pbe, blyp, b3lyp, pbe0, ...")
-    p.add_argument("--basis", default="def2-svp", help="any basis set PySCF knows")
+    p.add_argument("--xc", default=DEFAULT_XC, help="functional, PySCF names: hf, lda,vwn, pbe, blyp, b3lyp, pbe0, ...")
+    p.add_argument("--basis", default=MOLECULE_BASIS, help="any basis set PySCF knows")
     p.add_argument("--charge", type=int, default=None, help="total charge (default: from the file, else 0)")
-    p.add_argument("--max-cycle", type=int, default=100, help="largest number of SCF cycles")
+    p.add_argument("--max-cycle", type=int, default=MAX_SCF_CYCLES, help="largest number of SCF cycles")
     p.add_argument("--json", action="store_true", help="print one JSON object per frame instead of a table")
     p.set_defaults(func=run)
 
