@@ -2,8 +2,8 @@
 
 Public names (may grow, not break): :class:`System`, :func:`read_systems`,
 :func:`scf`, :func:`load` (a :class:`~vardft.api.MoleculeModel` or
-:class:`~vardft.api.CrystalModel`), :func:`initial_guess`, :func:`train`,
-:func:`load_dataset`, :func:`make_config`. Float64 JAX is switched on by
+:class:`~vardft.api.CrystalModel`), :func:`initial_guess`,
+:func:`load_dataset`, :func:`make_config` (training: :func:`vardft.train.train`). Float64 JAX is switched on by
 ``basis/__init__.py``, the one place that does it.
 """
 
@@ -14,7 +14,6 @@ from solvers.scf import SCFResult, scf_from_integrals
 from vardft.api import CrystalModel, MoleculeModel, initial_guess, load
 from vardft.config import DEFAULT_XC, MOLECULE_BASIS, TrainConfig, make_config
 from vardft.data import load_dataset
-from vardft.train import train
 
 __all__ = [
     "CrystalModel",
@@ -29,7 +28,6 @@ __all__ = [
     "make_config",
     "read_systems",
     "scf",
-    "train",
 ]
 
 

@@ -258,7 +258,8 @@ def train(
         record, saved, saved_model = read_run(run_dir)
         if saved.kind != dataset.kind:
             raise CheckpointError(f"--resume: {run_dir} holds a {saved.kind} run; {dataset.name} is a {dataset.kind} dataset")
-        config = _check_resume(run_dir, record, saved, config, dataset, model_config_for(saved, elements))
+        requested = None if config is None else task_for(config).resolve(dataset.train)
+        config = _check_resume(run_dir, record, saved, requested, dataset, model_config_for(saved, elements))
         model_config = saved_model
     else:
         config = check_config(config or default_config(dataset.kind))

@@ -39,7 +39,7 @@ BAD_INPUTS = {
     "overlapping_atoms": ("3\n\nO 0 0 0\nH 0 0 0.05\nH 0.9 0 0\n", [], "apart"),
     "odd_electrons": ("2\n\nO 0 0 0\nH 0 0 0.97\n", [], "closed-shell"),
     "empty_file": ("", [], "empty"),
-    "malformed_file": ("this is not\nan xyz file at all\n", [], "cannot read"),
+    "malformed_file": ("this is not\nan xyz file at all\n", [], "expected the number of atoms"),
     "nan_coordinates": ("3\n\nO 0 0 nan\nH 0 0 0.96\nH 0.93 0 -0.24\n", [], "NaN"),
     "unknown_functional": (WATER_XYZ, ["--xc", "nonsense"], "unknown functional"),
     "meta_gga": (WATER_XYZ, ["--xc", "tpss"], "MGGA"),

@@ -49,7 +49,7 @@ def test_validate_gives_finite_metrics(crystal_run, capsys):
 
 def test_resume_of_a_finished_run_and_existing_checkpoint(crystal_run, capsys):
     assert main(["train", "si", "--out", crystal_run, *TINY]) == 2
-    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert "already holds a vardft crystal run" in capsys.readouterr().err
     assert main(["train", "si", "--out", crystal_run, *TINY, "--resume"]) == 0
 
 
@@ -60,7 +60,7 @@ def test_crystal_validate_of_a_molecular_run_is_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["validate", run_dir, "si"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "molecular model" in err
+    assert "\n" not in err and "molecule model" in err and "crystal" in err
 
 
 def test_molecular_data_on_a_crystal_run_is_one_line(crystal_run, capsys):

@@ -107,9 +107,6 @@ def test_demo_replaces_its_own_run_and_only_its_files(tmp_path, monkeypatch, cap
     same --out starts from an empty run (vardft's files removed, nothing else there)."""
     import types
 
-    import vardft.data
-    import vardft.train
-    import vardft.validate
     from vardft.checkpoint import VALIDATION_FILE, atomic_write_bytes
     from vardft.cli import main
     from vardft.rundir import read_marker
@@ -126,9 +123,11 @@ def test_demo_replaces_its_own_run_and_only_its_files(tmp_path, monkeypatch, cap
         atomic_write_bytes(os.path.join(run_dir, VALIDATION_FILE), b"{}")
         return {"mean": {}, "xc": "pbe", "basis": "def2-svp"}
 
-    monkeypatch.setattr(vardft.train, "train", fake_train)
-    monkeypatch.setattr(vardft.validate, "validate_run", fake_validate)
-    monkeypatch.setattr(vardft.data, "load_dataset", lambda name, seed=0: types.SimpleNamespace(train=(1, 2)))
+    import vardft.commands.demo as demo
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(demo, "validate_run", fake_validate)
+    monkeypatch.setattr(demo, "load_dataset", lambda name, seed=0: types.SimpleNamespace(train=(1, 2)))
     out = str(tmp_path / "demo")
     for _ in range(2):
         assert main(["demo", "--out", out, "--steps", "1", "--json"]) == 0

@@ -158,7 +158,8 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
     q = offmesh_kpts(cell, cfg.kmesh)
     frac = scaled_kpts(cell, q)
     assert np.allclose(np.sort(np.unique(np.round(frac, 12))), [0.25, 0.75]) and len(q) == 8
-    off = CrystalTask(cfg)._offmesh(system, ints, ints.nao, None)
+    task = CrystalTask(cfg)
+    off = task._offmesh(system, ints, ints.nao, task.baseline_potential(ints))
     F = np.asarray(offmesh_fock(jnp.asarray(np.asarray(mf.make_rdm1())), ints, off))
     ref = np.asarray(mf.get_bands(q)[0])
     S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=q))

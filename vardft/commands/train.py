@@ -91,13 +91,12 @@ def given_settings(args) -> dict:
     out = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
     if "xc" in out:
         out["xc"] = parse_functional(out["xc"]).name
-    for key in ("kmesh", "mesh"):
-        if key in out:
-            if min(out[key]) < 1:
-                raise InputError(f"--{key} {' '.join(map(str, out[key]))} must be three positive integers")
-            out[key] = tuple(int(v) for v in out[key])
     if "kmesh" in out:
         out["kmesh"] = check_kmesh(out["kmesh"])
+    if "mesh" in out:
+        if min(out["mesh"]) < 1:
+            raise InputError(f"--mesh {' '.join(map(str, out['mesh']))} must be three positive integers")
+        out["mesh"] = tuple(int(v) for v in out["mesh"])
     return out
 
 
