@@ -271,6 +271,14 @@ def initial_guess(run_dir_or_model, mol) -> np.ndarray:
         mol: a built ``pyscf.gto.Mole`` in the model's basis.
     """
     model = run_dir_or_model if isinstance(run_dir_or_model, Model) else load(run_dir_or_model, "molecule")
-    if mol.nao != 0 and str(mol.basis).lower() != model.basis.lower():
+    if getattr(mol, "cart", False):
+        raise InputError("mol uses Cartesian d/f functions (cart=True); the model predicts spherical AOs (cart=False)")
+    bases = set(mol.basis.values()) if isinstance(mol.basis, dict) else {mol.basis}
+    if any(_basis_key(b) != _basis_key(model.basis) for b in bases):
         raise InputError(f"mol uses basis {mol.basis!r}; the model predicts {model.basis!r}")
     return model.predict(System.from_mole(mol)).density_matrix
+
+
+def _basis_key(name) -> str:
+    """A basis name as PySCF compares them (case, '-' and '_' ignored: def2-SVP = def2svp)."""
+    return str(name).lower().replace("-", "").replace("_", "")

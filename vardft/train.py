@@ -36,7 +36,7 @@ import optax
 from flax import serialization
 from tqdm.auto import tqdm
 
-from basis.errors import CheckpointError
+from basis.errors import CheckpointError, InputError
 from vardft import checkpoint as ckpt
 from vardft.config import TrainConfig, check_config, default_config, legacy_config
 from vardft.data import Dataset, IntegralCache, check_dataset
@@ -168,6 +168,11 @@ def read_run(run_dir: str) -> tuple[dict, TrainConfig, ModelConfig]:
     return record, legacy_config(record), model_config_from_dict(record["model"])
 
 
+MAX_CONSECUTIVE_SKIPS = 20
+"""Non-finite steps in a row after which training stops: the optimizer state is the last
+good one each time, so more attempts at the same point would only repeat the failure
+(the data order changes, the parameters do not)."""
+
 RESUME_IGNORED = ("max_minutes", "checkpoint_every", "eval_every")
 """Settings that may change when a run is resumed (they do not change the result)."""
 
@@ -199,6 +204,11 @@ def _check_resume(run_dir: str, record: dict, saved: TrainConfig, config: TrainC
 
 
 # ----------------------------------------------------------------- driver
+class TrainingDiverged(InputError):
+    """Training could not make a finite step :data:`MAX_CONSECUTIVE_SKIPS` times in a row."""
+
+
+
 @dataclasses.dataclass
 class TrainResult:
     """Parameters and per-step history of a training call.
@@ -302,6 +312,7 @@ def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_ste
             ckpt.save_checkpoint(run_dir, {"params": params, "opt_state": opt_state, "step": step, "skipped": skipped})
 
     history = []
+    in_a_row = 0
     interrupted = False
     deadline = None if config.max_minutes is None else start + 60.0 * config.max_minutes
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
@@ -311,8 +322,11 @@ def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_ste
             params, opt_state, metrics = step_fn(params, opt_state, sets[bucket].arrays, jnp.asarray(idx))
             step += 1
             m = {k: float(v) for k, v in metrics.items()}
-            if not m.pop("finite"):
+            if m.pop("finite"):
+                in_a_row = 0
+            else:
                 skipped += 1
+                in_a_row += 1
             record = {"step": step, **m, "skipped": skipped, "time": time_offset + time.perf_counter() - start}
             if val_sets and (step % config.eval_every == 0 or step == config.steps):
                 values = evaluate_sets(eval_fn, params, val_sets, config.batch_size)
@@ -324,6 +338,14 @@ def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_ste
             bar.update(1)
             if on_step is not None:
                 on_step(record)
+            if in_a_row >= MAX_CONSECUTIVE_SKIPS:
+                step -= in_a_row  # the parameters are those of the last finite step
+                save()
+                raise TrainingDiverged(
+                    f"{in_a_row} training steps in a row gave non-finite values (loss, gradients or "
+                    f"parameters); stopped, the last good state (step {step}) is kept"
+                    + (f" in {run_dir}" if run_dir else "") + "; try a smaller --lr"
+                )
             if step % config.checkpoint_every == 0:
                 save()
             if stop.requested or (deadline is not None and time.perf_counter() > deadline):

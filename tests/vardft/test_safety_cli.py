@@ -8,7 +8,7 @@ and ``bands --basis def2-svp`` on Si (259 GiB) ended in tracebacks.
 import json
 import os
 
-from tests.cli_helpers import assert_refused, run_cli
+from tests.cli_helpers import assert_refused, run_cli_in_process
 from vardft.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, save_checkpoint
 from vardft.rundir import MARKER_FILE, claim_run_directory
 
@@ -46,7 +46,7 @@ def _molecule_run(path, created_by="train"):
 def test_demo_refuses_a_project_folder_and_deletes_nothing(tmp_path):
     project = tmp_path / "project"
     files = _project(str(project))
-    result = run_cli("demo", "--out", project, "--steps", "1", cwd=tmp_path)
+    result = run_cli_in_process("demo", "--out", project, "--steps", "1", cwd=tmp_path)
     assert_refused(result, str(project), "config.json that vardft did not write")
     assert _tree(str(project)) == files
 
@@ -56,7 +56,7 @@ def test_demo_refuses_its_own_run_with_a_users_file_in_it(tmp_path):
     _molecule_run(run, created_by="demo")
     (run / "notes.txt").write_text("mine")
     before = _tree(str(run))
-    result = run_cli("demo", "--out", run, "--steps", "1", cwd=tmp_path)
+    result = run_cli_in_process("demo", "--out", run, "--steps", "1", cwd=tmp_path)
     assert_refused(result, "notes.txt that vardft did not write")
     assert _tree(str(run)) == before
 
@@ -65,7 +65,7 @@ def test_demo_refuses_a_training_run(tmp_path):
     run = tmp_path / "run"
     _molecule_run(run)
     before = _tree(str(run))
-    result = run_cli("demo", "--out", run, "--steps", "1", cwd=tmp_path)
+    result = run_cli_in_process("demo", "--out", run, "--steps", "1", cwd=tmp_path)
     assert_refused(result, "already holds a vardft molecule run")
     assert _tree(str(run)) == before
 
@@ -76,7 +76,7 @@ def test_predict_out_is_a_directory(tmp_path):
     _molecule_run(run)
     (tmp_path / "water.xyz").write_text(WATER_XYZ)
     (tmp_path / "outdir").mkdir()
-    result = run_cli("predict", run, "water.xyz", "--out", "outdir", cwd=tmp_path)
+    result = run_cli_in_process("predict", run, "water.xyz", "--out", "outdir", cwd=tmp_path)
     assert_refused(result, "--out outdir is a directory")
 
 
@@ -86,18 +86,18 @@ def test_predict_out_inside_the_run_never_touches_it(tmp_path):
     (tmp_path / "water.xyz").write_text(WATER_XYZ)
     before = _tree(str(run))
     for target in (CHECKPOINT_FILE, CONFIG_FILE, "pred.h5"):
-        result = run_cli("predict", run, "water.xyz", "--out", run / target, cwd=tmp_path)
+        result = run_cli_in_process("predict", run, "water.xyz", "--out", run / target, cwd=tmp_path)
         assert_refused(result, "lies inside the run")
     assert _tree(str(run)) == before
 
 
 def test_bands_empty_path(tmp_path):
-    result = run_cli("bands", "si", "--scf", "--path", "", cwd=tmp_path)
+    result = run_cli_in_process("bands", "si", "--scf", "--path", "", cwd=tmp_path)
     assert_refused(result, "band path '' is empty")
 
 
 def test_bands_memory_is_estimated_before_allocating(tmp_path):
-    result = run_cli("bands", "si", "--scf", "--basis", "def2-svp", cwd=tmp_path)
+    result = run_cli_in_process("bands", "si", "--scf", "--basis", "def2-svp", cwd=tmp_path)
     line = assert_refused(result, "def2-svp", "GiB", "budget")
     assert "Bloch AO values would need" in line
 

@@ -163,3 +163,31 @@ def test_initial_guess_seeds_pyscf(trained, water):
     reference = dft.RKS(mol, xc="pbe").density_fit()
     reference.verbose = 0
     assert mf.converged and abs(e_seeded - reference.kernel()) < 1e-7
+
+
+def test_resume_with_other_data_is_refused_before_anything_is_written(trained, tmp_path, cache):
+    """issue 15: --resume with another dataset used to overwrite config.json and train on."""
+    import shutil
+
+    from vardft.data import load_dataset
+
+    run_dir, _ = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    before = {name: open(os.path.join(copy, name), "rb").read() for name in ("config.json", "checkpoint.msgpack")}
+    other = load_dataset("ethanol", seed=0, n_train=2, n_validation=1)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(other, copy, CONFIG, cache=cache, progress=False, resume=True)
+    with pytest.raises(CheckpointError, match="steps"):
+        train(load_dataset("water", seed=0, n_train=8, n_validation=2), copy, dataclasses.replace(CONFIG, steps=320),
+              cache=cache, progress=False, resume=True)
+    after = {name: open(os.path.join(copy, name), "rb").read() for name in before}
+    assert after == before
+
+
+def test_non_finite_learning_rate_is_refused():
+    from basis.errors import InputError
+    from vardft.config import make_config
+
+    with pytest.raises(InputError, match="learning rate"):
+        make_config("molecule", learning_rate=float("nan"))
