@@ -1,5 +1,6 @@
 """Label-free training: it learns, it resumes exactly, and its run directory predicts and validates."""
 
+import dataclasses
 import os
 import signal
 
@@ -163,6 +164,15 @@ def test_initial_guess_seeds_pyscf(trained, water):
     reference = dft.RKS(mol, xc="pbe").density_fit()
     reference.verbose = 0
     assert mf.converged and abs(e_seeded - reference.kernel()) < 1e-7
+    # PySCF's other spellings of the model's basis, per element too; Cartesian AOs refused
+    import pyscf
+
+    spelled = pyscf.gto.M(atom=mol.atom, basis={"O": "STO3G", "H": "sto_3g"}, unit="Angstrom")
+    np.testing.assert_allclose(initial_guess(run_dir, spelled), dm0, atol=1e-10)
+    from basis.errors import InputError
+
+    with pytest.raises(InputError, match="cart=True"):
+        initial_guess(run_dir, pyscf.gto.M(atom=mol.atom, basis=BASIS, cart=True, unit="Angstrom"))
 
 
 def test_resume_with_other_data_is_refused_before_anything_is_written(trained, tmp_path, cache):
