@@ -21,13 +21,10 @@ EXAMPLES = REPO / "examples"
 EXAMPLE_TIMEOUT_S = 600.0
 """Guards against a hang only; a smoke run takes seconds to about a minute."""
 
-SLOW = {"02-train_label_free.py"}
-"""Examples whose smoke run compiles a training step (~30 s alone, more under load)."""
-
-
 def example_scripts() -> list:
+    """Every example, in the default suite (none marked slow), so that none can rot."""
     scripts = sorted(EXAMPLES.glob("*.py"))
-    return [pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.name in SLOW else []) for p in scripts]
+    return [pytest.param(p, id=p.name) for p in scripts]
 
 
 def test_examples_exist():

@@ -25,6 +25,7 @@ def _one_line_error(capsys, argv):
     return lines[0]
 
 
+@pytest.mark.slow  # 40 s; the same comparison without the CLI: tests/solvers/test_bands.py
 def test_bands_scf_matches_pyscf_get_bands(tmp_path, capsys):
     plot = tmp_path / "bands.png"
     argv = ["bands", "si", "--scf", "--xc", "lda,vwn", "--kmesh", "1", "1", "1", "--path", "GX",

@@ -201,3 +201,12 @@ def test_non_finite_learning_rate_is_refused():
 
     with pytest.raises(InputError, match="learning rate"):
         make_config("molecule", learning_rate=float("nan"))
+
+
+def test_prediction_outside_the_training_charges_warns(trained):
+    """issue 15: a model trained on neutral molecules predicted a dication without a word."""
+    run_dir, _ = trained
+    model = load(run_dir)
+    assert model.record["charges"] == [0]
+    with pytest.warns(UserWarning, match="trained on charge"):
+        model.predict(water_molecule().replace(charge=2))

@@ -112,6 +112,7 @@ def test_orthonormal_residual_is_the_lowdin_basis_frobenius_norm(si_ints):
     assert got > 2 * float(np.mean(np.abs(D) ** 2))  # S(k) eigenvalues < 1 amplify: the AO norm understates
 
 
+@pytest.mark.slow  # 36 s; the one training loop resumes bit for bit in tests/vardft/test_train.py
 def test_minibatch_resume_continues_exactly(tmp_path):
     """Batches of 2 of 3 crystals, drawn per step: 2 steps + resume 2 = 4 steps in one go."""
     systems = si_set(3, 1)
