@@ -250,6 +250,8 @@ def plot_bands(data: dict, filename: str) -> None:
     Vertical lines mark the high-symmetry points (``X|K`` at a path break), a
     dashed line the Fermi level; PySCF's bands, when present, as dots.
     """
+    # imported here, not at the top: only --plot needs it (about 1 s of start-up for every
+    # other command), and the file backend must be chosen before pyplot is imported
     import matplotlib
 
     matplotlib.use("Agg")
