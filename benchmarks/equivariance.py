@@ -23,7 +23,8 @@ import time
 
 import jax
 import numpy as np
-from ase.build import molecule
+from ase.build import molecule as g2_molecule
+from ase.collections import s22
 from ase.io import write
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,6 +39,13 @@ from vardft.cli import main as vardft_main  # noqa: E402
 from vardft.testing import MOLECULE_OPERATIONS, equivariance_errors  # noqa: E402
 
 TARGETS = {"def2-svp": 1e-10, "def2-tzvp": 1e-9}
+
+
+def molecule(name: str):
+    """An ASE G2 molecule, or ``uracil`` (one monomer of S22's uracil dimer: C4H4N2O2, planar)."""
+    if name == "uracil":
+        return s22["Uracil_dimer_h-bonded"][:12]
+    return g2_molecule(name)
 OPS = MOLECULE_OPERATIONS + ("combined",)
 
 

@@ -78,9 +78,15 @@ def test_crystal_structures_are_deterministic():
     assert not np.array_equal(a[0].cell, a[1].cell)
 
 
-def test_training_lowers_the_energy_and_bands_from_the_model(tmp_path, capsys):
-    run_dir = str(tmp_path / "run")
-    result = train(si_set(2, 0), run_dir, CONFIG, progress=False)
+@pytest.fixture(scope="module")
+def trained_si(tmp_path_factory):
+    """A 4-step run on two Si cells (shared: training compiles once for this module's config)."""
+    run_dir = str(tmp_path_factory.mktemp("si") / "run")
+    return run_dir, train(si_set(2, 0), run_dir, CONFIG, progress=False)
+
+
+def test_training_lowers_the_energy_and_bands_from_the_model(trained_si, capsys):
+    run_dir, result = trained_si
     energies = [h["energy"] for h in result.history]
     assert all(np.isfinite(energies))
     assert energies[-1] < energies[0]
@@ -169,10 +175,12 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
         assert np.abs(e - ref[k]).max() < 1e-8
 
 
-def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(tmp_path):
+def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(trained_si, tmp_path):
     """A config.json without the newer keys resumes with the loss it was trained with."""
+    import shutil
+
     run_dir = str(tmp_path / "run")
-    train(si_set(1, 0), run_dir, dataclasses.replace(CONFIG, steps=1), progress=False)
+    shutil.copytree(trained_si[0], run_dir)
     path = os.path.join(run_dir, "config.json")
     with open(path) as f:
         conf = json.load(f)
@@ -180,7 +188,7 @@ def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(tmp_pat
     old = {k: v for k, v in conf["train"].items() if k not in ("kind", "loss", "weight_decay", "grid_level", "bucket_aos",
                                                                  "self_consistency_basis", "offmesh_self_consistency",
                                                                  "batch_size", "model_overrides", "eval_every")}
-    old.update(energy_weight=1.0, self_consistency_weight=3000.0, dataset="si", n_train=1)
+    old.update(energy_weight=1.0, self_consistency_weight=3000.0, dataset="si", n_train=2)
     conf["train"] = old
     with open(path, "w") as f:
         json.dump(conf, f)
