@@ -106,9 +106,10 @@ class Model:
 
     kind = ""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, run: tuple | None = None):
+        """``run``: :func:`vardft.train.read_run` of ``run_dir`` if already read."""
         self.run_dir = run_dir
-        self.record, self.config, self.model_config = read_run(run_dir)
+        self.record, self.config, self.model_config = run or read_run(run_dir)
         if self.config.kind != self.kind:
             raise CheckpointError(f"{run_dir} holds a {self.config.kind} model, not a {self.kind} model")
         self.params, self.step = load_params(run_dir, self.model_config)
@@ -257,10 +258,11 @@ def load(run_dir: str, kind: str | None = None) -> Model:
         CheckpointError: not a vardft run directory, a run of the other ``kind``, or a
             checkpoint that does not match its config.
     """
-    _, config, _ = read_run(run_dir)
-    if kind is not None and kind != config.kind:
-        raise CheckpointError(f"{run_dir} holds a {config.kind} model, not a {kind} model")
-    return MODELS[config.kind](run_dir)
+    run = read_run(run_dir)
+    found = run[1].kind
+    if kind is not None and kind != found:
+        raise CheckpointError(f"{run_dir} holds a {found} model, not a {kind} model")
+    return MODELS[found](run_dir, run)
 
 
 def initial_guess(run_dir_or_model, mol) -> np.ndarray:

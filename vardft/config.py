@@ -212,29 +212,33 @@ def default_config(kind: str) -> TrainConfig:
 
 def make_config(kind: str, dataset: str | None = None, **overrides) -> TrainConfig:
     """Defaults of ``kind``, then the preset of ``dataset`` (:data:`PRESETS`; other names
-    have none), then ``overrides``.
-
-    ``overrides`` whose value is ``None`` are ignored (a flag not given). A field that
-    does not apply to ``kind`` is an :class:`InputError`, as are unknown fields and
-    values that cannot work (:func:`check_config`).
-    """
+    have none), then ``overrides`` (:func:`with_overrides`)."""
     config = default_config(kind)
     if dataset is not None:
         config = dataclasses.replace(config, **PRESETS.get(dataset, {}))
+    return with_overrides(config, **overrides)
+
+
+def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
+    """``config`` with ``overrides`` applied and checked (:func:`check_config`).
+
+    Overrides whose value is ``None`` are ignored (a flag not given); ``self_consistency``
+    sets the weight in ``loss``. A field that does not apply to the config's kind, or an
+    unknown field, is an :class:`InputError`.
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"self_consistency"}
     unknown = sorted(set(given) - known)
     if unknown:
         raise InputError(f"unknown training setting(s): {', '.join(unknown)}")
+    kind = config.kind
     other = CRYSTAL_ONLY if kind == "molecule" else MOLECULE_ONLY
     for name in other:
         if name in given:
             raise InputError(f"{name} applies to {'crystals' if kind == 'molecule' else 'molecules'}, not to {kind}s")
     if "self_consistency" in given:
         given["loss"] = dataclasses.replace(given.get("loss", config.loss), self_consistency=given.pop("self_consistency"))
-    config = dataclasses.replace(config, **given)
-    check_config(config)
-    return config
+    return check_config(dataclasses.replace(config, **given))
 
 
 def check_config(config: TrainConfig) -> TrainConfig:

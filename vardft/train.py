@@ -260,7 +260,7 @@ def train(
     check_dataset(dataset)
     start = time.perf_counter()
     if config is not None and config.kind != dataset.kind:
-        raise CheckpointError(f"a {config.kind} config cannot train on {dataset.name}, a {dataset.kind} dataset")
+        raise InputError(f"a {config.kind} config cannot train on {dataset.name}, a {dataset.kind} dataset")
     elements = sorted({s for sys_ in dataset.train + dataset.validation for s in sys_.symbols})
     if resume:
         if run_dir is None or not ckpt.has_checkpoint(run_dir):
@@ -273,8 +273,7 @@ def train(
         model_config = saved_model
     else:
         config = check_config(config or default_config(dataset.kind))
-    task = task_for(config)
-    config = task.resolve(dataset.train)
+    config = task_for(config).resolve(dataset.train)
     if not resume:
         model_config = model_config_for(config, elements)
     claim = contextlib.nullcontext() if run_dir is None else claim_run_directory(run_dir, dataset.kind, resume=resume)

@@ -7,7 +7,6 @@ not apply to the kind of DATA is a one-line error.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from basis.crystal import check_kmesh
@@ -15,7 +14,7 @@ from basis.errors import InputError
 from basis.functional import parse_functional
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import default_config, make_config
+from vardft.config import default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.train import read_run, train
 
@@ -120,11 +119,7 @@ def run(args) -> int:
     if args.cache is not None and dataset.kind == "crystal":
         raise InputError("--cache applies to molecules, not to crystals")
     if args.resume:
-        config = dataclasses.replace(saved)
-        overrides = dict(given)
-        if "self_consistency" in overrides:
-            overrides["loss"] = dataclasses.replace(saved.loss, self_consistency=overrides.pop("self_consistency"))
-        config = dataclasses.replace(config, **overrides)
+        config = with_overrides(saved, **given)
     else:
         config = make_config(dataset.kind, dataset=args.data.strip().lower(), **given)
     if dataset.kind == "crystal":
