@@ -4,10 +4,16 @@
     E_J  = ½ Σ_Q d_Q²,              d_Q = Σ_ij L_Qij P_ij
     E_K  = −(a/4) Σ_Q tr(L_Q P L_Q P)   (a: fraction of exact exchange)
 
-with the density-fitting factor L of :class:`basis.integrals.Integrals`. The
-Fock matrix is the symmetrised gradient of this one function; there is no
-separately hand-written Fock builder. For symmetric P it equals PySCF's
-``h + J − (a/2) K + V_xc``.
+with the density-fitting factor L of :class:`basis.integrals.Integrals` (or, packed,
+of :class:`basis.integrals.CompactIntegrals`). The Fock matrix is the symmetrised
+gradient of this one function; there is no separately hand-written Fock builder. For
+symmetric P it equals PySCF's ``h + J − (a/2) K + V_xc``.
+
+The semi-local XC term runs where ``ints.backend`` says: ``"host"`` (libxc in a host
+callback) or ``"jax"`` (:mod:`solvers.xc_jax`, on stored AO values for
+:class:`Integrals`, on AO values computed block by block for :class:`CompactIntegrals`).
+Either way its gradient is V_xc through the value-and-gradient identity
+``E = sg(E) + ⟨sg(V), P − sg(P)⟩``: exact first derivatives, no second ones.
 """
 
 from __future__ import annotations
@@ -16,9 +22,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from basis.integrals import Integrals
-from solvers.xc import xc_energy_from_density_matrix
+from basis.integrals import CompactIntegrals, Integrals
+from solvers.xc import (
+    xc_energy_and_potential_from_shells,
+    xc_energy_and_potential_jax,
+    xc_energy_from_density_matrix,
+)
 
 
 class EnergyComponents(NamedTuple):
@@ -35,22 +46,83 @@ class EnergyComponents(NamedTuple):
         return self.one_electron + self.hartree + self.exchange + self.xc + self.nuclear
 
 
-def energy_components(P: jax.Array, ints: Integrals) -> EnergyComponents:
+EXCHANGE_CHUNK_BYTES = 32 * 2**20
+"""Bytes of unpacked density-fitting factor the exchange term holds at once (packed input)."""
+
+
+def _pair_weights(nao: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns (PySCF's packed order, pair i ≥ j at i(i+1)/2 + j) and the weight of
+    each packed pair in a symmetric contraction (1 on the diagonal, 2 off it)."""
+    rows, cols = np.tril_indices(nao)
+    return rows, cols, np.where(rows == cols, 1.0, 2.0)
+
+
+def _unpack_index(nao: int) -> np.ndarray:
+    """(nao, nao) position of element (i, j) in the packed lower triangle."""
+    i, j = np.maximum.outer(np.arange(nao), np.arange(nao)), np.minimum.outer(np.arange(nao), np.arange(nao))
+    return i * (i + 1) // 2 + j
+
+
+def _coulomb_packed(P, cderi_packed):
+    rows, cols, w = _pair_weights(P.shape[-1])
+    d = cderi_packed @ (P[rows, cols] * w)
+    return 0.5 * jnp.dot(d, d)
+
+
+def _exchange_packed(P, cderi_packed, fraction: float):
+    """−(a/4) Σ_Q tr(L_Q P L_Q P), unpacking L a chunk of Q at a time."""
+    naux, npair = cderi_packed.shape
+    nao = P.shape[-1]
+    chunk = int(max(1, min(naux, EXCHANGE_CHUNK_BYTES // (8 * nao * nao))))
+    nchunk = -(-naux // chunk)
+    L = jnp.pad(cderi_packed, [(0, nchunk * chunk - naux), (0, 0)]).reshape(nchunk, chunk, npair)
+    index = _unpack_index(nao)
+
+    @jax.checkpoint
+    def body(acc, Lp):
+        m = jnp.einsum("qij,jk->qik", Lp[:, index], P)
+        return acc + jnp.einsum("qij,qji->", m, m), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), P.dtype), L)
+    return -0.25 * fraction * total
+
+
+def _with_gradient(value, gradient, P):
+    """``value`` whose derivative with respect to ``P`` is ``gradient`` (both constants)."""
+    sg = jax.lax.stop_gradient
+    return sg(value) + jnp.sum(sg(gradient) * (P - sg(P)))
+
+
+def _xc(P, ints) -> jax.Array:
+    functional = ints.functional
+    if not functional.needs_grid:
+        return jnp.zeros((), P.dtype)
+    if isinstance(ints, CompactIntegrals):
+        sg = jax.lax.stop_gradient
+        e, V = xc_energy_and_potential_from_shells(functional, sg(P), ints.shells, ints.coords, ints.weights)
+        return _with_gradient(e, V, P)
+    if ints.backend == "jax":
+        e, V = xc_energy_and_potential_jax(functional, jax.lax.stop_gradient(P), ints.ao, ints.weights)
+        return _with_gradient(e, V, P)
+    return xc_energy_from_density_matrix(functional, P, ints.ao, ints.weights)
+
+
+def energy_components(P: jax.Array, ints: Integrals | CompactIntegrals) -> EnergyComponents:
     """All energy terms of density matrix ``P`` (nao, nao), Hartree."""
     functional = ints.functional
     one = jnp.sum(P * ints.hcore)
-    d = jnp.einsum("qij,ij->q", ints.cderi, P)
-    hartree = 0.5 * jnp.dot(d, d)
-    if functional.exact_exchange != 0.0:
-        m = jnp.einsum("qij,jk->qik", ints.cderi, P)
-        exchange = -0.25 * functional.exact_exchange * jnp.einsum("qij,qji->", m, m)
+    exchange = jnp.zeros((), P.dtype)
+    if isinstance(ints, CompactIntegrals):
+        hartree = _coulomb_packed(P, ints.cderi_packed)
+        if functional.exact_exchange != 0.0:
+            exchange = _exchange_packed(P, ints.cderi_packed, functional.exact_exchange)
     else:
-        exchange = jnp.zeros((), P.dtype)
-    if functional.needs_grid:
-        exc = xc_energy_from_density_matrix(functional, P, ints.ao, ints.weights)
-    else:
-        exc = jnp.zeros((), P.dtype)
-    return EnergyComponents(one, hartree, exchange, exc, ints.e_nuc)
+        d = jnp.einsum("qij,ij->q", ints.cderi, P)
+        hartree = 0.5 * jnp.dot(d, d)
+        if functional.exact_exchange != 0.0:
+            m = jnp.einsum("qij,jk->qik", ints.cderi, P)
+            exchange = -0.25 * functional.exact_exchange * jnp.einsum("qij,qji->", m, m)
+    return EnergyComponents(one, hartree, exchange, _xc(P, ints), ints.e_nuc)
 
 
 def energy(P: jax.Array, ints: Integrals) -> tuple[jax.Array, EnergyComponents]:

@@ -1,4 +1,6 @@
-"""Exchange-correlation energy through libxc (via PySCF) with a custom VJP.
+"""Exchange-correlation energy: through libxc on the host, or in JAX on the device.
+
+Host path (``backend="host"``):
 
 jax-xc does not import with current JAX, so the semi-local XC energy density
 and its first derivatives come from ``pyscf.dft.libxc.eval_xc`` inside
@@ -10,6 +12,10 @@ and its first derivatives come from ``pyscf.dft.libxc.eval_xc`` inside
 A callback has no JVP and no second derivative: differentiate E_xc once
 (the Fock matrix), and where a loss needs F[P] as a fixed target, stop the
 gradient on P before calling F.
+
+Device path (``backend="jax"``, no callback): :mod:`solvers.xc_jax` gives ε_xc, and
+E_xc and V_xc are assembled in JAX from stored AO values or from AO values computed
+block by block from the basis set (:func:`xc_energy_and_potential_from_shells`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import numpy as np
 from pyscf.dft import libxc  # host path only: called inside jax.pure_callback
 
 from basis.functional import Functional
+from solvers.ao import eval_ao
+from solvers.xc_jax import xc_energy_density
 
 
 def _libxc_eval(name: str, family: str, rho: np.ndarray):
@@ -188,3 +196,82 @@ def _xcP_bwd(functional, res, g):
 
 
 xc_energy_from_density_matrix.defvjp(_xcP_fwd, _xcP_bwd)
+
+
+# --------------------------------------------------------------------------
+# Device path: E_xc and V_xc in JAX (no callback), from stored AO values or from the
+# basis set block by block. One pass per grid block gives both: the per-point
+# derivatives v_ρ, v_σ come from autodiff of ρ ε_xc(ρ, σ) (:mod:`solvers.xc_jax`),
+# then V_xc is assembled as on the host. The custom VJP returns V_xc, the exact
+# ∂E_xc/∂P (first derivatives only, like the host path).
+
+XC_BLOCK = 8192
+"""Grid points per block when AO values are computed on the device: AO values and
+gradients of one block take 4 · XC_BLOCK · nao · 8 bytes (45 MB at nao = 170)."""
+
+FAR_AWAY = 1.0e4
+"""Bohr: where padded grid points sit (weight 0; AO values underflow to exactly 0)."""
+
+
+def _block_energy_and_potential(functional: Functional, P, ao, weights):
+    """E_xc and V_xc (nao, nao) of one grid block; ao: (nderiv, nblock, nao)."""
+    t = ao[0] @ P
+    rho0 = jnp.sum(ao[0] * t, axis=-1)
+    if functional.family == "lda":
+        def density_energy(r):
+            return jnp.sum(weights * r * xc_energy_density(functional, r))
+
+        e, vrho = jax.value_and_grad(density_energy)(rho0)  # vrho already carries the weights
+        aow = ao[0] * (0.5 * vrho)[:, None]
+    else:
+        grad = 2.0 * jnp.einsum("xgi,gi->xg", ao[1:4], t)
+        sigma = jnp.sum(grad * grad, axis=0)
+
+        def density_energy(r, s):
+            return jnp.sum(weights * r * xc_energy_density(functional, r, s))
+
+        e, (vrho, vsigma) = jax.value_and_grad(density_energy, argnums=(0, 1))(rho0, sigma)
+        aow = ao[0] * (0.5 * vrho)[:, None] + jnp.einsum("xg,xgi->gi", 2.0 * vsigma * grad, ao[1:4])
+    V = ao[0].T @ aow
+    return e, V + V.T
+
+
+def xc_energy_and_potential_jax(functional: Functional, P, ao, weights):
+    """E_xc (Hartree) and V_xc (nao, nao) on stored AO values, in JAX.
+
+    Args:
+        functional: parsed functional (static), LDA or GGA.
+        P: (nao, nao) symmetric density matrix.
+        ao: (nderiv, ngrid, nao) AO values (and gradients for GGAs).
+        weights: (ngrid,) quadrature weights.
+    """
+    return _block_energy_and_potential(functional, P, ao[: 1 + 3 * (functional.family == "gga")], weights)
+
+
+def xc_energy_and_potential_from_shells(functional: Functional, P, shells, coords, weights, block: int = XC_BLOCK):
+    """E_xc and V_xc with AO values computed from ``shells`` one grid block at a time.
+
+    Memory: one block's AO values, never the whole grid's. Equal to
+    :func:`xc_energy_and_potential_jax` on ``eval_ao(shells, coords)`` to round-off.
+
+    Args:
+        shells: :class:`basis.shells.AOShells` of the molecule (possibly padded).
+        coords: (ngrid, 3) grid points, Bohr; weights (ngrid,).
+        block: grid points per block (static).
+    """
+    ngrid = coords.shape[0]
+    nblock = max(1, -(-ngrid // block))
+    block = -(-ngrid // nblock)  # equal blocks of at most ``block`` points: little padding
+    pad = nblock * block - ngrid
+    coords = jnp.concatenate([coords, jnp.full((pad, 3), FAR_AWAY, coords.dtype)]).reshape(nblock, block, 3)
+    weights = jnp.pad(weights, (0, pad)).reshape(nblock, block)
+    deriv = functional.ao_deriv
+    nao = P.shape[-1]
+
+    def body(carry, xs):
+        c, w = xs
+        e, V = _block_energy_and_potential(functional, P, eval_ao(shells, c, deriv), w)
+        return (carry[0] + e, carry[1] + V), None
+
+    (e, V), _ = jax.lax.scan(body, (jnp.zeros((), P.dtype), jnp.zeros((nao, nao), P.dtype)), (coords, weights))
+    return e, V
