@@ -22,9 +22,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from basis.errors import InputError
+from basis.integrals import BACKENDS
 
 KINDS = ("molecule", "crystal")
 
@@ -47,6 +49,10 @@ wall-time cap, the held-out conformations validated and the run directory."""
 BASELINES = ("minao", "none")
 """``minao``: H = H_base + ΔH_θ with H_base the Kohn–Sham matrix of PySCF's minao guess
 density (one Fock build per structure, no SCF); ``none``: H = ΔH_θ."""
+
+DEFAULT_SCF_BACKEND = "host"
+"""Backend of ``vardft scf`` (:data:`basis.integrals.BACKENDS`); chosen by measurement,
+see docs/results.md."""
 
 SELF_CONSISTENCY_BASES = ("ao", "orthonormal")
 """Where |H − F|² is measured: the AO basis, or X†(H − F)X with X an orthogonalizer of S
@@ -104,6 +110,13 @@ class TrainConfig:
         grid_level: PySCF grid level of the training energy (:data:`TRAIN_GRID_LEVEL`).
         bucket_aos: width in AOs of a size bucket: molecules whose AO counts round up to
             the same multiple share one padded, compiled step.
+        backend: where the energy's XC term runs, one of :data:`BACKENDS`. ``"host"``:
+            libxc in a host callback on AO values held in memory for every molecule;
+            ``"jax"``: AO values and XC computed in JAX on the device, and the data
+            streamed from compact per-molecule records (:mod:`vardft.stream`), so memory
+            does not grow with the number of molecules.
+        workers: processes that build the records of the ``"jax"`` backend
+            (``None``: :func:`default_workers`; 0: in the training process).
 
     Crystals only:
         pseudo: GTH pseudopotential (``None``: the one matching ``xc``).
@@ -140,6 +153,8 @@ class TrainConfig:
     # molecules
     grid_level: int | None = TRAIN_GRID_LEVEL
     bucket_aos: int | None = 16
+    backend: str | None = "host"
+    workers: int | None = None
     # crystals
     pseudo: str | None = None
     kmesh: tuple[int, int, int] | None = None
@@ -162,7 +177,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-MOLECULE_ONLY = ("grid_level", "bucket_aos")
+MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency")
 
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -181,6 +196,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
         eval_every=None,
         grid_level=None,
         bucket_aos=None,
+        backend=None,
         offmesh_self_consistency=True,
     ),
 }
@@ -269,7 +285,17 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise InputError(f"bucket width must be a positive number of AOs, got {config.bucket_aos}")
         if config.grid_level is not None and not 0 <= config.grid_level <= 9:
             raise InputError(f"grid level must be 0..9 (PySCF's levels), got {config.grid_level}")
+        if config.backend not in BACKENDS:
+            raise InputError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
+        if config.workers is not None and config.workers < 0:
+            raise InputError(f"workers must be >= 0, got {config.workers}")
     return config
+
+
+def default_workers() -> int:
+    """Record workers of the ``"jax"`` backend: half the cores (at least one), so that the
+    workers and the training step share the machine without oversubscribing it."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def legacy_config(saved: dict) -> TrainConfig:

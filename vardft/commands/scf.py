@@ -7,11 +7,11 @@ import sys
 
 from basis.errors import InputError
 from basis.functional import parse_functional
-from basis.integrals import build_integrals
+from basis.integrals import BACKENDS, build_compact_integrals, build_integrals
 from basis.units import HARTREE_TO_EV
 from solvers.scf import scf_from_integrals
 from vardft.commands._common import print_json, read_input
-from vardft.config import DEFAULT_XC, MAX_SCF_CYCLES, MOLECULE_BASIS
+from vardft.config import DEFAULT_SCF_BACKEND, DEFAULT_XC, MAX_SCF_CYCLES, MOLECULE_BASIS
 
 
 def register(sub) -> None:
@@ -30,12 +30,17 @@ def register(sub) -> None:
     p.add_argument("--xc", default=DEFAULT_XC, help="functional, PySCF names: hf, lda,vwn, pbe, blyp, b3lyp, pbe0, ...")
     p.add_argument("--basis", default=MOLECULE_BASIS, help="any basis set PySCF knows")
     p.add_argument("--charge", type=int, default=None, help="total charge (default: from the file, else 0)")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_SCF_BACKEND,
+        help="where the XC term runs: host (libxc through PySCF in a host callback, AO values stored) or "
+             "jax (XC and AO values in JAX, computed block by block from the basis set; no callback)",
+    )
     p.add_argument("--max-cycle", type=int, default=MAX_SCF_CYCLES, help="largest number of SCF cycles")
     p.add_argument("--json", action="store_true", help="print one JSON object per frame instead of a table")
     p.set_defaults(func=run)
 
 
-def _summary(system, res, xc, basis) -> dict:
+def _summary(system, res, xc, basis, backend) -> dict:
     return {
         "formula": system.formula,
         "energy": res.energy,
@@ -50,6 +55,7 @@ def _summary(system, res, xc, basis) -> dict:
         "n_electrons": res.n_electrons,
         "xc": xc,
         "basis": basis,
+        "backend": backend,
         "wall_time_s": res.wall_time,
     }
 
@@ -61,9 +67,10 @@ def run(args) -> int:
     systems = read_input(args.input, charge=args.charge)
     status = 0
     for k, system in enumerate(systems):
-        ints = build_integrals(system, xc=functional.name, basis=args.basis)
+        build = build_integrals if args.backend == "host" else build_compact_integrals
+        ints = build(system, xc=functional.name, basis=args.basis)
         res = scf_from_integrals(ints, max_cycle=args.max_cycle)
-        out = _summary(system, res, functional.name, args.basis)
+        out = _summary(system, res, functional.name, args.basis, args.backend)
         if args.json:
             print_json(out)
         else:
