@@ -311,10 +311,13 @@ class IntegralCache:
     """Integrals on disk, one HDF5 file per (geometry, xc, basis, grid level).
 
     ``directory=None`` disables the disk cache (integrals are computed each time).
+    ``max_bytes`` bounds the records of the ``"jax"`` backend (:mod:`vardft.stream`):
+    past it they are recomputed when needed instead of being written.
     """
 
-    def __init__(self, directory: str | None = None):
+    def __init__(self, directory: str | None = None, max_bytes: int | None = None):
         self.directory = directory
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
 

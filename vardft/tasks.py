@@ -61,13 +61,15 @@ from basis.pbc_integrals import (
     check_periodic_functional,
     make_periodic_mean_field,
 )
+from basis.shells import ao_shells
 from basis.system import System, atomic_number
 from solvers import periodic
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.energy import energy_and_fock
+from vardft import stream
 from vardft.config import CRYSTAL_KPOINTS_PER_DIRECTION, TrainConfig
 from vardft.data import IntegralCache, pad_integrals, size_buckets
-from vardft.hamiltonian import Batch, bloch_sum_batch, prepare_batch
+from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
 from vardft.model import ModelConfig, predict_hamiltonian
 
@@ -81,6 +83,10 @@ class PreparedSet:
 
     def __len__(self) -> int:
         return len(self.systems)
+
+    def take(self, idx):
+        """``(arrays, idx)``: everything is in memory; the step gathers ``idx`` itself."""
+        return self.arrays, jnp.asarray(idx)
 
 
 def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfig:
@@ -154,6 +160,22 @@ def _merged_auxbasis(names: Sequence[str]) -> str:
         return " | ".join(unique)
 
 
+def _stack_compact(batch, padded) -> MoleculeArrays:
+    """:class:`MoleculeArrays` of one streamed batch from :func:`vardft.stream.pad_record` outputs."""
+    ints = [p[0] for p in padded]
+    electrons = np.array([i.n_electrons for i in ints], np.int32)
+    static = int(electrons[0]) if np.all(electrons == electrons[0]) else MIXED_ELECTRONS
+    same = [i.replace(n_electrons=static, auxbasis=_merged_auxbasis([j.auxbasis for j in ints])) for i in ints]
+    return MoleculeArrays(
+        batch=batch,
+        ints=stream.stack_trees(same),
+        X=jnp.asarray(np.stack([p[2] for p in padded])),
+        mo_mask=jnp.asarray(np.stack([p[3] for p in padded])),
+        h_base=jnp.asarray(np.stack([p[1] for p in padded])),
+        n_electrons=jnp.asarray(electrons),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class MoleculeTask:
     """Molecules: H (nao, nao) in PySCF's AO order; energy on PySCF's molecular grid."""
@@ -188,9 +210,40 @@ class MoleculeTask:
             return np.asarray(self.baseline(ints))
 
         def fock(s: System) -> np.ndarray:
-            return np.asarray(self.baseline(build_integrals(s, c.xc, c.basis, c.grid_level)))
+            n = s.to_mole(c.basis).nao_nr()  # compact integrals are padded
+            return np.asarray(self.baseline(self.baseline_integrals(s)))[:n, :n]
 
         return frame_averaged(fock, system, c.basis)
+
+    def baseline_integrals(self, system: System):
+        """Integrals of ``system`` at the training grid level for its baseline: dense for
+        the host backend, compact (padded to rounded shapes) for the JAX backend."""
+        c = self.config
+        if c.backend == "host":
+            return build_integrals(system, c.xc, c.basis, c.grid_level)
+        return self._own_padding(system, stream.integrals_record(system, self.record_settings()))[0]
+
+    def record_settings(self) -> stream.RecordSettings:
+        c = self.config
+        return stream.RecordSettings(c.xc, c.basis, c.grid_level, c.baseline)
+
+    def _own_padding(self, system: System, record: stream.MoleculeRecord):
+        """A record padded to its own rounded shapes (few distinct compiled shapes)."""
+        shells = ao_shells(system.to_mole(self.config.basis))
+        sizes = stream.molecule_sizes(*stream.record_sizes(record), shells)
+        nao = stream.round_up(record.arrays["overlap"].shape[0], 8)
+        shapes = stream.bucket_shapes((0, 0, nao), [sizes])
+        return stream.pad_record(record, shells, shapes, self.record_settings())
+
+    def complete_record(self, system: System, record: stream.MoleculeRecord) -> stream.MoleculeRecord:
+        """Add the baseline Hamiltonian to a record built by a worker."""
+        n = record.arrays["overlap"].shape[0]
+        if self.config.baseline == "none":
+            record.arrays["h_base"] = np.zeros((n, n))
+            return record
+        ints = jax.tree.map(jnp.asarray, self._own_padding(system, record)[0])
+        record.arrays["h_base"] = np.asarray(self.frame_baseline(system, ints))[:n, :n]
+        return record
 
     def _integrals(self, systems, cache: IntegralCache, progress: bool):
         """``(shapes, load)``: ``shapes[k] = (naux, ngrid, n_electrons)`` and ``load(k)`` the
@@ -257,13 +310,53 @@ class MoleculeTask:
         )
         return PreparedSet(systems=tuple(systems), arrays=arrays)
 
-    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1) -> list[PreparedSet]:
-        """Size buckets of ``systems`` (width ``config.bucket_aos``), each prepared, every
-        molecule in its own frame (:meth:`to_frame`)."""
+    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None) -> list:
+        """Size buckets of ``systems`` (width ``config.bucket_aos``), every molecule in its
+        own frame (:meth:`to_frame`): :class:`PreparedSet` in memory for the host backend,
+        :class:`vardft.stream.StreamedSet` (records on disk, built by ``pool``) for JAX."""
         cache = cache or IntegralCache(None)
         systems = [self.to_frame(s)[0] for s in systems]
         buckets = size_buckets(systems, self.config.basis, self.config.bucket_aos, min_size=min_bucket)
+        if self.config.backend == "jax":
+            store = stream.RecordStore(cache.directory, self.record_settings(), cache.max_bytes)
+            return [self.stream_bucket(b, model_config, store, pool, progress) for b in buckets]
         return [self.prepare_bucket(b, model_config, cache, progress=progress) for b in buckets]
+
+    def stream_bucket(self, systems, model_config, store: stream.RecordStore, pool=None, progress=False):
+        """A :class:`vardft.stream.StreamedSet` of one size bucket: records missing from
+        ``store`` are built (by ``pool``'s workers when given) and kept while it has room;
+        the bucket's padded shapes are fixed from every molecule's sizes."""
+        systems = tuple(systems)
+        settings = self.record_settings()
+        shells = [ao_shells(s.to_mole(self.config.basis)) for s in systems]
+        need = np.zeros(3, int)
+        for s in systems:
+            b = prepare_batch([s], model_config)
+            need = np.maximum(need, [int(b.atom_mask.sum()), int(b.edge_mask.sum()), int(np.asarray(b.nao)[0])])
+        graph = tuple(bucket_size(int(v)) for v in need)
+        sizes: list = [None] * len(systems)
+        missing = []
+        for k, s in enumerate(systems):
+            found = store.sizes(s)
+            if found is None:
+                missing.append(k)
+            else:
+                sizes[k] = stream.molecule_sizes(*found, shells[k])
+        built = stream.bounded_map(pool, stream.integrals_record, [systems[k] for k in missing], settings)
+        for k, record in zip(tqdm(missing, desc="records", unit="mol", disable=not progress, leave=False), built):
+            record = self.complete_record(systems[k], record)
+            sizes[k] = stream.molecule_sizes(*stream.record_sizes(record), shells[k])
+            store.keep(systems[k], record)
+            del record
+
+        def rebuild(ks):
+            records = stream.bounded_map(pool, stream.integrals_record, [systems[k] for k in ks], settings)
+            return [self.complete_record(systems[k], r) for k, r in zip(ks, records)]
+
+        return stream.StreamedSet(
+            systems=systems, shapes=stream.bucket_shapes(graph, sizes), store=store, rebuild=rebuild,
+            make_arrays=_stack_compact, model_config=model_config,
+        )
 
     def batch_terms(self, params, data: MoleculeArrays, idx):
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the molecules ``idx``."""
@@ -409,7 +502,7 @@ class CrystalTask:
             h_base=self.baseline(band, potential),
         )
 
-    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1) -> list[PreparedSet]:
+    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None) -> list[PreparedSet]:
         """One bucket of all ``systems`` (they must have the same atoms); integrals at the
         config's k-mesh and FFT mesh (:meth:`resolve` first)."""
         c = self.config

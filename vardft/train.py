@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -38,10 +39,11 @@ from tqdm.auto import tqdm
 
 from basis.errors import CheckpointError, InputError
 from vardft import checkpoint as ckpt
-from vardft.config import TrainConfig, check_config, default_config, legacy_config
+from vardft.config import TrainConfig, check_config, default_config, default_workers, legacy_config
 from vardft.data import Dataset, IntegralCache, check_dataset
 from vardft.model import ModelConfig, init_params
 from vardft.rundir import claim_run_directory
+from vardft.stream import worker_pool
 from vardft.tasks import PreparedSet, model_config_for, task_for
 
 
@@ -284,14 +286,26 @@ def train(
 
 
 def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start) -> TrainResult:
+    """:func:`_loop` with the record workers of the ``"jax"`` backend running."""
+    streamed = config.kind == "molecule" and config.backend == "jax"
+    workers = (default_workers() if config.workers is None else config.workers) if streamed else 0
+    with worker_pool(workers) as pool:
+        return _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool)
+
+
+def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool) -> TrainResult:
     """The loop of :func:`train`, inside the claim of ``run_dir``."""
     task = task_for(config)
     cache = cache or IntegralCache(None)
     min_bucket = config.batch_size or 1
-    sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket)
+    sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool)
     evaluate = bool(dataset.validation) and config.eval_every is not None
-    val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress) if evaluate else []
+    val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
     sizes = [len(s) for s in sets]
+
+    def batch_of(s: int):
+        bucket, idx = step_batch(config.seed, s, sizes, config.batch_size)
+        return sets[bucket].take(idx)
 
     optimizer = make_optimizer(config)
     params = init_params(jax.random.PRNGKey(config.seed), model_config)
@@ -315,10 +329,16 @@ def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_ste
     interrupted = False
     deadline = None if config.max_minutes is None else start + 60.0 * config.max_minutes
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    with ckpt.StopRequested() as stop:
+    # the next step's batch is loaded (streamed sets: read or rebuilt) while this step runs
+    loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vardft-batch")
+    upcoming = loader.submit(batch_of, step) if step < config.steps else None
+    with ckpt.StopRequested() as stop, contextlib.ExitStack() as on_exit:
+        on_exit.callback(loader.shutdown, cancel_futures=True)
         while step < config.steps:
-            bucket, idx = step_batch(config.seed, step, sizes, config.batch_size)
-            params, opt_state, metrics = step_fn(params, opt_state, sets[bucket].arrays, jnp.asarray(idx))
+            data, idx = upcoming.result()
+            upcoming = loader.submit(batch_of, step + 1) if step + 1 < config.steps else None
+            params, opt_state, metrics = step_fn(params, opt_state, data, idx)
+            del data
             step += 1
             m = {k: float(v) for k, v in metrics.items()}
             if m.pop("finite"):
@@ -364,7 +384,7 @@ def evaluate_sets(eval_fn, params, sets: Sequence[PreparedSet], batch_size: int 
         for first in range(0, len(data), size):
             real = np.arange(first, min(first + size, len(data)))
             idx = np.resize(real, size).astype(np.int32)  # pad by repeating, keep one shape
-            out = eval_fn(params, data.arrays, jnp.asarray(idx))
+            out = eval_fn(params, *data.take(idx))
             for k, v in out.items():
                 values.setdefault(k, []).extend(np.asarray(v)[: len(real)].tolist())
     return {k: float(np.sqrt(np.mean(np.square(v)))) if k.endswith("rmse") else float(np.mean(v))

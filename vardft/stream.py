@@ -1,0 +1,383 @@
+"""Streamed molecular training data: compact records on disk, batches loaded ahead of the step.
+
+With the ``"jax"`` backend a molecule's training data is a :class:`MoleculeRecord`: the
+:class:`~basis.integrals.CompactIntegrals` (overlap, core Hamiltonian, packed
+density-fitting factor, grid points and weights, guess density, nuclear repulsion) plus
+its baseline Hamiltonian and orthogonalizer — no AO values (the device computes them
+from the basis set) and no unpacked DF factor. Records are built by worker processes
+(PySCF only) and kept in the on-disk cache (HDF5, atomic, checksummed, version-checked,
+size-bounded: past the bound a record is recomputed whenever it is needed, never
+written). What the training process holds is the records of the current and the next
+batch, independent of the number of molecules.
+
+One :class:`StreamedSet` per size bucket fixes every padded shape once (AOs, auxiliary
+functions, grid points, shells per angular momentum, graph slots), so one compiled step
+serves every batch of the bucket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import warnings
+from typing import Callable, Sequence
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from basis.functional import parse_functional
+from basis.integrals import CompactIntegrals, build_compact_integrals
+from basis.shells import AOShells, ao_shells, pad_ao_shells
+from basis.system import System
+from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
+from solvers.xc import FAR_AWAY
+from vardft.checkpoint import atomic_output
+from vardft.hamiltonian import prepare_batch
+
+RECORD_VERSION = 1
+"""Bump when the content or layout of a :class:`MoleculeRecord` file changes."""
+
+RECORD_FIELDS = ("overlap", "hcore", "cderi_packed", "coords", "weights", "e_nuc", "dm_guess", "h_base", "X")
+"""Arrays of a record, in checksum order."""
+
+AUX_ROUND = 64
+"""Auxiliary functions are padded to a multiple of this (few distinct compiled shapes)."""
+
+GRID_ROUND = 512
+"""Grid points are padded to a multiple of this."""
+
+SHELL_ROUND = 4
+"""Shells per angular momentum are padded to a multiple of this."""
+
+WORKER_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Environment of the record workers: one thread each, so that workers and the training
+step do not oversubscribe the cores (a thread pool per process on 2 cores collapsed
+training 18–25× under contention)."""
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSettings:
+    """What a record depends on besides the geometry (static, picklable)."""
+
+    xc: str
+    basis: str
+    grid_level: int
+    baseline: str
+
+    def key(self, system: System) -> str:
+        payload = repr((RECORD_VERSION, system.symbols, np.round(system.positions, 10).tolist(), system.charge,
+                        system.spin, parse_functional(self.xc).name, self.basis.lower(), self.grid_level,
+                        self.baseline))
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@dataclasses.dataclass
+class MoleculeRecord:
+    """Compact training data of one molecule (in its own frame), numpy arrays.
+
+    Attributes:
+        arrays: ``RECORD_FIELDS`` → array; shapes as in :class:`CompactIntegrals`, plus
+            ``h_base`` (nao, nao) baseline Hamiltonian (Hartree) and ``X`` (nao, nmo)
+            canonical orthogonalizer. ``h_base`` is ``None`` until
+            :func:`complete_records` fills it.
+        n_electrons: electron count.
+        auxbasis: auxiliary basis description (PySCF's).
+    """
+
+    arrays: dict
+    n_electrons: int
+    auxbasis: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values() if a is not None)
+
+
+def integrals_record(system: System, settings: RecordSettings) -> MoleculeRecord:
+    """The PySCF part of a record (no baseline yet): runs in a worker process."""
+    ints = build_compact_integrals(system, settings.xc, settings.basis, settings.grid_level)
+    arrays = {name: np.asarray(getattr(ints, name)) for name in RECORD_FIELDS[:7]}
+    arrays["X"] = canonical_orthogonalizer(arrays["overlap"])
+    arrays["h_base"] = None
+    return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
+
+
+# ------------------------------------------------------------------ disk store
+def _checksum(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for name in RECORD_FIELDS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_record(path: str, record: MoleculeRecord) -> None:
+    """Write ``record`` atomically (temporary file + rename) with its checksum."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name in RECORD_FIELDS:
+                f.create_dataset(name, data=record.arrays[name])
+            f.attrs["record_version"] = RECORD_VERSION
+            f.attrs["checksum"] = _checksum(record.arrays)
+            f.attrs["n_electrons"] = record.n_electrons
+            f.attrs["auxbasis"] = record.auxbasis
+
+
+def load_record(path: str) -> MoleculeRecord | None:
+    """The record in ``path``; ``None`` if missing, of another version, unreadable or
+    damaged (then with a warning): it is rebuilt."""
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
+                return None
+            arrays = {name: f[name][()] for name in RECORD_FIELDS}
+            if str(f.attrs.get("checksum", "")) != _checksum(arrays):
+                warnings.warn(f"{path}: cached record fails its checksum (damaged file); rebuilding it", stacklevel=2)
+                return None
+            return MoleculeRecord(arrays, int(f.attrs["n_electrons"]), str(f.attrs["auxbasis"]))
+    except (OSError, KeyError):
+        return None
+
+
+class RecordStore:
+    """Records of molecules on disk (``directory``) or in memory (``directory=None``).
+
+    The disk store holds at most ``max_bytes`` of records (files already in the
+    directory count); a record that does not fit is not written, and is rebuilt each
+    time it is needed. The in-memory store (no directory) keeps every record.
+    """
+
+    def __init__(self, directory: str | None, settings: RecordSettings, max_bytes: int | None = None):
+        self.directory = directory
+        self.settings = settings
+        self.max_bytes = max_bytes
+        self.memory: dict[str, MoleculeRecord] = {}
+        self.written = self.rebuilt = self.read = 0
+        self.used = 0
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+            self.used = sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".h5"))
+
+    def path(self, system: System) -> str | None:
+        if self.directory is None:
+            return None
+        return os.path.join(self.directory, f"rec-{self.settings.key(system)}.h5")
+
+    def lookup(self, system: System) -> MoleculeRecord | None:
+        if self.directory is None:
+            return self.memory.get(self.settings.key(system))
+        path = self.path(system)
+        if not os.path.exists(path):
+            return None
+        record = load_record(path)
+        if record is not None:
+            self.read += 1
+        return record
+
+    def sizes(self, system: System) -> tuple[int, int] | None:
+        """``(naux, ngrid)`` of a stored record without reading its arrays, or ``None``."""
+        if self.directory is None:
+            record = self.memory.get(self.settings.key(system))
+            return None if record is None else record_sizes(record)
+        try:
+            with h5py.File(self.path(system), "r") as f:
+                if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
+                    return None
+                return int(f["cderi_packed"].shape[0]), int(f["weights"].shape[0])
+        except (OSError, KeyError):
+            return None
+
+    def keep(self, system: System, record: MoleculeRecord) -> bool:
+        """Store a complete record; False when the size bound leaves no room."""
+        if self.directory is None:
+            self.memory[self.settings.key(system)] = record
+            return True
+        if self.max_bytes is not None and self.used + record.nbytes > self.max_bytes:
+            return False
+        save_record(self.path(system), record)
+        self.used += os.path.getsize(self.path(system))
+        self.written += 1
+        return True
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """A pool of ``workers`` spawned processes, one BLAS/OpenMP thread each (``None`` for 0)."""
+    if workers < 1:
+        yield None
+        return
+    saved = {k: os.environ.get(k) for k in WORKER_THREADS}
+    os.environ.update(WORKER_THREADS)  # inherited by the spawned workers; this process's libraries are loaded
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        list(pool.map(int, range(workers)))  # start every worker now, under this environment
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+# ------------------------------------------------------------------ bucket shapes
+@dataclasses.dataclass(frozen=True)
+class BucketShapes:
+    """Padded shapes every batch of one bucket shares (one compiled step).
+
+    ``graph``: (atoms, edges, aos) slots of :func:`vardft.hamiltonian.prepare_batch`;
+    ``nao`` = aos; ``naux`` and ``ngrid`` rounded up (:data:`AUX_ROUND`, :data:`GRID_ROUND`);
+    ``shells``: ((group key (l, nprim), shells), ...) and ``nctr``: ((key, contractions
+    per shell), ...) of :func:`basis.shells.pad_ao_shells`.
+    """
+
+    graph: tuple[int, int, int]
+    naux: int
+    ngrid: int
+    shells: tuple
+    nctr: tuple
+
+    @property
+    def nao(self) -> int:
+        return self.graph[2]
+
+
+def record_sizes(record: MoleculeRecord) -> tuple[int, int]:
+    """``(naux, ngrid)`` of a record."""
+    return int(record.arrays["cderi_packed"].shape[0]), int(record.arrays["weights"].shape[0])
+
+
+def molecule_sizes(naux: int, ngrid: int, shells: AOShells) -> dict:
+    """The sizes of one molecule that bucket shapes are the maxima of."""
+    return {
+        "naux": int(naux),
+        "ngrid": int(ngrid),
+        "shells": {k: shells.nshell(k) for k in shells.keys},
+        "nctr": {k: shells.nctr(k) for k in shells.keys},
+    }
+
+
+def bucket_shapes(graph: tuple[int, int, int], sizes: Sequence[dict]) -> BucketShapes:
+    shells: dict = {}
+    nctr: dict = {}
+    for s in sizes:
+        for k, n in s["shells"].items():
+            shells[k] = max(shells.get(k, 0), n)
+            nctr[k] = max(nctr.get(k, 0), s["nctr"][k])
+    return BucketShapes(
+        graph=tuple(int(g) for g in graph),
+        naux=round_up(max(s["naux"] for s in sizes), AUX_ROUND),
+        ngrid=round_up(max(max(s["ngrid"] for s in sizes), 1), GRID_ROUND),
+        shells=tuple((k, round_up(n, SHELL_ROUND)) for k, n in sorted(shells.items())),
+        nctr=tuple(sorted(nctr.items())),
+    )
+
+
+def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, settings: RecordSettings
+               ) -> tuple[CompactIntegrals, np.ndarray, np.ndarray, np.ndarray]:
+    """``(CompactIntegrals, h_base, X, mo_mask)`` of one record padded to ``shapes`` (numpy leaves).
+
+    Padded AOs and auxiliary functions are zero; padded grid points sit far away with
+    zero weight. Energy and Fock of the padded integrals equal the record's.
+    """
+    a = record.arrays
+    n, N = a["overlap"].shape[0], shapes.nao
+    npair, Npair = n * (n + 1) // 2, N * (N + 1) // 2
+    pad2 = lambda m: np.pad(m, [(0, N - n), (0, N - n)])  # noqa: E731
+    ngrid = a["weights"].shape[0]
+    coords = np.concatenate([a["coords"], np.full((shapes.ngrid - ngrid, 3), FAR_AWAY)])
+    X, mask = pad_orthogonalizer(a["X"], N, N)
+    ints = CompactIntegrals(
+        overlap=pad2(a["overlap"]),
+        hcore=pad2(a["hcore"]),
+        cderi_packed=np.pad(a["cderi_packed"], [(0, shapes.naux - a["cderi_packed"].shape[0]), (0, Npair - npair)]),
+        coords=coords,
+        weights=np.pad(a["weights"], (0, shapes.ngrid - ngrid)),
+        e_nuc=np.asarray(a["e_nuc"]),
+        dm_guess=pad2(a["dm_guess"]),
+        shells=pad_ao_shells(shells, dict(shapes.shells), N, dict(shapes.nctr)),
+        n_electrons=record.n_electrons,
+        basis=settings.basis,
+        auxbasis=record.auxbasis,
+        functional=parse_functional(settings.xc),
+        grid_level=settings.grid_level,
+    )
+    h_base = pad2(a["h_base"]) if a["h_base"] is not None else None
+    return ints, h_base, X, mask
+
+
+# ------------------------------------------------------------------ streamed sets
+def stack_trees(trees):
+    """Stack pytrees of equal structure leaf by leaf on a new axis 0 (as JAX arrays)."""
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *trees)
+
+
+@dataclasses.dataclass
+class StreamedSet:
+    """One size bucket of molecules whose arrays are loaded per batch.
+
+    ``take(idx)`` returns the padded, stacked arrays of the molecules ``idx`` (the same
+    shapes for every batch of equal length) and the indices into them; records come
+    from ``store`` or are rebuilt (``rebuild(k)``) when the store has no room for them.
+    """
+
+    systems: tuple[System, ...]
+    shapes: BucketShapes
+    store: RecordStore
+    rebuild: Callable[[int], MoleculeRecord]
+    make_arrays: Callable
+    model_config: object
+
+    def __len__(self) -> int:
+        return len(self.systems)
+
+    def records(self, idx: Sequence[int]) -> list[MoleculeRecord]:
+        found = {i: self.store.lookup(self.systems[i]) for i in idx}
+        missing = [i for i in dict.fromkeys(idx) if found[i] is None]
+        if missing:
+            self.store.rebuilt += len(missing)
+            found.update(zip(missing, self.rebuild(missing)))
+        return [found[i] for i in idx]
+
+    def take(self, idx):
+        """``(arrays, local_idx)``: the stacked arrays of molecules ``idx`` and ``arange(len(idx))``."""
+        idx = [int(i) for i in np.asarray(idx)]
+        systems = [self.systems[i] for i in idx]
+        batch = prepare_batch(systems, self.model_config, pad_to=self.shapes.graph)
+        padded = []
+        for s, record in zip(systems, self.records(idx)):
+            shells = ao_shells(s.to_mole(self.store.settings.basis))
+            padded.append(pad_record(record, shells, self.shapes, self.store.settings))
+        return self.make_arrays(batch, padded), jnp.arange(len(idx), dtype=jnp.int32)
+
+
+def bounded_map(pool, fn, items: Sequence, *args, ahead: int = 2):
+    """``fn(item, *args)`` for each item, in order, through ``pool`` (or inline without one),
+    with at most ``ahead`` per worker in flight: finished results never pile up in memory."""
+    if pool is None:
+        for item in items:
+            yield fn(item, *args)
+        return
+    limit = max(1, ahead * pool._max_workers)
+    pending: list = []
+    items = list(items)
+    nxt = 0
+    while nxt < len(items) or pending:
+        while nxt < len(items) and len(pending) < limit:
+            pending.append(pool.submit(fn, items[nxt], *args))
+            nxt += 1
+        yield pending.pop(0).result()
