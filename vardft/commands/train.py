@@ -29,6 +29,8 @@ FLAGS = {
     "sc_weight": "self_consistency",
     "baseline": "baseline",
     "grid_level": "grid_level",
+    "backend": "backend",
+    "workers": "workers",
     "seed": "seed",
     "minutes": "max_minutes",
     "checkpoint_every": "checkpoint_every",
@@ -72,8 +74,17 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"steps between checkpoints ({m.checkpoint_every}; {c.checkpoint_every})")
     p.add_argument("--grid-level", type=int, default=None, help=f"molecules: PySCF grid level of the training energy ({m.grid_level})")
+    p.add_argument("--backend", default=None, choices=["host", "jax"],
+                   help=f"molecules: where the energy's XC term runs ({m.backend}): host = libxc in a host callback "
+                        "on AO values held in memory for every molecule; jax = AO values and XC in JAX, data streamed "
+                        "from compact per-molecule records on disk (memory independent of the number of molecules)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="molecules, --backend jax: processes that build the records (default: half the cores)")
     p.add_argument("--cache", default=None,
                    help="molecules: integral cache directory (default: $VARDFT_CACHE or ~/.cache/vardft; 'none' disables)")
+    p.add_argument("--cache-gb", type=float, default=None,
+                   help="molecules, --backend jax: most disk the records may take, GB; past it they are recomputed "
+                        "when needed (default: no bound)")
     p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
                    help="crystals: training k-mesh (default 2 per periodic direction, 1 along vacuum)")
     p.add_argument("--pseudo", default=None, help="crystals: GTH pseudopotential (default: matches --xc)")
@@ -99,14 +110,18 @@ def given_settings(args) -> dict:
     return out
 
 
-def make_cache(arg):
-    """The integral cache of ``--cache`` (``none``: no disk cache)."""
+def make_cache(arg, gigabytes: float | None = None):
+    """The integral cache of ``--cache`` (``none``: no disk cache), bounded by ``--cache-gb``."""
+    if gigabytes is not None and not gigabytes > 0:
+        raise InputError(f"--cache-gb must be > 0, got {gigabytes}")
     if arg is not None and arg.lower() == "none":
+        if gigabytes is not None:
+            raise InputError("--cache-gb bounds the disk cache; it does not apply with --cache none")
         return IntegralCache(None)
     directory = arg or default_cache_dir()
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise InputError(f"--cache {directory} is a file; the integral cache is a directory")
-    return IntegralCache(directory)
+    return IntegralCache(directory, max_bytes=None if gigabytes is None else int(gigabytes * 1e9))
 
 
 def run(args) -> int:
@@ -116,8 +131,8 @@ def run(args) -> int:
         _, saved, _ = read_run(args.out)
         seed = saved.seed
     dataset = load_dataset(args.data, seed=seed or 0, n_train=args.n_train)
-    if args.cache is not None and dataset.kind == "crystal":
-        raise InputError("--cache applies to molecules, not to crystals")
+    if (args.cache is not None or args.cache_gb is not None) and dataset.kind == "crystal":
+        raise InputError("--cache and --cache-gb apply to molecules, not to crystals")
     if args.resume:
         config = with_overrides(saved, **given)
     else:
@@ -127,7 +142,7 @@ def run(args) -> int:
     check_basis(config.basis, {s for m in dataset.train + dataset.validation for s in m.symbols})
     print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
           f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.steps} steps -> {args.out}")
-    cache = make_cache(args.cache) if dataset.kind == "molecule" else None
+    cache = make_cache(args.cache, args.cache_gb) if dataset.kind == "molecule" else None
     result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
     msg = f"step {result.step}, {result.seconds / 60:.1f} min"
