@@ -168,7 +168,7 @@ def ao_shells(mol: gto.Mole) -> AOShells:
         mol: a built ``pyscf.gto.Mole`` with ``cart=False``.
 
     Returns:
-        :class:`AOShells` with jnp leaves; ``nao == mol.nao_nr()``.
+        :class:`AOShells` with numpy leaves; ``nao == mol.nao_nr()``.
 
     Raises:
         BasisError: ``mol.cart`` is True (Cartesian AOs are not supported).
@@ -200,12 +200,15 @@ def ao_shells(mol: gto.Mole) -> AOShells:
 
 
 def _build(groups, nao: int) -> AOShells:
-    """AOShells from ``[(l, centers, exponents, coefficients, ao_index), ...]`` (numpy)."""
+    """AOShells from ``[(l, centers, exponents, coefficients, ao_index), ...]``.
+
+    Leaves stay numpy arrays (host side: no device transfer per small array; the
+    jitted :func:`solvers.ao.eval_ao` and stacking move them once)."""
     return AOShells(
-        centers=tuple(jnp.asarray(g[1], dtype=jnp.float64) for g in groups),
-        exponents=tuple(jnp.asarray(g[2], dtype=jnp.float64) for g in groups),
-        coefficients=tuple(jnp.asarray(g[3], dtype=jnp.float64) for g in groups),
-        ao_index=tuple(jnp.asarray(g[4], dtype=jnp.int32) for g in groups),
+        centers=tuple(np.asarray(g[1], dtype=np.float64) for g in groups),
+        exponents=tuple(np.asarray(g[2], dtype=np.float64) for g in groups),
+        coefficients=tuple(np.asarray(g[3], dtype=np.float64) for g in groups),
+        ao_index=tuple(np.asarray(g[4], dtype=np.int32) for g in groups),
         ls=tuple(int(g[0]) for g in groups),
         nao=int(nao),
         cart2sph=tuple(_cart2sph_tuple(int(g[0])) for g in groups),

@@ -134,15 +134,16 @@ def save_record(path: str, record: MoleculeRecord) -> None:
             f.attrs["auxbasis"] = record.auxbasis
 
 
-def load_record(path: str) -> MoleculeRecord | None:
+def load_record(path: str, verify: bool = True) -> MoleculeRecord | None:
     """The record in ``path``; ``None`` if missing, of another version, unreadable or
-    damaged (then with a warning): it is rebuilt."""
+    damaged (then with a warning): it is rebuilt. ``verify=False`` skips the checksum
+    (for a file this process has already verified or written)."""
     try:
         with h5py.File(path, "r") as f:
             if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
                 return None
             arrays = {name: f[name][()] for name in RECORD_FIELDS}
-            if str(f.attrs.get("checksum", "")) != _checksum(arrays):
+            if verify and str(f.attrs.get("checksum", "")) != _checksum(arrays):
                 warnings.warn(f"{path}: cached record fails its checksum (damaged file); rebuilding it", stacklevel=2)
                 return None
             return MoleculeRecord(arrays, int(f.attrs["n_electrons"]), str(f.attrs["auxbasis"]))
@@ -163,6 +164,7 @@ class RecordStore:
         self.settings = settings
         self.max_bytes = max_bytes
         self.memory: dict[str, MoleculeRecord] = {}
+        self.verified: set[str] = set()  # files whose checksum this process has checked (or written)
         self.written = self.rebuilt = self.read = 0
         self.used = 0
         if directory is not None:
@@ -180,9 +182,10 @@ class RecordStore:
         path = self.path(system)
         if not os.path.exists(path):
             return None
-        record = load_record(path)
+        record = load_record(path, verify=path not in self.verified)
         if record is not None:
             self.read += 1
+            self.verified.add(path)
         return record
 
     def sizes(self, system: System) -> tuple[int, int] | None:
@@ -206,6 +209,7 @@ class RecordStore:
         if self.max_bytes is not None and self.used + record.nbytes > self.max_bytes:
             return False
         save_record(self.path(system), record)
+        self.verified.add(self.path(system))
         self.used += os.path.getsize(self.path(system))
         self.written += 1
         return True
@@ -287,9 +291,15 @@ def bucket_shapes(graph: tuple[int, int, int], sizes: Sequence[dict]) -> BucketS
     )
 
 
+def pad_shells(shells: AOShells, shapes: BucketShapes) -> AOShells:
+    """A molecule's AO shells padded to a bucket's shapes."""
+    return pad_ao_shells(shells, dict(shapes.shells), shapes.nao, dict(shapes.nctr))
+
+
 def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, settings: RecordSettings
                ) -> tuple[CompactIntegrals, np.ndarray, np.ndarray, np.ndarray]:
-    """``(CompactIntegrals, h_base, X, mo_mask)`` of one record padded to ``shapes`` (numpy leaves).
+    """``(CompactIntegrals, h_base, X, mo_mask)`` of one record padded to ``shapes`` (numpy
+    leaves); ``shells``: the molecule's AO shells already padded (:func:`pad_shells`).
 
     Padded AOs and auxiliary functions are zero; padded grid points sit far away with
     zero weight. Energy and Fock of the padded integrals equal the record's.
@@ -309,7 +319,7 @@ def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, s
         weights=np.pad(a["weights"], (0, shapes.ngrid - ngrid)),
         e_nuc=np.asarray(a["e_nuc"]),
         dm_guess=pad2(a["dm_guess"]),
-        shells=pad_ao_shells(shells, dict(shapes.shells), N, dict(shapes.nctr)),
+        shells=shells,
         n_electrons=record.n_electrons,
         basis=settings.basis,
         auxbasis=record.auxbasis,
@@ -341,6 +351,7 @@ class StreamedSet:
     rebuild: Callable[[int], MoleculeRecord]
     make_arrays: Callable
     model_config: object
+    _shells: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.systems)
@@ -353,15 +364,18 @@ class StreamedSet:
             found.update(zip(missing, self.rebuild(missing)))
         return [found[i] for i in idx]
 
+    def shells(self, k: int) -> AOShells:
+        """The padded AO shells of molecule ``k`` (built once: a few kB per molecule)."""
+        if k not in self._shells:
+            own = ao_shells(self.systems[k].to_mole(self.store.settings.basis))
+            self._shells[k] = pad_shells(own, self.shapes)
+        return self._shells[k]
+
     def take(self, idx):
         """``(arrays, local_idx)``: the stacked arrays of molecules ``idx`` and ``arange(len(idx))``."""
         idx = [int(i) for i in np.asarray(idx)]
-        systems = [self.systems[i] for i in idx]
-        batch = prepare_batch(systems, self.model_config, pad_to=self.shapes.graph)
-        padded = []
-        for s, record in zip(systems, self.records(idx)):
-            shells = ao_shells(s.to_mole(self.store.settings.basis))
-            padded.append(pad_record(record, shells, self.shapes, self.store.settings))
+        batch = prepare_batch([self.systems[i] for i in idx], self.model_config, pad_to=self.shapes.graph)
+        padded = [pad_record(r, self.shells(i), self.shapes, self.store.settings) for i, r in zip(idx, self.records(idx))]
         return self.make_arrays(batch, padded), jnp.arange(len(idx), dtype=jnp.int32)
 
 

@@ -233,7 +233,7 @@ class MoleculeTask:
         sizes = stream.molecule_sizes(*stream.record_sizes(record), shells)
         nao = stream.round_up(record.arrays["overlap"].shape[0], 8)
         shapes = stream.bucket_shapes((0, 0, nao), [sizes])
-        return stream.pad_record(record, shells, shapes, self.record_settings())
+        return stream.pad_record(record, stream.pad_shells(shells, shapes), shapes, self.record_settings())
 
     def complete_record(self, system: System, record: stream.MoleculeRecord) -> stream.MoleculeRecord:
         """Add the baseline Hamiltonian to a record built by a worker."""
