@@ -343,3 +343,17 @@ def frame_averaged(fn: Callable[[System], np.ndarray], system: System, basis: st
         m = symmetrize_matrix(np.asarray(fn(to_frame(system, f))), f, basis, system.symbols)
         total = total + from_frame_matrix(m, f, basis, system.symbols)
     return total / len(frames)
+
+
+def frame_covariant(own: Callable[[], np.ndarray], fn: Callable[[System], np.ndarray], system: System,
+                    basis: str) -> np.ndarray:
+    """``fn`` of a molecule already in its own frame (:func:`to_frame`), made covariant.
+
+    A molecule whose frame is unique (no degenerate moments) needs nothing more:
+    ``own()`` (``fn(system)``, possibly from integrals the caller already has). A
+    symmetric or spherical top, a linear molecule or an atom gets
+    :func:`frame_averaged` (``fn`` once per candidate frame).
+    """
+    if not molecular_frame(system).degenerate:
+        return np.asarray(own())
+    return frame_averaged(fn, system, basis)

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from basis.frame import frame_covariant
 from basis.functional import parse_functional
-from basis.integrals import CompactIntegrals, build_compact_integrals
+from basis.integrals import CompactIntegrals, compact_integrals_from_mean_field, make_mean_field
 from basis.shells import AOShells, ao_shells, pad_ao_shells
 from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
@@ -88,8 +89,7 @@ class MoleculeRecord:
     Attributes:
         arrays: ``RECORD_FIELDS`` → array; shapes as in :class:`CompactIntegrals`, plus
             ``h_base`` (nao, nao) baseline Hamiltonian (Hartree) and ``X`` (nao, nmo)
-            canonical orthogonalizer. ``h_base`` is ``None`` until
-            :func:`complete_records` fills it.
+            canonical orthogonalizer.
         n_electrons: electron count.
         auxbasis: auxiliary basis description (PySCF's).
     """
@@ -100,15 +100,36 @@ class MoleculeRecord:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values() if a is not None)
+        return sum(a.nbytes for a in self.arrays.values())
 
 
-def integrals_record(system: System, settings: RecordSettings) -> MoleculeRecord:
-    """The PySCF part of a record (no baseline yet): runs in a worker process."""
-    ints = build_compact_integrals(system, settings.xc, settings.basis, settings.grid_level)
+def minao_fock(mf) -> np.ndarray:
+    """(nao, nao) Kohn–Sham/Fock matrix of PySCF's minao guess density on ``mf``'s own grid
+    and density fitting: h + J − (a/2)K + V_xc, Hartree — the ``"minao"`` baseline, here
+    computed by PySCF in a worker (no JAX compilation per molecule shape). Equal to
+    :meth:`vardft.tasks.MoleculeTask.baseline` on the same integrals to round-off."""
+    if hasattr(mf, "small_rho_cutoff"):
+        mf.small_rho_cutoff = 0.0  # the record's grid as stored: PySCF would prune small-density points
+    dm = mf.get_init_guess()
+    return np.asarray(mf.get_hcore() + np.asarray(mf.get_veff(mf.mol, dm)), dtype=np.float64)
+
+
+def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
+    """The complete record of a molecule already in its frame; runs in a worker (PySCF only).
+
+    The baseline is made covariant as in training (:func:`basis.frame.frame_covariant`:
+    averaged over the candidate frames of symmetric tops)."""
+    mf = make_mean_field(system, settings.xc, settings.basis, settings.grid_level)
+    ints = compact_integrals_from_mean_field(mf)
     arrays = {name: np.asarray(getattr(ints, name)) for name in RECORD_FIELDS[:7]}
     arrays["X"] = canonical_orthogonalizer(arrays["overlap"])
-    arrays["h_base"] = None
+    if settings.baseline == "none":
+        arrays["h_base"] = np.zeros_like(arrays["overlap"])
+    else:
+        def fock(s: System) -> np.ndarray:
+            return minao_fock(make_mean_field(s, settings.xc, settings.basis, settings.grid_level))
+
+        arrays["h_base"] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
     return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
 
 
@@ -326,8 +347,7 @@ def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, s
         functional=parse_functional(settings.xc),
         grid_level=settings.grid_level,
     )
-    h_base = pad2(a["h_base"]) if a["h_base"] is not None else None
-    return ints, h_base, X, mask
+    return ints, pad2(a["h_base"]), X, mask
 
 
 # ------------------------------------------------------------------ streamed sets

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, to_cell
 from basis.errors import InputError
-from basis.frame import MolecularFrame, frame_averaged, from_frame_matrix, molecular_frame, to_frame
+from basis.frame import MolecularFrame, frame_covariant, from_frame_matrix, molecular_frame, to_frame
 from basis.integrals import Integrals, build_integrals
 from basis.pbc_integrals import (
     PeriodicIntegrals,
@@ -206,44 +206,17 @@ class MoleculeTask:
         a molecule in its frame is the identity up to O_h); otherwise the average over
         the molecule's candidate frames."""
         c = self.config
-        if c.baseline == "none" or not molecular_frame(system).degenerate:
+        if c.baseline == "none":
             return np.asarray(self.baseline(ints))
 
         def fock(s: System) -> np.ndarray:
-            n = s.to_mole(c.basis).nao_nr()  # compact integrals are padded
-            return np.asarray(self.baseline(self.baseline_integrals(s)))[:n, :n]
+            return np.asarray(self.baseline(build_integrals(s, c.xc, c.basis, c.grid_level)))
 
-        return frame_averaged(fock, system, c.basis)
-
-    def baseline_integrals(self, system: System):
-        """Integrals of ``system`` at the training grid level for its baseline: dense for
-        the host backend, compact (padded to rounded shapes) for the JAX backend."""
-        c = self.config
-        if c.backend == "host":
-            return build_integrals(system, c.xc, c.basis, c.grid_level)
-        return self._own_padding(system, stream.integrals_record(system, self.record_settings()))[0]
+        return frame_covariant(lambda: self.baseline(ints), fock, system, c.basis)
 
     def record_settings(self) -> stream.RecordSettings:
         c = self.config
         return stream.RecordSettings(c.xc, c.basis, c.grid_level, c.baseline)
-
-    def _own_padding(self, system: System, record: stream.MoleculeRecord):
-        """A record padded to its own rounded shapes (few distinct compiled shapes)."""
-        shells = ao_shells(system.to_mole(self.config.basis))
-        sizes = stream.molecule_sizes(*stream.record_sizes(record), shells)
-        nao = stream.round_up(record.arrays["overlap"].shape[0], 8)
-        shapes = stream.bucket_shapes((0, 0, nao), [sizes])
-        return stream.pad_record(record, stream.pad_shells(shells, shapes), shapes, self.record_settings())
-
-    def complete_record(self, system: System, record: stream.MoleculeRecord) -> stream.MoleculeRecord:
-        """Add the baseline Hamiltonian to a record built by a worker."""
-        n = record.arrays["overlap"].shape[0]
-        if self.config.baseline == "none":
-            record.arrays["h_base"] = np.zeros((n, n))
-            return record
-        ints = jax.tree.map(jnp.asarray, self._own_padding(system, record)[0])
-        record.arrays["h_base"] = np.asarray(self.frame_baseline(system, ints))[:n, :n]
-        return record
 
     def _integrals(self, systems, cache: IntegralCache, progress: bool):
         """``(shapes, load)``: ``shapes[k] = (naux, ngrid, n_electrons)`` and ``load(k)`` the
@@ -342,16 +315,14 @@ class MoleculeTask:
                 missing.append(k)
             else:
                 sizes[k] = stream.molecule_sizes(*found, shells[k])
-        built = stream.bounded_map(pool, stream.integrals_record, [systems[k] for k in missing], settings)
+        built = stream.bounded_map(pool, stream.build_record, [systems[k] for k in missing], settings)
         for k, record in zip(tqdm(missing, desc="records", unit="mol", disable=not progress, leave=False), built):
-            record = self.complete_record(systems[k], record)
             sizes[k] = stream.molecule_sizes(*stream.record_sizes(record), shells[k])
             store.keep(systems[k], record)
             del record
 
         def rebuild(ks):
-            records = stream.bounded_map(pool, stream.integrals_record, [systems[k] for k in ks], settings)
-            return [self.complete_record(systems[k], r) for k, r in zip(ks, records)]
+            return list(stream.bounded_map(pool, stream.build_record, [systems[k] for k in ks], settings))
 
         return stream.StreamedSet(
             systems=systems, shapes=stream.bucket_shapes(graph, sizes), store=store, rebuild=rebuild,
