@@ -39,6 +39,7 @@ from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.xc import FAR_AWAY
 from vardft.checkpoint import atomic_output
+from vardft.data import integral_key
 from vardft.hamiltonian import prepare_batch
 
 RECORD_VERSION = 1
@@ -76,10 +77,9 @@ class RecordSettings:
     baseline: str
 
     def key(self, system: System) -> str:
-        payload = repr((RECORD_VERSION, system.symbols, np.round(system.positions, 10).tolist(), system.charge,
-                        system.spin, parse_functional(self.xc).name, self.basis.lower(), self.grid_level,
-                        self.baseline))
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+        """Hash of the geometry, these settings and :data:`RECORD_VERSION`."""
+        geometry = integral_key(system, self.xc, self.basis, self.grid_level)
+        return hashlib.sha256(f"{RECORD_VERSION}:{geometry}:{self.baseline}".encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass
