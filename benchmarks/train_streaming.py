@@ -104,6 +104,7 @@ def main(argv=None) -> int:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # each row as soon as it is measured
     if args.json:
         print(json.dumps({"rows": rows}, indent=1))
         return 0

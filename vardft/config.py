@@ -114,7 +114,9 @@ class TrainConfig:
             libxc in a host callback on AO values held in memory for every molecule;
             ``"jax"``: AO values and XC computed in JAX on the device, and the data
             streamed from compact per-molecule records (:mod:`vardft.stream`), so memory
-            does not grow with the number of molecules.
+            does not grow with the number of molecules. ``None`` (default): chosen at
+            train time by :func:`vardft.tasks.choose_backend` (measured: the host path is
+            as fast or faster on a CPU while the data fits in memory).
         workers: processes that build the records of the ``"jax"`` backend
             (``None``: :func:`default_workers`; 0: in the training process).
 
@@ -153,7 +155,7 @@ class TrainConfig:
     # molecules
     grid_level: int | None = TRAIN_GRID_LEVEL
     bucket_aos: int | None = 16
-    backend: str | None = "host"
+    backend: str | None = None
     workers: int | None = None
     # crystals
     pseudo: str | None = None
@@ -285,11 +287,20 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise InputError(f"bucket width must be a positive number of AOs, got {config.bucket_aos}")
         if config.grid_level is not None and not 0 <= config.grid_level <= 9:
             raise InputError(f"grid level must be 0..9 (PySCF's levels), got {config.grid_level}")
-        if config.backend not in BACKENDS:
+        if config.backend is not None and config.backend not in BACKENDS:
             raise InputError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
         if config.workers is not None and config.workers < 0:
             raise InputError(f"workers must be >= 0, got {config.workers}")
     return config
+
+
+HOST_MEMORY_FRACTION = 0.25
+"""The automatic backend keeps molecules in memory (``"host"``) on a CPU while their AO
+values and DF factors are estimated to take at most this fraction of the machine's memory."""
+
+GRID_POINTS_PER_ATOM = {0: 900, 1: 3900, 2: 8300, 3: 12000, 4: 22200, 5: 33300}
+"""PySCF grid points per atom by grid level (measured on benzene at def2-SVP, rounded up;
+water has fewer), for memory estimates only."""
 
 
 def default_workers() -> int:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import flax.struct
@@ -51,6 +52,7 @@ from tqdm.auto import tqdm
 from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, to_cell
 from basis.errors import InputError
 from basis.frame import MolecularFrame, frame_covariant, from_frame_matrix, molecular_frame, to_frame
+from basis.functional import parse_functional
 from basis.integrals import Integrals, build_integrals
 from basis.pbc_integrals import (
     PeriodicIntegrals,
@@ -67,7 +69,7 @@ from solvers import periodic
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.energy import energy_and_fock
 from vardft import stream
-from vardft.config import CRYSTAL_KPOINTS_PER_DIRECTION, TrainConfig
+from vardft.config import CRYSTAL_KPOINTS_PER_DIRECTION, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION, TrainConfig
 from vardft.data import IntegralCache, pad_integrals, size_buckets
 from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
@@ -160,6 +162,33 @@ def _merged_auxbasis(names: Sequence[str]) -> str:
         return " | ".join(unique)
 
 
+def in_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
+    """Estimated bytes of the host backend's in-memory integrals of ``systems``: AO values
+    (and gradients for GGAs) on the training grid plus the unpacked DF factor (taken as
+    3 auxiliary functions per AO, def2 fitting bases have 2.5–3.5)."""
+    nderiv = 4 if parse_functional(config.xc).family == "gga" else 1
+    per_atom = GRID_POINTS_PER_ATOM.get(config.grid_level, GRID_POINTS_PER_ATOM[5])
+    nao_of: dict = {}
+    total = 0
+    for s in systems:
+        key = (s.symbols, s.charge, s.spin)
+        if key not in nao_of:
+            nao_of[key] = s.to_mole(config.basis).nao_nr()
+        nao = nao_of[key]
+        total += 8 * (nderiv * per_atom * len(s.symbols) * nao + 3 * nao**3)
+    return total
+
+
+def choose_backend(systems: Sequence[System], config: TrainConfig) -> str:
+    """``"jax"`` on a GPU or TPU (a host callback cannot run there), or on a CPU when the
+    host backend's integrals would take more than :data:`HOST_MEMORY_FRACTION` of the
+    memory; ``"host"`` otherwise (as fast or faster on a CPU: docs/results.md)."""
+    if jax.default_backend() != "cpu":
+        return "jax"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return "host" if in_memory_bytes(systems, config) <= HOST_MEMORY_FRACTION * memory else "jax"
+
+
 def _stack_compact(batch, padded) -> MoleculeArrays:
     """:class:`MoleculeArrays` of one streamed batch from :func:`vardft.stream.pad_record` outputs."""
     ints = [p[0] for p in padded]
@@ -184,7 +213,10 @@ class MoleculeTask:
     kind = "molecule"
 
     def resolve(self, systems: Sequence[System]) -> TrainConfig:
-        return self.config
+        """The config with the backend chosen (:func:`choose_backend`) when it is ``None``."""
+        if self.config.backend is not None:
+            return self.config
+        return dataclasses.replace(self.config, backend=choose_backend(systems, self.config))
 
     def baseline(self, ints: Integrals) -> jax.Array:
         """(nao, nao) F[P_minao] (or zero) on the grid of ``ints``, Hartree."""

@@ -175,8 +175,9 @@ MAX_CONSECUTIVE_SKIPS = 20
 good one each time, so more attempts at the same point would only repeat the failure
 (the data order changes, the parameters do not)."""
 
-RESUME_IGNORED = ("max_minutes", "checkpoint_every", "eval_every")
-"""Settings that may change when a run is resumed (they do not change the result)."""
+RESUME_IGNORED = ("max_minutes", "checkpoint_every", "eval_every", "backend", "workers")
+"""Settings that may change when a run is resumed (they do not change the result: the
+backends agree to round-off)."""
 
 
 def _check_resume(run_dir: str, record: dict, saved: TrainConfig, config: TrainConfig | None, dataset: Dataset,

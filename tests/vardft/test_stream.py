@@ -103,3 +103,16 @@ def test_jax_backend_training_reproduces_host_losses(water, tmp_path):
         result = train(water, None, config, cache=IntegralCache(str(tmp_path / backend)), progress=False)
         losses[backend] = np.array([h["loss"] for h in result.history])
     assert np.max(np.abs(losses["jax"] - losses["host"]) / np.abs(losses["host"])) < LOSS_REL_TOL
+
+
+def test_automatic_backend_streams_what_does_not_fit(water, monkeypatch):
+    """``backend=None`` keeps small sets in memory on a CPU and streams large ones."""
+    from vardft import tasks
+
+    config = make_config("molecule", basis="sto-3g")
+    assert config.backend is None
+    small = tasks.in_memory_bytes(water.train[:1], config)
+    assert tasks.in_memory_bytes(water.train[:4], config) == 4 * small
+    assert MoleculeTask(config).resolve(water.train).backend == "host"
+    monkeypatch.setattr(tasks, "HOST_MEMORY_FRACTION", 0.0)
+    assert MoleculeTask(config).resolve(water.train).backend == "jax"

@@ -75,9 +75,10 @@ def register(sub) -> None:
                    help=f"steps between checkpoints ({m.checkpoint_every}; {c.checkpoint_every})")
     p.add_argument("--grid-level", type=int, default=None, help=f"molecules: PySCF grid level of the training energy ({m.grid_level})")
     p.add_argument("--backend", default=None, choices=["host", "jax"],
-                   help=f"molecules: where the energy's XC term runs ({m.backend}): host = libxc in a host callback "
-                        "on AO values held in memory for every molecule; jax = AO values and XC in JAX, data streamed "
-                        "from compact per-molecule records on disk (memory independent of the number of molecules)")
+                   help="molecules: where the energy's XC term runs. host = libxc in a host callback on AO values "
+                        "held in memory for every molecule; jax = AO values and XC in JAX, data streamed from compact "
+                        "per-molecule records on disk (memory independent of the number of molecules). Default: jax on "
+                        "a GPU; on a CPU host while the molecules' integrals fit in a quarter of the memory, else jax")
     p.add_argument("--workers", type=int, default=None,
                    help="molecules, --backend jax: processes that build the records (default: half the cores)")
     p.add_argument("--cache", default=None,
