@@ -29,8 +29,23 @@ callback, AO values stored) or ``"jax"`` (:mod:`solvers.xc_jax` on the device, n
 callback). :class:`CompactIntegrals` are always ``"jax"``."""
 
 
+class _Sizes:
+    """Sizes shared by both kinds of molecular integrals."""
+
+    overlap: jax.Array
+    n_electrons: int
+
+    @property
+    def nao(self) -> int:
+        return self.overlap.shape[-1]
+
+    @property
+    def n_occupied(self) -> int:
+        return self.n_electrons // 2
+
+
 @struct.dataclass
-class Integrals:
+class Integrals(_Sizes):
     """Integrals of one molecule (atomic units: Hartree, Bohr).
 
     Array fields (pytree leaves, float64):
@@ -63,17 +78,9 @@ class Integrals:
     grid_level: int = struct.field(pytree_node=False, default=DEFAULT_GRID_LEVEL)
     backend: str = struct.field(pytree_node=False, default="host")
 
-    @property
-    def nao(self) -> int:
-        return self.overlap.shape[-1]
-
-    @property
-    def n_occupied(self) -> int:
-        return self.n_electrons // 2
-
 
 @struct.dataclass
-class CompactIntegrals:
+class CompactIntegrals(_Sizes):
     """What the device needs for the energy of one molecule, and nothing it can compute.
 
     Compared with :class:`Integrals` there are no AO values on the grid (the device
@@ -109,14 +116,6 @@ class CompactIntegrals:
     functional: Functional = struct.field(pytree_node=False)
     grid_level: int = struct.field(pytree_node=False, default=DEFAULT_GRID_LEVEL)
     backend: str = struct.field(pytree_node=False, default="jax")
-
-    @property
-    def nao(self) -> int:
-        return self.overlap.shape[-1]
-
-    @property
-    def n_occupied(self) -> int:
-        return self.n_electrons // 2
 
 
 def make_mean_field(system: System, xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL):

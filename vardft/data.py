@@ -250,10 +250,10 @@ def integral_key(system: System, xc: str, basis: str, grid_level: int) -> str:
 _ARRAY_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_guess")
 
 
-def _arrays_checksum(arrays: dict) -> str:
-    """SHA-256 over the name, dtype, shape and bytes of each cached array, in ``_ARRAY_FIELDS`` order."""
+def arrays_checksum(arrays: dict, fields: Sequence[str] = _ARRAY_FIELDS) -> str:
+    """SHA-256 over the name, dtype, shape and bytes of each array named in ``fields``, in order."""
     h = hashlib.sha256()
-    for name in _ARRAY_FIELDS:
+    for name in fields:
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.tobytes())
@@ -269,7 +269,7 @@ def _save_integrals(path: str, ints: Integrals) -> None:
             for name in _ARRAY_FIELDS:
                 f.create_dataset(name, data=arrays[name])
             f.attrs["cache_version"] = CACHE_VERSION
-            f.attrs["checksum"] = _arrays_checksum(arrays)
+            f.attrs["checksum"] = arrays_checksum(arrays)
             f.attrs["n_electrons"] = ints.n_electrons
             f.attrs["basis"] = ints.basis
             f.attrs["auxbasis"] = ints.auxbasis
@@ -286,7 +286,7 @@ def _load_integrals(path: str) -> Integrals | None:
             if int(f.attrs.get("cache_version", -1)) != CACHE_VERSION:
                 return None
             arrays = {name: f[name][()] for name in _ARRAY_FIELDS}
-            if str(f.attrs.get("checksum", "")) != _arrays_checksum(arrays):
+            if str(f.attrs.get("checksum", "")) != arrays_checksum(arrays):
                 warnings.warn(f"{path}: cached integrals fail their checksum (damaged file); rebuilding them",
                               stacklevel=3)
                 return None

@@ -39,7 +39,7 @@ from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.xc import FAR_AWAY
 from vardft.checkpoint import atomic_output
-from vardft.data import integral_key
+from vardft.data import arrays_checksum, integral_key
 from vardft.hamiltonian import prepare_batch
 
 RECORD_VERSION = 1
@@ -134,15 +134,6 @@ def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
 
 
 # ------------------------------------------------------------------ disk store
-def _checksum(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for name in RECORD_FIELDS:
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def save_record(path: str, record: MoleculeRecord) -> None:
     """Write ``record`` atomically (temporary file + rename) with its checksum."""
     with atomic_output(path) as tmp:
@@ -150,7 +141,7 @@ def save_record(path: str, record: MoleculeRecord) -> None:
             for name in RECORD_FIELDS:
                 f.create_dataset(name, data=record.arrays[name])
             f.attrs["record_version"] = RECORD_VERSION
-            f.attrs["checksum"] = _checksum(record.arrays)
+            f.attrs["checksum"] = arrays_checksum(record.arrays, RECORD_FIELDS)
             f.attrs["n_electrons"] = record.n_electrons
             f.attrs["auxbasis"] = record.auxbasis
 
@@ -164,7 +155,7 @@ def load_record(path: str, verify: bool = True) -> MoleculeRecord | None:
             if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
                 return None
             arrays = {name: f[name][()] for name in RECORD_FIELDS}
-            if verify and str(f.attrs.get("checksum", "")) != _checksum(arrays):
+            if verify and str(f.attrs.get("checksum", "")) != arrays_checksum(arrays, RECORD_FIELDS):
                 warnings.warn(f"{path}: cached record fails its checksum (damaged file); rebuilding it", stacklevel=2)
                 return None
             return MoleculeRecord(arrays, int(f.attrs["n_electrons"]), str(f.attrs["auxbasis"]))
