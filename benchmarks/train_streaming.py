@@ -76,6 +76,31 @@ def _child(spec: str, backend: str, steps: int, batch: int, cache: str, workers:
     }
 
 
+def record_cost(spec: str, n: int, directory: str) -> dict:
+    """Seconds per molecule to build a record (one process, PySCF) and to read it back, and its size."""
+    from vardft.config import make_config
+    from vardft.stream import RecordSettings, build_record, load_record, save_record
+    from vardft.tasks import MoleculeTask
+
+    config = make_config("molecule")
+    systems = [MoleculeTask.to_frame(s)[0] for s in _dataset(spec).train[:n]]
+    settings = RecordSettings(config.xc, config.basis, config.grid_level, config.baseline)
+    build, read, size = [], [], []
+    for k, system in enumerate(systems):
+        t0 = time.perf_counter()
+        record = build_record(system, settings)
+        build.append(time.perf_counter() - t0)
+        path = os.path.join(directory, f"cost-{k}.h5")
+        save_record(path, record)
+        size.append(os.path.getsize(path))
+        t0 = time.perf_counter()
+        load_record(path)
+        read.append(time.perf_counter() - t0)
+        os.remove(path)
+    return {"data": spec, "n": n, "build_s": statistics.median(build), "read_s": statistics.median(read),
+            "record_mb": statistics.median(size) / 1e6}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", default=["water"])
@@ -85,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--cache", default=None, help="record/integral cache directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--record-cost", type=int, default=None, metavar="N",
+                   help="instead: time building and reading N records of each --data (read vs recompute)")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -92,6 +119,12 @@ def main(argv=None) -> int:
         print(json.dumps(_child(spec, backend, int(steps), args.batch, cache, args.workers)))
         return 0
     cache = args.cache or tempfile.mkdtemp(prefix="vardft-bench-cache-")
+    if args.record_cost:
+        costs = [record_cost(spec, args.record_cost, cache) for spec in args.data]
+        print(json.dumps(costs, indent=1) if args.json else "\n".join(
+            f"{c['data']}: build {c['build_s']:.2f} s, read {c['read_s']:.3f} s, {c['record_mb']:.1f} MB per record"
+            for c in costs))
+        return 0
     rows = []
     for spec in args.data:
         for backend in args.backends:
