@@ -33,6 +33,7 @@ from basis.functional import parse_functional
 from basis.integrals import DEFAULT_GRID_LEVEL, Integrals, build_integrals
 from basis.system import System, read_systems
 from vardft.checkpoint import atomic_output
+from vardft.qm9 import qm9_split
 
 DISPLACEMENT_H = 0.06
 """Gaussian displacement width of a hydrogen atom, Å (heavier atoms: × sqrt(m_H/m))."""
@@ -54,12 +55,16 @@ class Dataset:
         validation: held-out systems (conformations, whole molecules for g2-small,
             or displaced and strained crystals that follow the training ones).
         kind: ``"molecule"`` or ``"crystal"`` (systems with a cell).
+        train_labels: optional identifiers of the training systems, saved with a run
+            (``qm9``: "index SMILES"), so that anyone can check a test molecule was
+            never trained on.
     """
 
     name: str
     train: tuple[System, ...]
     validation: tuple[System, ...]
     kind: str = "molecule"
+    train_labels: tuple[str, ...] = ()
 
 
 def thermal_conformations(base: System, n: int, rng: np.random.Generator, width_h: float = DISPLACEMENT_H) -> list[System]:
@@ -176,11 +181,23 @@ def _crystal_set(name: str) -> Callable[[int, int, int], Dataset]:
     return make
 
 
+def _qm9(seed: int, n_train: int, n_validation: int) -> Dataset:
+    """QM9 molecules (:mod:`vardft.qm9`): a seeded split by molecule."""
+    split = qm9_split(seed, n_train, n_validation)
+    return Dataset(
+        "qm9",
+        tuple(m.system() for m in split.train),
+        tuple(m.system() for m in split.validation),
+        train_labels=tuple(f"{m.index} {m.smiles}" for m in split.train),
+    )
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[[int, int, int], Dataset], int, int]] = {
     # name: (generator, default train size, default validation size)
     "water": (_conformation_set("H2O"), 128, 16),
     "ethanol": (_conformation_set("CH3CH2OH"), 48, 12),
     "g2-small": (_g2_small, 2, 1),
+    "qm9": (_qm9, 1000, 100),
     "si": (_crystal_set("si"), 16, 4),
     "diamond": (_crystal_set("diamond"), 16, 4),
     "hbn": (_crystal_set("hbn"), 16, 4),

@@ -152,6 +152,7 @@ def run_record(config: TrainConfig, model_config: ModelConfig, dataset: Dataset)
         "n_train": len(dataset.train),
         "n_validation": len(dataset.validation),
         "charges": sorted({int(s.charge) for s in dataset.train}),
+        **({"train_molecules": list(dataset.train_labels)} if dataset.train_labels else {}),
     }
 
 

@@ -1,0 +1,47 @@
+"""The built-in qm9 dataset: deterministic splits by molecule, the size split, labels in the run."""
+
+import pytest
+
+from vardft.config import make_config
+from vardft.data import load_dataset
+from vardft.model import ModelConfig
+from vardft.qm9 import qm9_split, read_qm9
+from vardft.train import run_record
+
+
+@pytest.fixture(scope="module")
+def qm9():
+    return read_qm9()
+
+
+def test_qm9_is_read_whole_and_closed_shell(qm9):
+    assert len(qm9) == 130_831  # QM9 without the 3,054 unconverged structures
+    first = qm9[0]
+    assert (first.index, first.smiles, first.symbols) == (1, "C", ("C", "H", "H", "H", "H"))
+    assert first.positions.shape == (5, 3)
+    assert max(m.heavy_atoms for m in qm9) == 9
+
+
+def test_split_is_deterministic_and_nested(qm9):
+    small, large = qm9_split(3, 5, 4), qm9_split(3, 20, 4)
+    assert [m.index for m in small.validation] == [m.index for m in large.validation]
+    assert [m.index for m in small.train] == [m.index for m in large.train[:5]]
+    assert not {m.index for m in large.train} & {m.index for m in large.validation}
+    assert [m.index for m in qm9_split(4, 5, 4).train] != [m.index for m in small.train]
+
+
+def test_size_split_holds_out_the_larger_molecules(qm9):
+    split = qm9_split(0, 30, 10, max_heavy_atoms=6)
+    assert all(m.heavy_atoms <= 6 for m in split.train)
+    assert all(m.heavy_atoms > 6 for m in split.validation)
+
+
+def test_run_records_the_qm9_molecules_trained_on(qm9):
+    data = load_dataset("qm9", n_train=3, n_validation=1)
+    split = qm9_split(0, 3, 1)
+    assert data.train_labels == tuple(f"{m.index} {m.smiles}" for m in split.train)
+    assert [s.symbols for s in data.train] == [m.symbols for m in split.train]
+    config = make_config("molecule", dataset="qm9")
+    assert config.xc == "b3lyp" and config.basis == "def2-svp"
+    record = run_record(config, ModelConfig.preset("S", basis=config.basis, elements=("H", "C", "N", "O", "F")), data)
+    assert record["train_molecules"] == list(data.train_labels)
