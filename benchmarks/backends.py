@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _machine import machine_info  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from solver_core import _interleaved_times  # noqa: E402
 
 import ase.build  # noqa: E402
 import jax  # noqa: E402
@@ -85,16 +85,6 @@ def qm9_sized() -> tuple[str, System]:
     return best[0], System.from_atoms(best[1])
 
 
-def _interleaved(fns: dict, repeats: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def _nbytes(tree) -> int:
     return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
 
@@ -124,7 +114,7 @@ def run_case(name: str, system: System, xc: str, repeats: int) -> dict:
 
     fns = {k: (lambda k=k: jax.block_until_ready(compiled[k](P, variants[k]))) for k in variants}
     fns["pyscf"] = pyscf
-    t = _interleaved(fns, repeats)
+    t = {k: median for k, (median, _) in _interleaved_times(fns, repeats).items()}
     e_host, _, F_host = results["host"]
     row = {
         "molecule": name, "atoms": len(system.symbols), "nao": dense.nao, "ngrid": int(dense.weights.shape[0]),
