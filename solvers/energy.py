@@ -98,13 +98,14 @@ def _xc(P, ints) -> jax.Array:
     if not functional.needs_grid:
         return jnp.zeros((), P.dtype)
     if isinstance(ints, CompactIntegrals):
-        sg = jax.lax.stop_gradient
-        e, V = xc_energy_and_potential_from_shells(functional, sg(P), ints.shells, ints.coords, ints.weights)
-        return _with_gradient(e, V, P)
-    if ints.backend == "jax":
+        e, V = xc_energy_and_potential_from_shells(
+            functional, jax.lax.stop_gradient(P), ints.shells, ints.coords, ints.weights
+        )
+    elif ints.backend == "jax":
         e, V = xc_energy_and_potential_jax(functional, jax.lax.stop_gradient(P), ints.ao, ints.weights)
-        return _with_gradient(e, V, P)
-    return xc_energy_from_density_matrix(functional, P, ints.ao, ints.weights)
+    else:
+        return xc_energy_from_density_matrix(functional, P, ints.ao, ints.weights)
+    return _with_gradient(e, V, P)
 
 
 def energy_components(P: jax.Array, ints: Integrals | CompactIntegrals) -> EnergyComponents:

@@ -202,8 +202,8 @@ xc_energy_from_density_matrix.defvjp(_xcP_fwd, _xcP_bwd)
 # Device path: E_xc and V_xc in JAX (no callback), from stored AO values or from the
 # basis set block by block. One pass per grid block gives both: the per-point
 # derivatives v_ρ, v_σ come from autodiff of ρ ε_xc(ρ, σ) (:mod:`solvers.xc_jax`),
-# then V_xc is assembled as on the host. The custom VJP returns V_xc, the exact
-# ∂E_xc/∂P (first derivatives only, like the host path).
+# then V_xc is assembled as on the host. solvers.energy gives E_xc the gradient V_xc,
+# the exact ∂E_xc/∂P (first derivatives only, like the host path).
 
 XC_BLOCK = 8192
 """Grid points per block when AO values are computed on the device: AO values and

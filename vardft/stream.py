@@ -27,14 +27,13 @@ import warnings
 from typing import Callable, Sequence
 
 import h5py
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from basis.frame import frame_covariant
 from basis.functional import parse_functional
 from basis.integrals import CompactIntegrals, compact_integrals_from_mean_field, make_mean_field
-from basis.shells import AOShells, ao_shells, pad_ao_shells
+from basis.shells import AOShells, pad_ao_shells
 from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.xc import FAR_AWAY
@@ -342,27 +341,24 @@ def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, s
 
 
 # ------------------------------------------------------------------ streamed sets
-def stack_trees(trees):
-    """Stack pytrees of equal structure leaf by leaf on a new axis 0 (as JAX arrays)."""
-    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *trees)
-
-
 @dataclasses.dataclass
 class StreamedSet:
     """One size bucket of molecules whose arrays are loaded per batch.
 
     ``take(idx)`` returns the padded, stacked arrays of the molecules ``idx`` (the same
     shapes for every batch of equal length) and the indices into them; records come
-    from ``store`` or are rebuilt (``rebuild(k)``) when the store has no room for them.
+    from ``store`` or are rebuilt (``rebuild(ks)``) when the store has no room for them.
+    ``shells``: each molecule's AO shells (unpadded).
     """
 
     systems: tuple[System, ...]
+    shells: tuple[AOShells, ...]
     shapes: BucketShapes
     store: RecordStore
-    rebuild: Callable[[int], MoleculeRecord]
+    rebuild: Callable[[list[int]], list[MoleculeRecord]]
     make_arrays: Callable
     model_config: object
-    _shells: dict = dataclasses.field(default_factory=dict, repr=False)
+    _padded_shells: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.systems)
@@ -375,18 +371,17 @@ class StreamedSet:
             found.update(zip(missing, self.rebuild(missing)))
         return [found[i] for i in idx]
 
-    def shells(self, k: int) -> AOShells:
-        """The padded AO shells of molecule ``k`` (built once: a few kB per molecule)."""
-        if k not in self._shells:
-            own = ao_shells(self.systems[k].to_mole(self.store.settings.basis))
-            self._shells[k] = pad_shells(own, self.shapes)
-        return self._shells[k]
+    def padded_shells(self, k: int) -> AOShells:
+        """The AO shells of molecule ``k`` padded to the bucket (padded once: a few kB each)."""
+        if k not in self._padded_shells:
+            self._padded_shells[k] = pad_shells(self.shells[k], self.shapes)
+        return self._padded_shells[k]
 
     def take(self, idx):
         """``(arrays, local_idx)``: the stacked arrays of molecules ``idx`` and ``arange(len(idx))``."""
         idx = [int(i) for i in np.asarray(idx)]
         batch = prepare_batch([self.systems[i] for i in idx], self.model_config, pad_to=self.shapes.graph)
-        padded = [pad_record(r, self.shells(i), self.shapes, self.store.settings) for i, r in zip(idx, self.records(idx))]
+        padded = [pad_record(r, self.padded_shells(i), self.shapes, self.store.settings) for i, r in zip(idx, self.records(idx))]
         return self.make_arrays(batch, padded), jnp.arange(len(idx), dtype=jnp.int32)
 
 

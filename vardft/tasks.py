@@ -197,7 +197,7 @@ def _stack_compact(batch, padded) -> MoleculeArrays:
     same = [i.replace(n_electrons=static, auxbasis=_merged_auxbasis([j.auxbasis for j in ints])) for i in ints]
     return MoleculeArrays(
         batch=batch,
-        ints=stream.stack_trees(same),
+        ints=_stack(same),
         X=jnp.asarray(np.stack([p[2] for p in padded])),
         mo_mask=jnp.asarray(np.stack([p[3] for p in padded])),
         h_base=jnp.asarray(np.stack([p[1] for p in padded])),
@@ -357,7 +357,8 @@ class MoleculeTask:
             return list(stream.bounded_map(pool, stream.build_record, [systems[k] for k in ks], settings))
 
         return stream.StreamedSet(
-            systems=systems, shapes=stream.bucket_shapes(graph, sizes), store=store, rebuild=rebuild,
+            systems=systems, shells=tuple(shells), shapes=stream.bucket_shapes(graph, sizes), store=store,
+            rebuild=rebuild,
             make_arrays=_stack_compact, model_config=model_config,
         )
 

@@ -12,6 +12,7 @@ import os
 from basis.crystal import check_kmesh
 from basis.errors import InputError
 from basis.functional import parse_functional
+from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import default_config, make_config, with_overrides
@@ -75,7 +76,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"steps between checkpoints ({m.checkpoint_every}; {c.checkpoint_every})")
     p.add_argument("--grid-level", type=int, default=None, help=f"molecules: PySCF grid level of the training energy ({m.grid_level})")
-    p.add_argument("--backend", default=None, choices=["host", "jax"],
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="molecules: where the energy's XC term runs. host = libxc in a host callback on AO values "
                         "held in memory for every molecule; jax = AO values and XC in JAX, data streamed from compact "
                         "per-molecule records on disk (memory independent of the number of molecules). Default: jax on "
