@@ -8,6 +8,8 @@ and ``bands --basis def2-svp`` on Si (259 GiB) ended in tracebacks.
 import json
 import os
 
+import pytest
+
 from tests.cli_helpers import assert_refused, run_cli_in_process
 from vardft.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, save_checkpoint
 from vardft.rundir import MARKER_FILE, claim_run_directory
@@ -135,3 +137,14 @@ def test_demo_replaces_its_own_run_and_only_its_files(tmp_path, monkeypatch, cap
     assert sorted(os.listdir(out)) == sorted([".lock", MARKER_FILE, CONFIG_FILE, CHECKPOINT_FILE, "validation.json"])
     assert read_marker(out)["created_by"] == "demo"
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--cache-gb", "-1"], "--cache-gb must be > 0"),
+    (["--workers", "-2"], "workers must be >= 0"),
+])
+def test_train_refuses_bad_streaming_flags_before_any_work(tmp_path, flags, fragment):
+    """One line, exit 2, nothing printed on stdout and no run directory created."""
+    result = run_cli_in_process("train", "water", "--out", str(tmp_path / "run"), *flags, cwd=tmp_path)
+    assert_refused(result, fragment)
+    assert not result.stdout.strip() and not (tmp_path / "run").exists()

@@ -136,6 +136,7 @@ def run(args) -> int:
     dataset = load_dataset(args.data, seed=seed or 0, n_train=args.n_train)
     if (args.cache is not None or args.cache_gb is not None) and dataset.kind == "crystal":
         raise InputError("--cache and --cache-gb apply to molecules, not to crystals")
+    cache = make_cache(args.cache, args.cache_gb) if dataset.kind == "molecule" else None
     if args.resume:
         config = with_overrides(saved, **given)
     else:
@@ -145,7 +146,6 @@ def run(args) -> int:
     check_basis(config.basis, {s for m in dataset.train + dataset.validation for s in m.symbols})
     print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
           f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.steps} steps -> {args.out}")
-    cache = make_cache(args.cache, args.cache_gb) if dataset.kind == "molecule" else None
     result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
     msg = f"step {result.step}, {result.seconds / 60:.1f} min"
