@@ -105,6 +105,10 @@ class TrainConfig:
             (``None``: none, and they are not prepared; the crystal default, since a
             crystal's Bloch AOs take 0.35–2.6 GB each).
         max_minutes: stop (with a checkpoint) after this much wall time; None: no limit.
+        devices: devices the batch is sharded over (data parallel, parameters
+            replicated: :mod:`vardft.parallel`); ``None``: every device of every process.
+            The losses do not depend on it beyond round-off (padding rows of a batch
+            that does not divide evenly carry zero weight).
 
     Molecules only:
         grid_level: PySCF grid level of the training energy (:data:`TRAIN_GRID_LEVEL`).
@@ -152,6 +156,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_every: int | None = 100
     max_minutes: float | None = None
+    devices: int | None = None
     # molecules
     grid_level: int | None = TRAIN_GRID_LEVEL
     bucket_aos: int | None = 16
@@ -210,6 +215,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ethanol": {},
     "g2-small": {},
     "qm9": {"xc": "b3lyp"},  # QH9's level of theory, B3LYP/def2-SVP
+    "qm9-ood": {"xc": "b3lyp"},
     "si": {},
     "diamond": {},
     "hbn": {},
@@ -283,6 +289,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"learning rate must be a positive finite number, got {config.learning_rate}")
     if config.max_minutes is not None and not config.max_minutes > 0:
         raise InputError(f"minutes must be > 0, got {config.max_minutes}")
+    if config.devices is not None and config.devices < 1:
+        raise InputError(f"devices must be >= 1, got {config.devices}")
     if config.kind == "molecule":
         if config.bucket_aos is not None and config.bucket_aos < 1:
             raise InputError(f"bucket width must be a positive number of AOs, got {config.bucket_aos}")

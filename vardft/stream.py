@@ -378,11 +378,11 @@ class StreamedSet:
         return self._padded_shells[k]
 
     def take(self, idx):
-        """``(arrays, local_idx)``: the stacked arrays of molecules ``idx`` and ``arange(len(idx))``."""
+        """The stacked arrays of molecules ``idx`` (a batch, rows in the order of ``idx``)."""
         idx = [int(i) for i in np.asarray(idx)]
         batch = prepare_batch([self.systems[i] for i in idx], self.model_config, pad_to=self.shapes.graph)
         padded = [pad_record(r, self.padded_shells(i), self.shapes, self.store.settings) for i, r in zip(idx, self.records(idx))]
-        return self.make_arrays(batch, padded), jnp.arange(len(idx), dtype=jnp.int32)
+        return self.make_arrays(batch, padded)
 
 
 def bounded_map(pool, fn, items: Sequence, *args, ahead: int = 2):

@@ -9,7 +9,8 @@ this interface:
   (k-mesh, FFT mesh, pseudopotential), as saved with a run;
 - ``prepare(systems, model_config, cache, progress)``: a list of :class:`PreparedSet`
   (size buckets; one compiled step per bucket);
-- ``batch_terms(params, data, idx)``: per-structure loss (B,) and metrics (B,) each;
+- ``batch_terms(params, data)``: per-structure loss (B,) and metrics (B,) each of a
+  batch (``PreparedSet.take``);
 - ``hamiltonian(params, model_config, system, ...)``: the predicted H of one structure.
 
 A molecule is a crystal with the single lattice shift R = 0 at the Γ point: both use
@@ -74,6 +75,7 @@ from vardft.data import IntegralCache, pad_integrals, size_buckets
 from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
 from vardft.model import ModelConfig, predict_hamiltonian
+from vardft.parallel import device_count
 
 
 @dataclasses.dataclass
@@ -87,8 +89,8 @@ class PreparedSet:
         return len(self.systems)
 
     def take(self, idx):
-        """``(arrays, idx)``: everything is in memory; the step gathers ``idx`` itself."""
-        return self.arrays, jnp.asarray(idx)
+        """The stacked arrays of structures ``idx`` (a batch, rows in the order of ``idx``)."""
+        return _gather(self.arrays, jnp.asarray(idx))
 
 
 def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfig:
@@ -180,10 +182,11 @@ def in_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
 
 
 def choose_backend(systems: Sequence[System], config: TrainConfig) -> str:
-    """``"jax"`` on a GPU or TPU (a host callback cannot run there), or on a CPU when the
+    """``"jax"`` on a GPU or TPU (a host callback cannot run there) or over several
+    devices (:meth:`MoleculeTask.resolve`), or on a CPU when the
     host backend's integrals would take more than :data:`HOST_MEMORY_FRACTION` of the
     memory; ``"host"`` otherwise (as fast or faster on a CPU: docs/results.md)."""
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or device_count(config.devices) > 1:
         return "jax"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return "host" if in_memory_bytes(systems, config) <= HOST_MEMORY_FRACTION * memory else "jax"
@@ -213,10 +216,18 @@ class MoleculeTask:
     kind = "molecule"
 
     def resolve(self, systems: Sequence[System]) -> TrainConfig:
-        """The config with the backend chosen (:func:`choose_backend`) when it is ``None``."""
-        if self.config.backend is not None:
-            return self.config
-        return dataclasses.replace(self.config, backend=choose_backend(systems, self.config))
+        """The config with the backend chosen (:func:`choose_backend`) when it is ``None``.
+
+        Raises:
+            InputError: the host backend asked for with a batch split over several devices
+                (its libxc callbacks stall the devices' collective: measured, 4 CPU devices).
+        """
+        devices = device_count(self.config.devices)
+        if self.config.backend is None:
+            return dataclasses.replace(self.config, backend=choose_backend(systems, self.config))
+        if self.config.backend == "host" and devices > 1:
+            raise InputError(f"the host backend runs on one device, not {devices}: use --backend jax or --devices 1")
+        return self.config
 
     def baseline(self, ints: Integrals) -> jax.Array:
         """(nao, nao) F[P_minao] (or zero) on the grid of ``ints``, Hartree."""
@@ -362,11 +373,11 @@ class MoleculeTask:
             make_arrays=_stack_compact, model_config=model_config,
         )
 
-    def batch_terms(self, params, data: MoleculeArrays, idx):
-        """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the molecules ``idx``."""
+    def batch_terms(self, params, data: MoleculeArrays):
+        """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""
         c = self.config
-        batch = _gather(data.batch, idx)
-        H = data.h_base[idx] + c.output_scale * predict_hamiltonian(params, batch)
+        batch = data.batch
+        H = data.h_base + c.output_scale * predict_hamiltonian(params, batch)
 
         def one(H, ints, X, mo_mask, ao_mask, n_electrons):
             return molecule_loss(
@@ -374,9 +385,7 @@ class MoleculeTask:
                 self_consistency_basis=c.self_consistency_basis,
             )
 
-        terms = jax.vmap(one)(
-            H, _gather(data.ints, idx), data.X[idx], data.mo_mask[idx], batch.ao_mask, data.n_electrons[idx]
-        )
+        terms = jax.vmap(one)(H, data.ints, data.X, data.mo_mask, batch.ao_mask, data.n_electrons)
         metrics = {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
         return terms.loss, metrics
 
@@ -469,8 +478,15 @@ class CrystalTask:
 
     def resolve(self, systems: Sequence[System]) -> TrainConfig:
         """The config with k-mesh, pseudopotential and FFT mesh fixed (the mesh: PySCF's
-        default for the first structure), as saved in a run directory."""
+        default for the first structure), as saved in a run directory.
+
+        Raises:
+            InputError: more than one device (the crystal energy's libxc callback runs on
+                one; a JAX XC on the FFT mesh is still to be written).
+        """
         c = self.config
+        if device_count(c.devices) > 1:
+            raise InputError(f"crystal training runs on one device, not {device_count(c.devices)}: use --devices 1")
         first = System.from_any(systems[0])
         kmesh = tuple(c.kmesh or default_kmesh(first, CRYSTAL_KPOINTS_PER_DIRECTION))
         pseudo = c.pseudo or default_pseudo(c.xc)
@@ -534,10 +550,9 @@ class CrystalTask:
         )
         return [PreparedSet(systems=tuple(systems), arrays=arrays)]
 
-    def batch_terms(self, params, data: CrystalArrays, idx):
-        """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of crystals ``idx``."""
+    def batch_terms(self, params, data: CrystalArrays):
+        """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""
         c = self.config
-        data = _gather(data, idx)
         H_R = c.output_scale * predict_hamiltonian(params, data.batch)
         Hk = data.h_base + bloch_sum_batch(H_R, data.batch, data.ints.kpts)
 

@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 import optax
 from flax import serialization
@@ -42,6 +44,7 @@ from vardft import checkpoint as ckpt
 from vardft.config import TrainConfig, check_config, default_config, default_workers, legacy_config
 from vardft.data import Dataset, IntegralCache, check_dataset
 from vardft.model import ModelConfig, init_params
+from vardft.parallel import AXIS, data_mesh, fetch, is_writer, local_rows, pad_rows, replicate, shard_rows
 from vardft.rundir import claim_run_directory
 from vardft.stream import worker_pool
 from vardft.tasks import PreparedSet, model_config_for, task_for
@@ -93,11 +96,6 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _reduce(metrics: dict) -> dict:
-    """Batch means; ``*rmse`` keys as root mean squares."""
-    return {k: jnp.sqrt(jnp.mean(v**2)) if k.endswith("rmse") else jnp.mean(v) for k, v in metrics.items()}
-
-
 def _step_key(config: TrainConfig) -> TrainConfig:
     """The part of a config the compiled step depends on (the rest reset to defaults)."""
     fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
@@ -106,35 +104,56 @@ def _step_key(config: TrainConfig) -> TrainConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_step(config: TrainConfig):
-    """Jitted ``step(params, opt_state, data, idx) -> (params, opt_state, metrics)`` and
-    ``evaluate(params, data, idx) -> per-structure metrics``, shared by every run with
-    the same settings.
+def compiled_step(config: TrainConfig, mesh: Mesh):
+    """Jitted ``step(params, opt_state, data, weights) -> (params, opt_state, metrics)``
+    and ``evaluate(params, data) -> per-structure metrics``, for batches split over
+    ``mesh`` (:mod:`vardft.parallel`), shared by every run with the same settings.
 
-    A step whose loss, gradients or updated parameters are not all finite changes
-    nothing (``metrics["finite"]`` is False) and is counted as skipped.
+    ``data`` is a batch (``PreparedSet.take``) whose rows are split over the devices,
+    ``weights`` (B,) 1 for real rows, 0 for padding: the loss is the weighted mean of the
+    structures' losses, metrics weighted means (``*rmse``: root mean squares). A step
+    whose loss, gradients or updated parameters are not all finite changes nothing
+    (``metrics["finite"]`` is False) and is counted as skipped.
     """
     task = task_for(config)
     optimizer = make_optimizer(config)
+    rows, whole = PartitionSpec(AXIS), PartitionSpec()
 
-    def loss_fn(params, data, idx):
-        loss, metrics = task.batch_terms(params, data, idx)
-        return jnp.mean(loss), metrics
+    def weighted_sum(params, data, weights):
+        loss, metrics = task.batch_terms(params, data)
+        return jnp.sum(weights * loss), metrics
+
+    def local_gradient(params, data, weights):
+        (loss, metrics), grads = jax.value_and_grad(weighted_sum, has_aux=True)(params, data, weights)
+        total = lax.psum(jnp.sum(weights), AXIS)
+
+        def mean(x):
+            return lax.psum(x, AXIS) / total
+
+        out = {k: jnp.sqrt(mean(jnp.sum(weights * v**2))) if k.endswith("rmse") else mean(jnp.sum(weights * v))
+               for k, v in metrics.items()}
+        return jax.tree.map(mean, grads), {"loss": mean(loss), **out}
+
+    # check_vma off: the host XC's custom VJP returns untyped (non-varying) cotangents
+    gradient = jax.shard_map(local_gradient, mesh=mesh, in_specs=(whole, rows, rows), out_specs=(whole, whole),
+                             check_vma=False)
 
     @jax.jit
-    def step(params, opt_state, data, idx):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, data, idx)
+    def step(params, opt_state, data, weights):
+        grads, out = gradient(params, data, weights)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+        finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        out = {"loss": loss, **_reduce(metrics), "grad_norm": optax.tree.norm(grads), "finite": finite}
+        out = {**out, "grad_norm": optax.tree.norm(grads), "finite": finite}
         return keep(new_params, params), keep(new_opt_state, opt_state), out
 
-    @jax.jit
-    def evaluate(params, data, idx):
-        return task.batch_terms(params, data, idx)[1]
+    def local_metrics(params, data):
+        metrics = task.batch_terms(params, data)[1]
+        return {k: lax.all_gather(v, AXIS, tiled=True) for k, v in metrics.items()}
 
+    evaluate = jax.jit(jax.shard_map(local_metrics, mesh=mesh, in_specs=(whole, rows), out_specs=whole,
+                                     check_vma=False))
     return step, evaluate
 
 
@@ -176,9 +195,9 @@ MAX_CONSECUTIVE_SKIPS = 20
 good one each time, so more attempts at the same point would only repeat the failure
 (the data order changes, the parameters do not)."""
 
-RESUME_IGNORED = ("max_minutes", "checkpoint_every", "eval_every", "backend", "workers")
-"""Settings that may change when a run is resumed (they do not change the result: the
-backends agree to round-off)."""
+RESUME_IGNORED = ("max_minutes", "checkpoint_every", "eval_every", "backend", "workers", "devices")
+"""Settings that may change when a run is resumed (they do not change the result beyond
+round-off: the backends agree to it, and so do different device counts)."""
 
 
 def _check_resume(run_dir: str, record: dict, saved: TrainConfig, config: TrainConfig | None, dataset: Dataset,
@@ -278,11 +297,13 @@ def train(
     else:
         config = check_config(config or default_config(dataset.kind))
     config = task_for(config).resolve(dataset.train)
+    data_mesh(config.devices)  # devices that are not there: refused before any work
     if not resume:
         model_config = model_config_for(config, elements)
-    claim = contextlib.nullcontext() if run_dir is None else claim_run_directory(run_dir, dataset.kind, resume=resume)
+    writer = run_dir is not None and is_writer()  # one process writes the run directory
+    claim = claim_run_directory(run_dir, dataset.kind, resume=resume) if writer else contextlib.nullcontext()
     with claim:
-        if run_dir is not None and not resume:
+        if writer and not resume:
             ckpt.save_config(run_dir, run_record(config, model_config, dataset))
         return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start)
 
@@ -304,10 +325,11 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     evaluate = bool(dataset.validation) and config.eval_every is not None
     val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
     sizes = [len(s) for s in sets]
+    mesh = data_mesh(config.devices)
 
     def batch_of(s: int):
         bucket, idx = step_batch(config.seed, s, sizes, config.batch_size)
-        return sets[bucket].take(idx)
+        return sharded_batch(sets[bucket], idx, mesh)
 
     optimizer = make_optimizer(config)
     params = init_params(jax.random.PRNGKey(config.seed), model_config)
@@ -318,13 +340,15 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
         ckpt.truncate_log(run_dir, int(state["step"]))
         log = ckpt.read_log(run_dir)
         time_offset = float(log[-1].get("time", 0.0)) if log else 0.0
-    params, opt_state = state["params"], state["opt_state"]
+    params, opt_state = replicate((state["params"], state["opt_state"]), mesh)
     step, skipped = int(state["step"]), int(state["skipped"])
-    step_fn, eval_fn = compiled_step(_step_key(config))
+    step_fn, eval_fn = compiled_step(_step_key(config), mesh)
+    writer = run_dir is not None and is_writer()
 
     def save():
-        if run_dir is not None:
-            ckpt.save_checkpoint(run_dir, {"params": params, "opt_state": opt_state, "step": step, "skipped": skipped})
+        if writer:
+            host = fetch({"params": params, "opt_state": opt_state})
+            ckpt.save_checkpoint(run_dir, {**host, "step": step, "skipped": skipped})
 
     history = []
     in_a_row = 0
@@ -337,9 +361,9 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     with ckpt.StopRequested() as stop, contextlib.ExitStack() as on_exit:
         on_exit.callback(loader.shutdown, cancel_futures=True)
         while step < config.steps:
-            data, idx = upcoming.result()
+            data, weights = upcoming.result()
             upcoming = loader.submit(batch_of, step + 1) if step + 1 < config.steps else None
-            params, opt_state, metrics = step_fn(params, opt_state, data, idx)
+            params, opt_state, metrics = step_fn(params, opt_state, data, weights)
             del data
             step += 1
             m = {k: float(v) for k, v in metrics.items()}
@@ -350,9 +374,9 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
                 in_a_row += 1
             record = {"step": step, **m, "skipped": skipped, "time": time_offset + time.perf_counter() - start}
             if val_sets and (step % config.eval_every == 0 or step == config.steps):
-                values = evaluate_sets(eval_fn, params, val_sets, config.batch_size)
+                values = evaluate_sets(eval_fn, params, val_sets, config.batch_size, mesh)
                 record.update({f"val_{k}": v for k, v in values.items()})
-            if run_dir is not None:
+            if writer:
                 ckpt.append_log(run_dir, record)
             history.append(record)
             bar.set_postfix(loss=f"{m['loss']:.5f}", E=f"{m['energy']:.5f}", sc=f"{m['sc_rmse']:.1e}", refresh=False)
@@ -374,10 +398,20 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
                 break
     bar.close()
     save()
+    params = fetch(params)
     return TrainResult(params, model_config, config, step, interrupted, skipped, time.perf_counter() - start, history)
 
 
-def evaluate_sets(eval_fn, params, sets: Sequence[PreparedSet], batch_size: int | None) -> dict:
+def sharded_batch(data: PreparedSet, idx, mesh: Mesh):
+    """``(batch, weights)`` of structures ``idx`` of ``data``, split over ``mesh``: rows
+    padded to a multiple of the device count (weight 0), and only this process's rows
+    built (:mod:`vardft.parallel`)."""
+    rows, weights = pad_rows(idx, mesh.size)
+    mine = local_rows(len(rows), mesh)
+    return shard_rows(data.take(rows[mine]), mesh, len(rows)), shard_rows(weights[mine], mesh, len(rows))
+
+
+def evaluate_sets(eval_fn, params, sets: Sequence[PreparedSet], batch_size: int | None, mesh: Mesh) -> dict:
     """Label-free metrics over every structure of ``sets`` (fixed batch shape): means,
     and root mean squares for ``*rmse``."""
     values: dict[str, list] = {}
@@ -386,7 +420,7 @@ def evaluate_sets(eval_fn, params, sets: Sequence[PreparedSet], batch_size: int 
         for first in range(0, len(data), size):
             real = np.arange(first, min(first + size, len(data)))
             idx = np.resize(real, size).astype(np.int32)  # pad by repeating, keep one shape
-            out = eval_fn(params, *data.take(idx))
+            out = fetch(eval_fn(params, sharded_batch(data, idx, mesh)[0]))
             for k, v in out.items():
                 values.setdefault(k, []).extend(np.asarray(v)[: len(real)].tolist())
     return {k: float(np.sqrt(np.mean(np.square(v)))) if k.endswith("rmse") else float(np.mean(v))
@@ -409,4 +443,4 @@ def load_params(run_dir: str, model_config: ModelConfig):
 
 
 __all__ = ["TrainResult", "batch_indices", "compiled_step", "evaluate_sets", "load_params", "make_optimizer",
-           "read_run", "run_record", "step_batch", "train"]
+           "read_run", "run_record", "sharded_batch", "step_batch", "train"]

@@ -19,6 +19,7 @@ from solvers.energy import energy_and_fock
 from vardft.config import LossWeights, TrainConfig
 from vardft.data import Dataset, IntegralCache, pad_integrals, size_buckets
 from vardft.losses import molecule_loss
+from vardft.parallel import data_mesh
 from vardft.tasks import MIXED_ELECTRONS, MoleculeTask, model_config_for
 from vardft.train import _step_key, compiled_step, step_batch, train
 
@@ -139,5 +140,5 @@ def test_mixed_composition_training_compiles_one_step(tmp_path, cache):
     result = train(dataset, str(tmp_path / "run"), config, cache=cache, progress=False)
     assert result.step == 2 and result.skipped_steps == 0
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["energy"]) for r in result.history)
-    step_fn, _ = compiled_step(_step_key(config))
+    step_fn, _ = compiled_step(_step_key(config), data_mesh())
     assert step_fn._cache_size() == 1

@@ -45,3 +45,12 @@ def test_run_records_the_qm9_molecules_trained_on(qm9):
     assert config.xc == "b3lyp" and config.basis == "def2-svp"
     record = run_record(config, ModelConfig.preset("S", basis=config.basis, elements=("H", "C", "N", "O", "F")), data)
     assert record["train_molecules"] == list(data.train_labels)
+
+
+def test_builtin_size_split_qm9_ood(qm9):
+    """``vardft train qm9-ood``: train on ≤ 7 heavy atoms, held out 8–9, no molecule in both."""
+    data = load_dataset("qm9-ood", n_train=6, n_validation=4)
+    heavy = [sum(s != "H" for s in m.symbols) for m in data.train + data.validation]
+    assert max(heavy[:6]) <= 7 < min(heavy[6:])
+    assert data.name == "qm9-ood" and len(data.train_labels) == 6
+    assert make_config("molecule", dataset="qm9-ood").xc == "b3lyp"

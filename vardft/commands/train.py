@@ -17,6 +17,7 @@ from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
+from vardft.parallel import data_mesh
 from vardft.train import read_run, train
 
 FLAGS = {
@@ -32,6 +33,7 @@ FLAGS = {
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
+    "devices": "devices",
     "seed": "seed",
     "minutes": "max_minutes",
     "checkpoint_every": "checkpoint_every",
@@ -83,6 +85,13 @@ def register(sub) -> None:
                         "a GPU; on a CPU host while the molecules' integrals fit in a quarter of the memory, else jax")
     p.add_argument("--workers", type=int, default=None,
                    help="molecules, --backend jax: processes that build the records (default: half the cores)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices each step's batch is split over (data parallel, parameters replicated; default: "
+                        "all of them). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N")
+    p.add_argument("--distributed", action="store_true",
+                   help="several hosts: call jax.distributed.initialize() first (coordinator, process count and "
+                        "index from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster "
+                        "scheduler); start the same command on every host, RUN_DIR on a shared file system")
     p.add_argument("--cache", default=None,
                    help="molecules: integral cache directory (default: $VARDFT_CACHE or ~/.cache/vardft; 'none' disables)")
     p.add_argument("--cache-gb", type=float, default=None,
@@ -129,6 +138,10 @@ def make_cache(arg, gigabytes: float | None = None):
 
 def run(args) -> int:
     given = given_settings(args)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
     seed = given.get("seed")
     if args.resume:
         _, saved, _ = read_run(args.out)
@@ -144,6 +157,7 @@ def run(args) -> int:
     if dataset.kind == "crystal":
         check_periodic_functional(config.xc)
     check_basis(config.basis, {s for m in dataset.train + dataset.validation for s in m.symbols})
+    data_mesh(config.devices)
     print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
           f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.steps} steps -> {args.out}")
     result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
