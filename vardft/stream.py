@@ -27,7 +27,6 @@ import warnings
 from typing import Callable, Sequence
 
 import h5py
-import jax.numpy as jnp
 import numpy as np
 
 from basis.frame import frame_covariant

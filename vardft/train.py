@@ -78,15 +78,20 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int | None) -> np.nd
 def step_batch(seed: int, step: int, sizes: Sequence[int], batch_size: int | None) -> tuple[int, np.ndarray]:
     """Bucket and structure indices of step ``step``: a function of (seed, step, sizes) only.
 
-    One bucket: :func:`batch_indices`. Several: the bucket is drawn with probability
-    proportional to its size (every structure is seen equally often), then
-    ``batch_size`` distinct structures of it.
+    One bucket: :func:`batch_indices`. Several (``sizes`` in ascending cost, as
+    :func:`vardft.data.size_buckets` orders them): the first ``len(sizes)`` steps visit
+    every bucket once, the most expensive first — every step shape is compiled in that
+    first pass and the peak memory is reached at the first step — then each step's bucket
+    is drawn with probability proportional to its size (every structure is seen equally
+    often); then ``batch_size`` distinct structures of it.
     """
     if len(sizes) == 1:
         return 0, batch_indices(seed, step, sizes[0], batch_size)
     rng = np.random.default_rng([seed, step])
     p = np.asarray(sizes, np.float64)
     b = int(rng.choice(len(sizes), p=p / p.sum()))
+    if step < len(sizes):
+        b = len(sizes) - 1 - step
     k = sizes[b] if batch_size is None else min(batch_size, sizes[b])
     idx = np.sort(rng.choice(sizes[b], size=k, replace=False)).astype(np.int32)
     return b, idx

@@ -19,9 +19,8 @@ from solvers.energy import energy_and_fock
 from vardft.config import LossWeights, TrainConfig
 from vardft.data import Dataset, IntegralCache, pad_integrals, size_buckets
 from vardft.losses import molecule_loss
-from vardft.parallel import data_mesh
 from vardft.tasks import MIXED_ELECTRONS, MoleculeTask, model_config_for
-from vardft.train import _step_key, compiled_step, step_batch, train
+from vardft.train import step_batch, train
 
 PAD_TOL = 1e-12
 """Hartree: padded and unpadded energies / Fock matrices (float64 round-off only)."""
@@ -103,6 +102,34 @@ def test_step_batch_is_deterministic_and_proportional():
     assert 0.15 < np.mean(np.array(picks) == 0) < 0.35  # bucket 0 holds a quarter of the molecules
     b, idx = step_batch(3, 11, [2, 30], 4)
     assert len(idx) == min(4, [2, 30][b]) and np.all(idx < [2, 30][b])
+    assert [step_batch(3, s, [5, 6, 7], 2)[0] for s in range(3)] == [2, 1, 0]  # warm-up: costliest first
+
+
+def test_no_compilation_after_the_first_pass_through_the_buckets(tmp_path, cache):
+    """Water, ammonia, methane and ethylene in three size buckets, and held-out molecules:
+    finite losses, and everything (steps of every bucket,
+    evaluation, batch assembly) compiles during the first pass; the steps and the second
+    evaluation after it compile nothing."""
+    config = dataclasses.replace(TINY, bucket_aos=4, batch_size=2, steps=6, eval_every=3, learning_rate=1.2e-2)
+    train_set = tuple(_shifted(m, dx) for m in MIXED for dx in (0.0, 0.02))  # 7, 8, 9, 14 AOs: buckets 8, 12, 16
+    dataset = Dataset("mixed", train_set, (_shifted(WATER, 0.03), _shifted(ETHYLENE, 0.03)))
+    compiles: list[int] = []
+    count = [0]
+
+    def on_compile(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    try:
+        result = train(dataset, str(tmp_path / "run"), config, cache=cache, progress=False,
+                       on_step=lambda record: compiles.append(count[0]))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_compile)
+    assert result.step == 6 and result.skipped_steps == 0 and "val_energy" in result.history[5]
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["energy"]) for r in result.history)
+    assert compiles[0] > 0  # the counter sees compilations (the test can fail)
+    assert compiles[-1] == compiles[2], compiles  # steps 4-6 and the evaluation at 6: nothing new
 
 
 def test_mixed_bucket_loss_equals_each_molecule_alone(cache):
@@ -130,15 +157,3 @@ def test_mixed_bucket_loss_equals_each_molecule_alone(cache):
         alone = molecule_loss(H[k, :n, :n], ints, X, jnp.ones(X.shape[1], bool), jnp.ones(n, bool), weights)
         for name in ("loss", "energy", "self_consistency_rmse", "self_consistency_mae", "homo", "lumo"):
             assert abs(float(getattr(batched, name)[k]) - float(getattr(alone, name))) < LOSS_TOL, (system.formula, name)
-
-
-def test_mixed_composition_training_compiles_one_step(tmp_path, cache):
-    """Water, ammonia, methane and ethylene in one batch: one compiled step, finite losses."""
-    config = dataclasses.replace(TINY, learning_rate=1.1e-2)  # a config of its own: a fresh compiled step
-    train_set = tuple(_shifted(m, dx) for m in MIXED for dx in (0.0, 0.02))
-    dataset = Dataset("mixed", train_set, ())
-    result = train(dataset, str(tmp_path / "run"), config, cache=cache, progress=False)
-    assert result.step == 2 and result.skipped_steps == 0
-    assert all(np.isfinite(r["loss"]) and np.isfinite(r["energy"]) for r in result.history)
-    step_fn, _ = compiled_step(_step_key(config), data_mesh())
-    assert step_fn._cache_size() == 1
