@@ -10,10 +10,9 @@ its rows with weight zero, so the loss is the mean over the real structures what
 number of devices: sharded and single-device runs agree to round-off.
 
 Several hosts: start one process per host with the same command, after
-:func:`jax.distributed.initialize` (``vardft train --distributed``, which reads the
-coordinator address, process count and index from the environment as JAX does:
-``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or a cluster
-scheduler JAX recognises). Every process draws the same global batch (it depends only on
+:func:`start_distributed` (``vardft train --distributed``: the coordinator address,
+process count and index from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``, or from a cluster scheduler JAX recognises). Every process draws the same global batch (it depends only on
 the seed and the step) and builds only its own rows (:func:`local_rows`); process 0
 writes the run directory, which the others must see at the same path (a shared file
 system) to resume.
@@ -26,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -34,6 +35,26 @@ from basis.errors import InputError
 
 AXIS = "data"
 """Name of the mesh axis the batch is split along."""
+
+
+def start_distributed() -> None:
+    """:func:`jax.distributed.initialize` with the process count and index from
+    ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` when set (JAX itself reads only
+    ``JAX_COORDINATOR_ADDRESS``; without them it asks the cluster scheduler), and CPU
+    collectives over gloo so that CPU processes can add their gradients too.
+
+    Raises:
+        InputError: a variable that is not a non-negative integer.
+    """
+    kwargs = {}
+    for var, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = os.environ.get(var)
+        if value is not None:
+            if not value.strip().isdigit():
+                raise InputError(f"{var}={value!r} must be a non-negative integer")
+            kwargs[key] = int(value)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
 
 
 def data_mesh(devices: int | None = None) -> Mesh:
@@ -114,4 +135,4 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-__all__ = ["AXIS", "data_mesh", "device_count", "fetch", "is_writer", "local_rows", "pad_rows", "replicate", "shard_rows"]
+__all__ = ["AXIS", "data_mesh", "device_count", "start_distributed", "fetch", "is_writer", "local_rows", "pad_rows", "replicate", "shard_rows"]

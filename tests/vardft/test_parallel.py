@@ -105,3 +105,50 @@ def test_host_backend_on_several_devices_is_refused(tmp_path):
     with pytest.raises(InputError, match="devices asked for"):
         train(water, str(tmp_path / "b"), make_config("molecule", backend="jax", devices=64), progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+MULTI_HOST_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from vardft.parallel import start_distributed
+    start_distributed()
+    import jax
+    from vardft.config import LossWeights, TrainConfig
+    from vardft.data import IntegralCache, load_dataset
+    from vardft.train import train
+    water = load_dataset("water", seed=0, n_train=6, n_validation=2)
+    config = TrainConfig(xc="pbe", basis="sto-3g", preset="S", model_overrides=(("num_layers", 1), ("channels", 8)),
+                         steps=3, batch_size=3, warmup_steps=1, checkpoint_every=2, eval_every=4, grid_level=1,
+                         loss=LossWeights(1.0, 300.0, 0.0), backend="jax", workers=0, devices=DEVICES)
+    result = train(water, sys.argv[1], config, cache=IntegralCache(sys.argv[2]), progress=False)
+    print("RESULT " + json.dumps([jax.process_index(), jax.device_count(), [h["loss"] for h in result.history]]))
+    """
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # three processes with compilation, ~2 min on 2 cores
+def test_two_processes_train_like_one(tmp_path):
+    """Two processes of 2 CPU devices each (jax.distributed, gloo) give the losses of one
+    process with one device; only process 0 writes the run directory."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+    cache = str(tmp_path / "cache")
+    procs = [subprocess.Popen([sys.executable, "-c", MULTI_HOST_CHILD.replace("DEVICES", "None"), str(tmp_path / "run"),
+                               cache], env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    alone = subprocess.run([sys.executable, "-c", MULTI_HOST_CHILD.replace("start_distributed()", "").replace(
+        "DEVICES", "1"), str(tmp_path / "alone"), cache], capture_output=True, text=True, timeout=900, check=False)
+    results = [json.loads([ln for ln in o.splitlines() if ln.startswith("RESULT ")][-1][7:]) for o in outs + [alone.stdout]]
+    assert [r[:2] for r in results[:2]] == [[0, 4], [1, 4]]
+    _close([results[0][2]], [results[2][2]])
+    assert results[1][2] == results[0][2]
+    assert (tmp_path / "run" / "config.json").exists()

@@ -17,7 +17,7 @@ from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
-from vardft.parallel import data_mesh
+from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
 
 FLAGS = {
@@ -139,9 +139,7 @@ def make_cache(arg, gigabytes: float | None = None):
 def run(args) -> int:
     given = given_settings(args)
     if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+        start_distributed()
     seed = given.get("seed")
     if args.resume:
         _, saved, _ = read_run(args.out)
