@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import os
 from typing import Any, Sequence
 
@@ -192,11 +193,18 @@ def choose_backend(systems: Sequence[System], config: TrainConfig) -> str:
     return "host" if in_memory_bytes(systems, config) <= HOST_MEMORY_FRACTION * memory else "jax"
 
 
-def _stack_compact(batch, padded) -> MoleculeArrays:
-    """:class:`MoleculeArrays` of one streamed batch from :func:`vardft.stream.pad_record` outputs."""
+def _static_electrons(counts) -> int:
+    """The static electron count of a bucket: the common one, or :data:`MIXED_ELECTRONS`."""
+    counts = np.asarray(counts)
+    return int(counts[0]) if np.all(counts == counts[0]) else MIXED_ELECTRONS
+
+
+def _stack_compact(batch, padded, static: int) -> MoleculeArrays:
+    """:class:`MoleculeArrays` of one streamed batch from :func:`vardft.stream.pad_record`
+    outputs; ``static``: the bucket's :func:`_static_electrons` (fixed per bucket, so that
+    every batch of it has one pytree structure: one compilation)."""
     ints = [p[0] for p in padded]
     electrons = np.array([i.n_electrons for i in ints], np.int32)
-    static = int(electrons[0]) if np.all(electrons == electrons[0]) else MIXED_ELECTRONS
     same = [i.replace(n_electrons=static, auxbasis=_merged_auxbasis([j.auxbasis for j in ints])) for i in ints]
     return MoleculeArrays(
         batch=batch,
@@ -285,7 +293,7 @@ class MoleculeTask:
         naux = max(sh[0] for sh in shapes)
         ngrid = max(sh[1] for sh in shapes)
         electrons = np.array([sh[2] for sh in shapes], np.int32)
-        static_electrons = int(electrons[0]) if np.all(electrons == electrons[0]) else MIXED_ELECTRONS
+        static_electrons = _static_electrons(electrons)
         n = len(systems)
         stacked: dict[str, np.ndarray] = {}
         xs, masks, bases, auxbases = [], [], [], []
@@ -344,7 +352,9 @@ class MoleculeTask:
         the bucket's padded shapes are fixed from every molecule's sizes."""
         systems = tuple(systems)
         settings = self.record_settings()
-        shells = [ao_shells(s.to_mole(self.config.basis)) for s in systems]
+        moles = [s.to_mole(self.config.basis) for s in systems]
+        shells = [ao_shells(m) for m in moles]
+        static = _static_electrons([m.nelectron for m in moles])
         need = np.zeros(3, int)
         for s in systems:
             b = prepare_batch([s], model_config)
@@ -370,7 +380,7 @@ class MoleculeTask:
         return stream.StreamedSet(
             systems=systems, shells=tuple(shells), shapes=stream.bucket_shapes(graph, sizes), store=store,
             rebuild=rebuild,
-            make_arrays=_stack_compact, model_config=model_config,
+            make_arrays=functools.partial(_stack_compact, static=static), model_config=model_config,
         )
 
     def batch_terms(self, params, data: MoleculeArrays):

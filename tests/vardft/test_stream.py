@@ -14,6 +14,7 @@ from solvers.energy import energy_and_fock
 from vardft.config import make_config
 from vardft.data import IntegralCache, load_dataset
 from vardft.model import ModelConfig
+from vardft import stream
 from vardft.stream import load_record
 from vardft.tasks import MoleculeTask
 from vardft.train import train
@@ -116,3 +117,19 @@ def test_automatic_backend_streams_what_does_not_fit(water, monkeypatch):
     assert MoleculeTask(config).resolve(water.train).backend == "host"
     monkeypatch.setattr(tasks, "HOST_MEMORY_FRACTION", 0.0)
     assert MoleculeTask(config).resolve(water.train).backend == "jax"
+
+
+def test_batches_of_a_mixed_bucket_share_one_structure(water, tmp_path):
+    """A bucket holding molecules with different electron counts: a batch whose molecules
+    happen to agree has the same pytree structure (static electron count) as a mixed one,
+    so it compiles nothing new."""
+    from basis.system import System
+
+    config = _config()
+    hydrogen = System(("H", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 0.74]])
+    systems = [MoleculeTask.to_frame(s)[0] for s in (*water.train[:2], hydrogen)]
+    bucket = MoleculeTask(config).stream_bucket(systems, _model(config, systems), stream.RecordStore(
+        str(tmp_path), MoleculeTask(config).record_settings()))
+    same, mixed = bucket.take([0, 1]), bucket.take([0, 2])
+    assert jax.tree.structure(same) == jax.tree.structure(mixed)
+    assert np.asarray(mixed.n_electrons).tolist() == [10, 2]

@@ -84,7 +84,7 @@ def register(sub) -> None:
                         "per-molecule records on disk (memory independent of the number of molecules). Default: jax on "
                         "a GPU; on a CPU host while the molecules' integrals fit in a quarter of the memory, else jax")
     p.add_argument("--workers", type=int, default=None,
-                   help="molecules, --backend jax: processes that build the records (default: half the cores)")
+                   help="molecules, --backend jax: processes that build the records (default: one per core)")
     p.add_argument("--devices", type=int, default=None,
                    help="devices each step's batch is split over (data parallel, parameters replicated; default: "
                         "all of them). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N")
