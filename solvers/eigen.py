@@ -203,6 +203,14 @@ def pad_orthogonalizer(X, nmo: int, nao: int | None = None):
     return X_pad, np.arange(nmo) < nmo0
 
 
+def density_factor(result: EigenResult, rank: int) -> jax.Array:
+    """Y (nao, rank) with ``result.density`` = Y Yᵀ: the first ``rank`` orbitals scaled by
+    √occupation. Exact when no orbital past ``rank`` is occupied (aufbau occupations
+    with ``rank`` ≥ n_electrons / 2; padded columns come last with occupation 0)."""
+    rank = min(int(rank), result.mo_coeff.shape[-1])
+    return result.mo_coeff[..., :rank] * jnp.sqrt(result.mo_occ[..., None, :rank])
+
+
 def solve_hamiltonian(H, X, n_electrons, *, mo_mask=None, smearing=None) -> EigenResult:
     """Orbitals, occupations and density of a Hamiltonian, with safe gradients.
 

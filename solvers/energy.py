@@ -13,7 +13,8 @@ The semi-local XC term runs where ``ints.backend`` says: ``"host"`` (libxc in a 
 callback) or ``"jax"`` (:mod:`solvers.xc_jax`, on stored AO values for
 :class:`Integrals`, on AO values computed block by block for :class:`CompactIntegrals`).
 Either way its gradient is V_xc through the value-and-gradient identity
-``E = sg(E) + ⟨sg(V), P − sg(P)⟩``: exact first derivatives, no second ones.
+``E = sg(E) + ⟨sg(V), P − sg(P)⟩``: exact first derivatives, no second ones. Exact
+exchange is written the same way, from K = Σ_Q L_Q P L_Q built once.
 """
 
 from __future__ import annotations
@@ -69,8 +70,17 @@ def _coulomb_packed(P, cderi_packed):
     return 0.5 * jnp.dot(d, d)
 
 
-def _exchange_packed(P, cderi_packed, fraction: float):
-    """−(a/4) Σ_Q tr(L_Q P L_Q P), unpacking L a chunk of Q at a time."""
+def _exchange_matrix(P, cderi, orbitals=None):
+    """K = Σ_Q L_Q P L_Q (nao, nao) from the dense factor (naux, nao, nao); with
+    ``orbitals`` Y (nao, r), P = Y Yᵀ, as Σ_Q (L_Q Y)(L_Q Y)ᵀ (r/nao of the work)."""
+    if orbitals is None:
+        return jnp.einsum("qij,jk,qkl->il", cderi, P, cderi, optimize=[(0, 1), (0, 1)])
+    A = jnp.einsum("qij,ja->qia", cderi, orbitals)
+    return jnp.einsum("qia,qja->ij", A, A)
+
+
+def _exchange_matrix_packed(P, cderi_packed, orbitals=None):
+    """:func:`_exchange_matrix` from the packed factor, unpacking a chunk of Q at a time."""
     naux, npair = cderi_packed.shape
     nao = P.shape[-1]
     chunk = int(max(1, min(naux, EXCHANGE_CHUNK_BYTES // (8 * nao * nao))))
@@ -78,13 +88,28 @@ def _exchange_packed(P, cderi_packed, fraction: float):
     L = jnp.pad(cderi_packed, [(0, nchunk * chunk - naux), (0, 0)]).reshape(nchunk, chunk, npair)
     index = _unpack_index(nao)
 
-    @jax.checkpoint
     def body(acc, Lp):
-        m = jnp.einsum("qij,jk->qik", Lp[:, index], P)
-        return acc + jnp.einsum("qij,qji->", m, m), None
+        return acc + _exchange_matrix(P, Lp[:, index], orbitals), None
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), P.dtype), L)
-    return -0.25 * fraction * total
+    K, _ = jax.lax.scan(body, jnp.zeros((nao, nao), P.dtype), L)
+    return K
+
+
+def _exchange(P, ints, orbitals=None):
+    """E_K = −(a/4) tr(P K) with K = Σ_Q L_Q P L_Q, whose gradient is −(a/2) K (exact
+    first derivatives through the value-and-gradient identity, none of second order).
+
+    Building K once costs two products per Q (with ``orbitals``, two thin ones); autodiff
+    of tr(L P L P) needed K twice and the forward products again."""
+    sg = jax.lax.stop_gradient
+    Ps = sg(P)
+    Y = None if orbitals is None else sg(orbitals)
+    if isinstance(ints, CompactIntegrals):
+        K = _exchange_matrix_packed(Ps, ints.cderi_packed, Y)
+    else:
+        K = _exchange_matrix(Ps, ints.cderi, Y)
+    a = ints.functional.exact_exchange
+    return _with_gradient(-0.25 * a * jnp.sum(Ps * K), -0.5 * a * K, P)
 
 
 def _with_gradient(value, gradient, P):
@@ -108,27 +133,28 @@ def _xc(P, ints) -> jax.Array:
     return _with_gradient(e, V, P)
 
 
-def energy_components(P: jax.Array, ints: Integrals | CompactIntegrals) -> EnergyComponents:
-    """All energy terms of density matrix ``P`` (nao, nao), Hartree."""
-    functional = ints.functional
+def energy_components(P: jax.Array, ints: Integrals | CompactIntegrals, orbitals=None) -> EnergyComponents:
+    """All energy terms of density matrix ``P`` (nao, nao), Hartree.
+
+    ``orbitals``: optional Y (nao, r) with P = Y Yᵀ exactly (for an aufbau density, the
+    occupied orbitals times √2, padded with zero columns): the exchange term then costs
+    r/nao of the general one. The caller vouches for P = Y Yᵀ; gradients are taken with
+    respect to P only."""
     one = jnp.sum(P * ints.hcore)
     exchange = jnp.zeros((), P.dtype)
     if isinstance(ints, CompactIntegrals):
         hartree = _coulomb_packed(P, ints.cderi_packed)
-        if functional.exact_exchange != 0.0:
-            exchange = _exchange_packed(P, ints.cderi_packed, functional.exact_exchange)
     else:
         d = jnp.einsum("qij,ij->q", ints.cderi, P)
         hartree = 0.5 * jnp.dot(d, d)
-        if functional.exact_exchange != 0.0:
-            m = jnp.einsum("qij,jk->qik", ints.cderi, P)
-            exchange = -0.25 * functional.exact_exchange * jnp.einsum("qij,qji->", m, m)
+    if ints.functional.exact_exchange != 0.0:
+        exchange = _exchange(P, ints, orbitals)
     return EnergyComponents(one, hartree, exchange, _xc(P, ints), ints.e_nuc)
 
 
-def energy(P: jax.Array, ints: Integrals) -> tuple[jax.Array, EnergyComponents]:
+def energy(P: jax.Array, ints: Integrals, orbitals=None) -> tuple[jax.Array, EnergyComponents]:
     """Total energy (Hartree, shape ()) and its components."""
-    comps = energy_components(P, ints)
+    comps = energy_components(P, ints, orbitals)
     return comps.total, comps
 
 
@@ -143,7 +169,8 @@ def fock(P: jax.Array, ints: Integrals) -> jax.Array:
     return 0.5 * (g + g.T)
 
 
-def energy_and_fock(P: jax.Array, ints: Integrals) -> tuple[jax.Array, EnergyComponents, jax.Array]:
-    """Energy, its components and F = ∂E/∂P in one forward+backward pass."""
-    (e, comps), g = jax.value_and_grad(energy, has_aux=True)(P, ints)
+def energy_and_fock(P: jax.Array, ints: Integrals, orbitals=None) -> tuple[jax.Array, EnergyComponents, jax.Array]:
+    """Energy, its components and F = ∂E/∂P in one forward+backward pass (``orbitals``:
+    see :func:`energy_components`)."""
+    (e, comps), g = jax.value_and_grad(energy, has_aux=True)(P, ints, orbitals)
     return e, comps, 0.5 * (g + g.T)

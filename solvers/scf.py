@@ -31,7 +31,7 @@ import numpy as np
 from basis.errors import InputError
 from basis.integrals import Integrals
 from solvers.diis import DIIS_SPACE, diis_init, diis_update
-from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
+from solvers.eigen import canonical_orthogonalizer, density_factor, solve_hamiltonian
 from solvers.energy import EnergyComponents, energy_and_fock
 
 CONV_TOL_ENERGY = 1e-10
@@ -88,8 +88,8 @@ def _components_to_floats(c: EnergyComponents) -> dict:
 
 
 @jax.jit
-def _fock_step(P, ints: Integrals):
-    return energy_and_fock(P, ints)
+def _fock_step(P, ints: Integrals, orbitals=None):
+    return energy_and_fock(P, ints, orbitals)
 
 
 _diis_step = jax.jit(diis_update)
@@ -128,8 +128,9 @@ def scf_from_integrals(
     diis = diis_init(S.shape, diis_space, jnp.float64)
     solve = jax.jit(solve_hamiltonian, static_argnums=(2,))
     e_old, converged, cycle = None, False, 0
+    Y = None  # P = Y Yᵀ after the first diagonalisation: cheaper exact exchange (hybrids)
     for cycle in range(1, max_cycle + 1):
-        e, comps, F = _fock_step(P, ints)
+        e, comps, F = _fock_step(P, ints, Y)
         e, F_np, P_np = float(e), np.asarray(F), np.asarray(P)
         fps = F_np @ P_np @ S
         err = X.T @ (fps - fps.T) @ X
@@ -141,7 +142,10 @@ def scf_from_integrals(
             break
         e_old = e
         diis, F_next = _diis_step(diis, F, jnp.asarray(err))
-        P = solve(F_next, jnp.asarray(X), ints.n_electrons).density
+        res = solve(F_next, jnp.asarray(X), ints.n_electrons)
+        P = res.density
+        if ints.functional.exact_exchange != 0.0:
+            Y = density_factor(res, ints.n_occupied)
     eig = solve(jnp.asarray(F_np), jnp.asarray(X), ints.n_electrons)
     return SCFResult(
         energy=e,

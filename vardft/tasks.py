@@ -46,6 +46,7 @@ import os
 from typing import Any, Sequence
 
 import flax.struct
+from pyscf.df.addons import make_auxbasis
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,6 +132,8 @@ class MoleculeArrays:
         mo_mask: (n, N) real columns of X.
         h_base: (n, N, N) baseline Hamiltonians, Hartree.
         n_electrons: (n,) int32 electrons per molecule (traced in the step).
+        max_electrons: the bucket's largest electron count (static; bounds the occupied
+            orbitals the exchange term is built from).
     """
 
     batch: Any
@@ -139,6 +142,7 @@ class MoleculeArrays:
     mo_mask: jax.Array
     h_base: jax.Array
     n_electrons: jax.Array
+    max_electrons: int = flax.struct.field(pytree_node=False, default=0)
 
 
 MIXED_ELECTRONS = -1
@@ -154,14 +158,12 @@ _STACKED_FIELDS = ("overlap", "hcore", "cderi", "ao", "weights", "e_nuc", "dm_gu
 def _merged_auxbasis(names: Sequence[str]) -> str:
     """One auxiliary-basis description for a bucket (PySCF names it per element for a molecule)."""
     unique = list(dict.fromkeys(names))
-    if len(unique) == 1:
-        return unique[0]
     try:
         merged: dict = {}
         for name in unique:
             merged.update(ast.literal_eval(name))
         return str(dict(sorted(merged.items())))
-    except (ValueError, SyntaxError, TypeError):
+    except (ValueError, SyntaxError, TypeError, AttributeError):  # not a dict literal: a name
         return " | ".join(unique)
 
 
@@ -199,13 +201,14 @@ def _static_electrons(counts) -> int:
     return int(counts[0]) if np.all(counts == counts[0]) else MIXED_ELECTRONS
 
 
-def _stack_compact(batch, padded, static: int) -> MoleculeArrays:
+def _stack_compact(batch, padded, static: int, largest: int, auxbasis: str) -> MoleculeArrays:
     """:class:`MoleculeArrays` of one streamed batch from :func:`vardft.stream.pad_record`
-    outputs; ``static``: the bucket's :func:`_static_electrons` (fixed per bucket, so that
+    outputs; ``static``: the bucket's :func:`_static_electrons`, ``largest`` its largest
+    electron count, ``auxbasis`` its merged auxiliary basis (fixed per bucket, so that
     every batch of it has one pytree structure: one compilation)."""
     ints = [p[0] for p in padded]
     electrons = np.array([i.n_electrons for i in ints], np.int32)
-    same = [i.replace(n_electrons=static, auxbasis=_merged_auxbasis([j.auxbasis for j in ints])) for i in ints]
+    same = [i.replace(n_electrons=static, auxbasis=auxbasis) for i in ints]
     return MoleculeArrays(
         batch=batch,
         ints=_stack(same),
@@ -213,6 +216,7 @@ def _stack_compact(batch, padded, static: int) -> MoleculeArrays:
         mo_mask=jnp.asarray(np.stack([p[3] for p in padded])),
         h_base=jnp.asarray(np.stack([p[1] for p in padded])),
         n_electrons=jnp.asarray(electrons),
+        max_electrons=largest,
     )
 
 
@@ -331,6 +335,7 @@ class MoleculeTask:
             mo_mask=jnp.asarray(np.stack(masks)),
             h_base=jnp.asarray(np.stack(bases)),
             n_electrons=jnp.asarray(electrons),
+            max_electrons=int(electrons.max()),
         )
         return PreparedSet(systems=tuple(systems), arrays=arrays)
 
@@ -355,6 +360,8 @@ class MoleculeTask:
         moles = [s.to_mole(self.config.basis) for s in systems]
         shells = [ao_shells(m) for m in moles]
         static = _static_electrons([m.nelectron for m in moles])
+        largest = max(m.nelectron for m in moles)
+        auxbasis = _merged_auxbasis([str(make_auxbasis(m)) for m in moles])
         need = np.zeros(3, int)
         for s in systems:
             b = prepare_batch([s], model_config)
@@ -380,7 +387,7 @@ class MoleculeTask:
         return stream.StreamedSet(
             systems=systems, shells=tuple(shells), shapes=stream.bucket_shapes(graph, sizes), store=store,
             rebuild=rebuild,
-            make_arrays=functools.partial(_stack_compact, static=static), model_config=model_config,
+            make_arrays=functools.partial(_stack_compact, static=static, largest=largest, auxbasis=auxbasis), model_config=model_config,
         )
 
     def batch_terms(self, params, data: MoleculeArrays):
@@ -392,7 +399,7 @@ class MoleculeTask:
         def one(H, ints, X, mo_mask, ao_mask, n_electrons):
             return molecule_loss(
                 H, ints, X, mo_mask, ao_mask, c.loss, n_electrons=n_electrons,
-                self_consistency_basis=c.self_consistency_basis,
+                self_consistency_basis=c.self_consistency_basis, max_occupied=data.max_electrons // 2 or None,
             )
 
         terms = jax.vmap(one)(H, data.ints, data.X, data.mo_mask, batch.ao_mask, data.n_electrons)
