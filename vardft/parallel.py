@@ -12,10 +12,10 @@ number of devices: sharded and single-device runs agree to round-off.
 Several hosts: start one process per host with the same command, after
 :func:`start_distributed` (``vardft train --distributed``: the coordinator address,
 process count and index from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
-``JAX_PROCESS_ID``, or from a cluster scheduler JAX recognises). Every process draws the same global batch (it depends only on
-the seed and the step) and builds only its own rows (:func:`local_rows`); process 0
-writes the run directory, which the others must see at the same path (a shared file
-system) to resume.
+``JAX_PROCESS_ID``, or from a cluster scheduler JAX recognises). Every process draws
+the same global batch (it depends only on the seed and the step) and builds only its own
+rows (:func:`local_rows`); process 0 writes the run directory, which the others must see
+at the same path (a shared file system) to resume.
 
 Example:
     >>> from vardft.parallel import data_mesh, pad_rows
@@ -91,11 +91,8 @@ def pad_rows(idx, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (axis 0) split over the mesh's devices."""
     return NamedSharding(mesh, PartitionSpec(AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def local_rows(n_rows: int, mesh: Mesh) -> slice:
@@ -122,7 +119,7 @@ def shard_rows(tree, mesh: Mesh, n_rows: int):
 
 def replicate(tree, mesh: Mesh):
     """``tree`` placed whole on every device of ``mesh`` (parameters, optimizer state)."""
-    return jax.device_put(tree, replicated(mesh))
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def fetch(tree):
@@ -135,4 +132,5 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-__all__ = ["AXIS", "data_mesh", "device_count", "start_distributed", "fetch", "is_writer", "local_rows", "pad_rows", "replicate", "shard_rows"]
+__all__ = ["AXIS", "batch_sharding", "data_mesh", "device_count", "fetch", "is_writer", "local_rows", "pad_rows",
+           "replicate", "shard_rows", "start_distributed"]

@@ -46,10 +46,10 @@ import os
 from typing import Any, Sequence
 
 import flax.struct
-from pyscf.df.addons import make_auxbasis
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pyscf.df.addons import make_auxbasis
 from tqdm.auto import tqdm
 
 from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, to_cell
@@ -386,8 +386,8 @@ class MoleculeTask:
 
         return stream.StreamedSet(
             systems=systems, shells=tuple(shells), shapes=stream.bucket_shapes(graph, sizes), store=store,
-            rebuild=rebuild,
-            make_arrays=functools.partial(_stack_compact, static=static, largest=largest, auxbasis=auxbasis), model_config=model_config,
+            rebuild=rebuild, model_config=model_config,
+            make_arrays=functools.partial(_stack_compact, static=static, largest=largest, auxbasis=auxbasis),
         )
 
     def batch_terms(self, params, data: MoleculeArrays):
@@ -502,8 +502,9 @@ class CrystalTask:
                 one; a JAX XC on the FFT mesh is still to be written).
         """
         c = self.config
-        if device_count(c.devices) > 1:
-            raise InputError(f"crystal training runs on one device, not {device_count(c.devices)}: use --devices 1")
+        devices = device_count(c.devices)
+        if devices > 1:
+            raise InputError(f"crystal training runs on one device, not {devices}: use --devices 1")
         first = System.from_any(systems[0])
         kmesh = tuple(c.kmesh or default_kmesh(first, CRYSTAL_KPOINTS_PER_DIRECTION))
         pseudo = c.pseudo or default_pseudo(c.xc)

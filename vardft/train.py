@@ -32,11 +32,11 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 import optax
 from flax import serialization
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
 from basis.errors import CheckpointError, InputError
@@ -89,7 +89,7 @@ def step_batch(seed: int, step: int, sizes: Sequence[int], batch_size: int | Non
         return 0, batch_indices(seed, step, sizes[0], batch_size)
     rng = np.random.default_rng([seed, step])
     p = np.asarray(sizes, np.float64)
-    b = int(rng.choice(len(sizes), p=p / p.sum()))
+    b = int(rng.choice(len(sizes), p=p / p.sum()))  # drawn also in the warm-up: one random stream
     if step < len(sizes):
         b = len(sizes) - 1 - step
     k = sizes[b] if batch_size is None else min(batch_size, sizes[b])
