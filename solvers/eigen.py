@@ -279,6 +279,25 @@ def solve_hamiltonian(H, X, n_electrons, *, mo_mask=None, smearing=None) -> Eige
     )
 
 
+def aufbau_orbitals(H, X, n_electrons: int) -> EigenResult:
+    """:func:`solve_hamiltonian` without smearing, in NumPy (outside ``jit``: no compilation
+    per shape, for prediction): the lowest ``n_electrons // 2`` orbitals doubly occupied.
+
+    Args:
+        H: (nao, nao) Hamiltonian, Hartree. X: (nao, nmo) orthogonalizer (all columns real).
+        n_electrons: even electron count.
+    """
+    H, X = np.asarray(H, np.float64), np.asarray(X, np.float64)
+    n_occ, nmo = int(n_electrons) // 2, X.shape[1]
+    if n_electrons % 2 or not 0 <= n_occ <= nmo:
+        raise ValueError(f"{n_electrons} electrons: need an even count that fits in {nmo} orbitals")
+    eps, V = np.linalg.eigh(X.T @ H @ X)
+    C = X @ V
+    occ = np.zeros(nmo)
+    occ[:n_occ] = 2.0
+    return EigenResult(mo_energy=eps, mo_coeff=C, mo_occ=occ, density=2.0 * C[:, :n_occ] @ C[:, :n_occ].T)
+
+
 def _occupations(eps, real, n_electrons, sigma):
     """Occupations f (nmo,) and their derivative df_i/dε_i at fixed μ (1/Hartree).
 

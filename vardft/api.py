@@ -28,7 +28,7 @@ from basis.layout import ao_rotation
 from basis.pbc_integrals import build_periodic_integrals
 from basis.system import System
 from solvers import periodic
-from solvers.eigen import canonical_orthogonalizer, solve_hamiltonian
+from solvers.eigen import aufbau_orbitals, canonical_orthogonalizer
 from solvers.energy import total_energy
 from vardft.tasks import CrystalTask, MoleculeTask
 from vardft.train import load_params, read_run
@@ -44,7 +44,8 @@ class Prediction:
         density_matrix: (nao, nao) closed-shell P from the occupied eigenvectors of H.
         mo_energy: (nmo,) eigenvalues of H C = S C ε.
         mo_coeff: (nao, nmo) eigenvectors.
-        energy: variational total energy E[P] with the run's functional, Hartree.
+        energy: variational total energy E[P] with the run's functional, Hartree
+            (``None`` unless asked for: it needs a DF factor and an XC grid).
         system: the input.
     """
 
@@ -53,7 +54,7 @@ class Prediction:
     density_matrix: np.ndarray
     mo_energy: np.ndarray
     mo_coeff: np.ndarray
-    energy: float
+    energy: float | None
     system: System
 
     @property
@@ -158,34 +159,51 @@ class MoleculeModel(Model):
         molecule's frame and rotated back: exactly E(3)-equivariant)."""
         return self.task.lab_hamiltonian(self.params, self.model_config, self._check(system))
 
-    def predict(self, system) -> Prediction:
-        """Hamiltonian, orbitals, density and variational energy of one molecule.
+    def predict(self, system, energy: bool = False) -> Prediction:
+        """Hamiltonian, orbitals and density of one molecule (and its variational energy
+        with ``energy=True``): :meth:`predict_many` of one."""
+        return self.predict_many([system], energy=energy)[0]
 
-        Everything is computed in the molecule's own frame (:mod:`basis.frame`) and the
-        matrices rotated back, so H, S, P and C are exactly equivariant and the energy and
-        orbital energies exactly invariant. The energy is evaluated on PySCF's grid level
-        3; the baseline of H on the run's training grid (the same integrals when the two
-        levels agree).
+    def predict_many(self, systems, energy: bool = False) -> list[Prediction]:
+        """Hamiltonians, orbitals and densities of molecules; their energies with ``energy``.
+
+        Everything is computed in each molecule's own frame (:mod:`basis.frame`) and the
+        matrices rotated back, so H, S, P and C are exactly equivariant and orbital
+        energies (and the energy) exactly invariant. The network runs on batches of
+        molecules of one padded shape (one compilation per shape). What is built per
+        molecule depends on the run's baseline: ``"sap"`` (the fast path) needs only
+        one-electron-type integrals (S, T, V_nuc and the tabulated atomic potentials) —
+        no density-fitting factor, no XC grid — then one diagonalisation; ``"minao"``
+        builds integrals on the run's training grid for its Kohn–Sham baseline. The
+        energy, when asked for, is evaluated on PySCF's grid level 3 (built then).
         """
-        system = self._check(system)
-        inside, frame = self.task.to_frame(system)
-        ints = build_integrals(inside, self.xc, self.basis, DEFAULT_GRID_LEVEL)
-        same_grid = self.config.grid_level == DEFAULT_GRID_LEVEL
-        H = self.task.hamiltonian(self.params, self.model_config, inside, ints if same_grid else None)
-        X = canonical_orthogonalizer(np.asarray(ints.overlap))
-        res = solve_hamiltonian(jnp.asarray(H), jnp.asarray(X), ints.n_electrons)
-        energy = float(jax.jit(total_energy)(res.density, ints))
-        D = ao_rotation(self.basis, system.symbols, frame.rotation)
-        back = lambda m: D.T @ np.asarray(m) @ D  # noqa: E731  M_lab = Dᵀ M_frame D
-        return Prediction(
-            hamiltonian=back(H),
-            overlap=back(ints.overlap),
-            density_matrix=back(res.density),
-            mo_energy=np.asarray(res.mo_energy),
-            mo_coeff=D.T @ np.asarray(res.mo_coeff),
-            energy=energy,
-            system=system,
-        )
+        c = self.config
+        systems = [self._check(s) for s in systems]
+        placed = [self.task.to_frame(s) for s in systems]
+        inside = [p[0] for p in placed]
+        fine = [build_integrals(s, c.xc, c.basis, DEFAULT_GRID_LEVEL) if energy else None for s in inside]
+        reuse = energy and c.baseline == "minao" and c.grid_level == DEFAULT_GRID_LEVEL
+        Hs = self.task.hamiltonians(self.params, self.model_config, inside, fine if reuse else None)
+        out = []
+        for system, (inner, frame), H, ints in zip(systems, placed, Hs, fine):
+            mol = inner.to_mole(c.basis)
+            S = mol.intor_symmetric("int1e_ovlp")
+            res = aufbau_orbitals(H, canonical_orthogonalizer(S), mol.nelectron)
+            D = ao_rotation(c.basis, system.symbols, frame.rotation)
+            back = lambda m: D.T @ np.asarray(m) @ D  # noqa: E731  M_lab = Dᵀ M_frame D
+            out.append(Prediction(
+                hamiltonian=back(H),
+                overlap=back(S),
+                density_matrix=back(res.density),
+                mo_energy=res.mo_energy,
+                mo_coeff=D.T @ res.mo_coeff,
+                energy=float(_total_energy(jnp.asarray(res.density), ints)) if energy else None,
+                system=system,
+            ))
+        return out
+
+
+_total_energy = jax.jit(total_energy)
 
 
 def insulator_density(H: np.ndarray, S: np.ndarray, n_electrons: int):
@@ -266,7 +284,8 @@ def load(run_dir: str, kind: str | None = None) -> Model:
 
 
 def initial_guess(run_dir_or_model, mol) -> np.ndarray:
-    """Density matrix (nao, nao) for ``mf.kernel(dm0=...)`` from a model's prediction.
+    """Density matrix (nao, nao) for ``mf.kernel(dm0=...)`` from a model's prediction
+    (no energy computed; with a ``"sap"``-baseline model no DF factor or XC grid either).
 
     Args:
         run_dir_or_model: a run directory or a loaded :class:`MoleculeModel`.

@@ -46,9 +46,21 @@ DEMO = dict(steps=500, minutes=8.0, frames=8, out="runs/demo")
 """``vardft demo``: a short water run (the full water defaults use 3000 steps), its
 wall-time cap, the held-out conformations validated and the run directory."""
 
-BASELINES = ("minao", "none")
+BASELINES = ("minao", "sap", "none")
 """``minao``: H = H_base + ΔH_θ with H_base the Kohn–Sham matrix of PySCF's minao guess
-density (one Fock build per structure, no SCF); ``none``: H = ΔH_θ."""
+density (one Fock build per structure, no SCF: prediction pays a DF factor and an XC grid);
+``sap``: H_base the superposition-of-atomic-potentials Hamiltonian (:mod:`basis.sap`:
+one-electron-type integrals only, so prediction is a forward pass, S and one
+diagonalisation); ``none``: H = ΔH_θ."""
+
+OUTPUT_SCALES = {"minao": 0.01, "sap": 0.1, "none": 0.1}
+"""Default ``output_scale`` per baseline (Hartree per unit of network output): the minao
+Kohn–Sham matrix is within ~0.02 Eh of the converged one, the SAP Hamiltonian within ~1 Eh."""
+
+DISTILL_STEPS = {"minao": 0, "sap": 300, "none": 0}
+"""Default ``distill_steps`` per baseline: a model on the SAP baseline first learns the
+minao Kohn–Sham matrix (no SCF, no label), which starts label-free training where the
+minao baseline starts it."""
 
 DEFAULT_SCF_BACKEND = "host"
 """Backend of ``vardft scf`` (:data:`basis.integrals.BACKENDS`); chosen by measurement,
@@ -98,7 +110,13 @@ class TrainConfig:
         self_consistency_basis: one of :data:`SELF_CONSISTENCY_BASES`.
         baseline: one of :data:`BASELINES`.
         output_scale: ΔH = output_scale × network output, Hartree (the network's
-            outputs start at O(1); the baseline is already within ~0.02 Eh).
+            outputs start at O(1)); ``None``: :data:`OUTPUT_SCALES` of the baseline
+            (:attr:`delta_scale` is the value used).
+        distill_steps: steps before the label-free ones in which the network learns the
+            Kohn–Sham matrix of the minao density, F[P_minao] − H_base (mean square over
+            AO pairs; its own warm-up and cosine schedule, then the optimizer starts
+            afresh); ``None``: :data:`DISTILL_STEPS` of the baseline. No SCF and no
+            label: the run stays label-free.
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
@@ -151,7 +169,8 @@ class TrainConfig:
     loss: LossWeights = LossWeights()
     self_consistency_basis: str = "ao"
     baseline: str = "minao"
-    output_scale: float = 0.01
+    output_scale: float | None = None
+    distill_steps: int | None = None
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = 100
@@ -170,6 +189,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def delta_scale(self) -> float:
+        """ΔH per unit of network output, Hartree (``output_scale`` or its baseline's default)."""
+        return OUTPUT_SCALES[self.baseline] if self.output_scale is None else self.output_scale
+
+    @property
+    def n_distill(self) -> int:
+        """Distillation steps (``distill_steps`` or its baseline's default)."""
+        return DISTILL_STEPS[self.baseline] if self.distill_steps is None else self.distill_steps
+
+    @property
+    def total_steps(self) -> int:
+        """Distillation then label-free steps: the steps of the run."""
+        return self.n_distill + self.steps
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -285,6 +319,12 @@ def check_config(config: TrainConfig) -> TrainConfig:
         )
     if config.steps < 0:
         raise InputError(f"steps must be >= 0, got {config.steps}")
+    if config.distill_steps is not None and config.distill_steps < 0:
+        raise InputError(f"distillation steps must be >= 0, got {config.distill_steps}")
+    if config.n_distill and config.baseline != "sap":
+        raise InputError(f"distillation learns F[P_minao] − H_base: it needs --baseline sap, not {config.baseline}")
+    if config.output_scale is not None and not config.output_scale > 0:
+        raise InputError(f"output scale must be > 0, got {config.output_scale}")
     if config.batch_size is not None and config.batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {config.batch_size}")
     if config.checkpoint_every < 1:
@@ -297,6 +337,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"minutes must be > 0, got {config.max_minutes}")
     if config.devices is not None and config.devices < 1:
         raise InputError(f"devices must be >= 1, got {config.devices}")
+    if config.kind == "crystal" and config.baseline == "sap":
+        raise InputError("the sap baseline is for molecules; crystals use minao or none")
     if config.kind == "molecule":
         if config.bucket_aos is not None and config.bucket_aos < 1:
             raise InputError(f"bucket width must be a positive number of AOs, got {config.bucket_aos}")

@@ -32,6 +32,7 @@ import numpy as np
 from basis.frame import frame_covariant
 from basis.functional import parse_functional
 from basis.integrals import CompactIntegrals, compact_integrals_from_mean_field, make_mean_field
+from basis.sap import sap_hamiltonian
 from basis.shells import AOShells, pad_ao_shells
 from basis.system import System
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
@@ -44,6 +45,13 @@ RECORD_VERSION = 1
 """Bump when the content or layout of a :class:`MoleculeRecord` file changes."""
 
 RECORD_FIELDS = ("overlap", "hcore", "cderi_packed", "coords", "weights", "e_nuc", "dm_guess", "h_base", "X")
+DISTILL_FIELD = "h_target"
+"""The extra record field of the ``"sap"`` baseline: F[P_minao], what distillation learns."""
+
+
+def record_fields(arrays) -> tuple[str, ...]:
+    """The fields a record has, in their stored order."""
+    return RECORD_FIELDS + ((DISTILL_FIELD,) if DISTILL_FIELD in arrays else ())
 """Arrays of a record, in checksum order."""
 
 AUX_ROUND = 64
@@ -87,7 +95,8 @@ class MoleculeRecord:
     Attributes:
         arrays: ``RECORD_FIELDS`` → array; shapes as in :class:`CompactIntegrals`, plus
             ``h_base`` (nao, nao) baseline Hamiltonian (Hartree) and ``X`` (nao, nmo)
-            canonical orthogonalizer.
+            canonical orthogonalizer; with the ``"sap"`` baseline also ``h_target``
+            (nao, nao), the minao Kohn–Sham matrix that distillation learns.
         n_electrons: electron count.
         auxbasis: auxiliary basis description (PySCF's).
     """
@@ -121,12 +130,15 @@ def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
     ints = compact_integrals_from_mean_field(mf)
     arrays = {name: np.asarray(getattr(ints, name)) for name in RECORD_FIELDS[:7]}
     arrays["X"] = canonical_orthogonalizer(arrays["overlap"])
+    def fock(s: System) -> np.ndarray:
+        return minao_fock(make_mean_field(s, settings.xc, settings.basis, settings.grid_level))
+
     if settings.baseline == "none":
         arrays["h_base"] = np.zeros_like(arrays["overlap"])
+    elif settings.baseline == "sap":
+        arrays["h_base"] = sap_hamiltonian(system, settings.basis)[0]
+        arrays[DISTILL_FIELD] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
     else:
-        def fock(s: System) -> np.ndarray:
-            return minao_fock(make_mean_field(s, settings.xc, settings.basis, settings.grid_level))
-
         arrays["h_base"] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
     return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
 
@@ -136,10 +148,11 @@ def save_record(path: str, record: MoleculeRecord) -> None:
     """Write ``record`` atomically (temporary file + rename) with its checksum."""
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            for name in RECORD_FIELDS:
+            fields = record_fields(record.arrays)
+            for name in fields:
                 f.create_dataset(name, data=record.arrays[name])
             f.attrs["record_version"] = RECORD_VERSION
-            f.attrs["checksum"] = arrays_checksum(record.arrays, RECORD_FIELDS)
+            f.attrs["checksum"] = arrays_checksum(record.arrays, fields)
             f.attrs["n_electrons"] = record.n_electrons
             f.attrs["auxbasis"] = record.auxbasis
 
@@ -152,8 +165,8 @@ def load_record(path: str, verify: bool = True) -> MoleculeRecord | None:
         with h5py.File(path, "r") as f:
             if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
                 return None
-            arrays = {name: f[name][()] for name in RECORD_FIELDS}
-            if verify and str(f.attrs.get("checksum", "")) != arrays_checksum(arrays, RECORD_FIELDS):
+            arrays = {name: f[name][()] for name in record_fields(f)}
+            if verify and str(f.attrs.get("checksum", "")) != arrays_checksum(arrays, record_fields(arrays)):
                 warnings.warn(f"{path}: cached record fails its checksum (damaged file); rebuilding it", stacklevel=2)
                 return None
             return MoleculeRecord(arrays, int(f.attrs["n_electrons"]), str(f.attrs["auxbasis"]))
@@ -307,9 +320,10 @@ def pad_shells(shells: AOShells, shapes: BucketShapes) -> AOShells:
 
 
 def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, settings: RecordSettings
-               ) -> tuple[CompactIntegrals, np.ndarray, np.ndarray, np.ndarray]:
-    """``(CompactIntegrals, h_base, X, mo_mask)`` of one record padded to ``shapes`` (numpy
-    leaves); ``shells``: the molecule's AO shells already padded (:func:`pad_shells`).
+               ) -> tuple[CompactIntegrals, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(CompactIntegrals, h_base, X, mo_mask, h_target)`` of one record padded to
+    ``shapes`` (numpy leaves; ``h_target`` None without one); ``shells``: the molecule's
+    AO shells already padded (:func:`pad_shells`).
 
     Padded AOs and auxiliary functions are zero; padded grid points sit far away with
     zero weight. Energy and Fock of the padded integrals equal the record's.
@@ -336,7 +350,8 @@ def pad_record(record: MoleculeRecord, shells: AOShells, shapes: BucketShapes, s
         functional=parse_functional(settings.xc),
         grid_level=settings.grid_level,
     )
-    return ints, pad2(a["h_base"]), X, mask
+    target = pad2(a[DISTILL_FIELD]) if DISTILL_FIELD in a else None
+    return ints, pad2(a["h_base"]), X, mask, target
 
 
 # ------------------------------------------------------------------ streamed sets

@@ -20,7 +20,9 @@ Kohn–Sham matrix of PySCF's molecular grid and density fitting, crystals H(k) 
 k-mesh with the FFT-mesh energy of :mod:`solvers.periodic`.
 
 The predicted Hamiltonian is ``H = H_base + output_scale · ΔH_θ``. ``H_base`` is the
-Kohn–Sham matrix of PySCF's minao guess density (``baseline="minao"``) or zero.
+Kohn–Sham matrix of PySCF's minao guess density (``baseline="minao"``), the
+superposition-of-atomic-potentials Hamiltonian (``"sap"``, :mod:`basis.sap`: no DF
+factor and no XC grid, so prediction is a forward pass, S and one diagonalisation), or zero.
 
 Molecules are handled in a frame fixed by the molecule (:mod:`basis.frame`): PySCF's
 XC grid is fixed in the laboratory axes, so a baseline built on it would change with
@@ -57,6 +59,7 @@ from basis.errors import InputError
 from basis.frame import MolecularFrame, frame_covariant, from_frame_matrix, molecular_frame, to_frame
 from basis.functional import parse_functional
 from basis.integrals import Integrals, build_integrals
+from basis.sap import sap_hamiltonian
 from basis.pbc_integrals import (
     PeriodicIntegrals,
     band_integral_chunks,
@@ -132,6 +135,8 @@ class MoleculeArrays:
         mo_mask: (n, N) real columns of X.
         h_base: (n, N, N) baseline Hamiltonians, Hartree.
         n_electrons: (n,) int32 electrons per molecule (traced in the step).
+        h_target: (n, N, N) minao Kohn–Sham matrices that distillation learns (the
+            ``"sap"`` baseline), Hartree; ``None`` otherwise.
         max_electrons: the bucket's largest electron count (static; bounds the occupied
             orbitals the exchange term is built from).
     """
@@ -142,7 +147,18 @@ class MoleculeArrays:
     mo_mask: jax.Array
     h_base: jax.Array
     n_electrons: jax.Array
+    h_target: Any = None
     max_electrons: int = flax.struct.field(pytree_node=False, default=0)
+
+
+PREDICT_BATCH = 8
+"""Molecules per call of the network at prediction (padded with empty molecules)."""
+
+
+def _graph_shape(system: System, model_config: ModelConfig) -> tuple[int, int, int]:
+    """The padded (atoms, edges, aos) slots of one molecule (:func:`vardft.hamiltonian.bucket_size`)."""
+    b = prepare_batch([system], model_config)
+    return tuple(bucket_size(int(v)) for v in (b.atom_mask.sum(), b.edge_mask.sum(), np.asarray(b.nao)[0]))
 
 
 MIXED_ELECTRONS = -1
@@ -216,6 +232,7 @@ def _stack_compact(batch, padded, static: int, largest: int, auxbasis: str) -> M
         mo_mask=jnp.asarray(np.stack([p[3] for p in padded])),
         h_base=jnp.asarray(np.stack([p[1] for p in padded])),
         n_electrons=jnp.asarray(electrons),
+        h_target=None if padded[0][4] is None else jnp.asarray(np.stack([p[4] for p in padded])),
         max_electrons=largest,
     )
 
@@ -241,33 +258,43 @@ class MoleculeTask:
             raise InputError(f"the host backend runs on one device, not {devices}: use --backend jax or --devices 1")
         return self.config
 
-    def baseline(self, ints: Integrals) -> jax.Array:
-        """(nao, nao) F[P_minao] (or zero) on the grid of ``ints``, Hartree."""
-        if self.config.baseline == "minao":
-            return _fock_of(ints.dm_guess, ints)
-        return jnp.zeros_like(ints.overlap)
-
     @staticmethod
     def to_frame(system: System) -> tuple[System, MolecularFrame]:
         """``system`` placed in its own frame (positions ``Q (x − c)``), and the frame."""
         frame = molecular_frame(system)
         return to_frame(system, frame), frame
 
-    def frame_baseline(self, system: System, ints: Integrals) -> np.ndarray:
-        """H_base (nao, nao) of a molecule already in its frame (:meth:`to_frame`); ``ints``
-        its integrals at the training grid level (possibly padded in naux / ngrid).
+    def frame_minao_fock(self, system: System, ints: Integrals) -> np.ndarray:
+        """F[P_minao] (nao, nao) of a molecule already in its frame (:meth:`to_frame`);
+        ``ints`` its integrals at the training grid level (possibly padded in naux / ngrid).
 
-        Without degenerate moments this is the baseline on ``ints`` itself (the frame of
-        a molecule in its frame is the identity up to O_h); otherwise the average over
+        Without degenerate moments this is the Fock matrix on ``ints`` itself (the frame
+        of a molecule in its frame is the identity up to O_h); otherwise the average over
         the molecule's candidate frames."""
         c = self.config
-        if c.baseline == "none":
-            return np.asarray(self.baseline(ints))
 
         def fock(s: System) -> np.ndarray:
-            return np.asarray(self.baseline(build_integrals(s, c.xc, c.basis, c.grid_level)))
+            other = build_integrals(s, c.xc, c.basis, c.grid_level)
+            return np.asarray(_fock_of(other.dm_guess, other))
 
-        return frame_covariant(lambda: self.baseline(ints), fock, system, c.basis)
+        return frame_covariant(lambda: _fock_of(ints.dm_guess, ints), fock, system, c.basis)
+
+    def frame_baseline(self, system: System, ints: Integrals | None) -> np.ndarray:
+        """H_base (nao, nao) of a molecule already in its frame: :meth:`frame_minao_fock`
+        (``ints`` needed), the SAP Hamiltonian (one-electron integrals only; exactly
+        covariant) or zero."""
+        c = self.config
+        if c.baseline == "sap":
+            return sap_hamiltonian(system, c.basis)[0]
+        if c.baseline == "none":
+            n = system.to_mole(c.basis).nao_nr()
+            return np.zeros((n, n))
+        return self.frame_minao_fock(system, ints)
+
+    def distill_target(self, system: System, ints: Integrals) -> np.ndarray | None:
+        """What distillation learns for a molecule in its frame: F[P_minao] with the
+        ``"sap"`` baseline, ``None`` otherwise."""
+        return self.frame_minao_fock(system, ints) if self.config.baseline == "sap" else None
 
     def record_settings(self) -> stream.RecordSettings:
         c = self.config
@@ -300,7 +327,7 @@ class MoleculeTask:
         static_electrons = _static_electrons(electrons)
         n = len(systems)
         stacked: dict[str, np.ndarray] = {}
-        xs, masks, bases, auxbases = [], [], [], []
+        xs, masks, bases, targets, auxbases = [], [], [], [], []
         template = None
         for k in range(n):
             ints = load(k)
@@ -308,7 +335,11 @@ class MoleculeTask:
             # baseline from the AO-unpadded integrals (conformations of one composition: exactly as unbatched)
             own_aos = pad_integrals(ints, ints.nao, naux, ngrid).replace(n_electrons=static_electrons)
             base = self.frame_baseline(systems[k], own_aos)
-            bases.append(np.pad(base, [(0, n_slots - base.shape[0])] * 2))
+            pad = [(0, n_slots - base.shape[0])] * 2
+            bases.append(np.pad(base, pad))
+            target = self.distill_target(systems[k], own_aos)
+            if target is not None:
+                targets.append(np.pad(target, pad))
             padded = pad_integrals(own_aos, n_slots)
             if template is None:
                 template = padded
@@ -335,6 +366,7 @@ class MoleculeTask:
             mo_mask=jnp.asarray(np.stack(masks)),
             h_base=jnp.asarray(np.stack(bases)),
             n_electrons=jnp.asarray(electrons),
+            h_target=jnp.asarray(np.stack(targets)) if targets else None,
             max_electrons=int(electrons.max()),
         )
         return PreparedSet(systems=tuple(systems), arrays=arrays)
@@ -394,7 +426,7 @@ class MoleculeTask:
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""
         c = self.config
         batch = data.batch
-        H = data.h_base + c.output_scale * predict_hamiltonian(params, batch)
+        H = data.h_base + c.delta_scale * predict_hamiltonian(params, batch)
 
         def one(H, ints, X, mo_mask, ao_mask, n_electrons):
             return molecule_loss(
@@ -406,21 +438,49 @@ class MoleculeTask:
         metrics = {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
         return terms.loss, metrics
 
+    def distill_terms(self, params, data: MoleculeArrays):
+        """Distillation loss (B,): mean over AO pairs of (H − F[P_minao])², Eh², and metrics
+        {distill_mae (B,), distill_rmse (B,)}, Hartree."""
+        H = data.h_base + self.config.delta_scale * predict_hamiltonian(params, data.batch)
+        mask = data.batch.ao_mask[:, :, None] * data.batch.ao_mask[:, None, :]
+        pairs = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
+        diff = (H - data.h_target) * mask
+        mse = jnp.sum(diff**2, axis=(1, 2)) / pairs
+        return mse, {"distill_mae": jnp.sum(jnp.abs(diff), axis=(1, 2)) / pairs, "distill_rmse": jnp.sqrt(mse)}
+
     def hamiltonian(self, params, model_config: ModelConfig, system: System, ints: Integrals | None = None):
         """H (nao, nao) of a molecule already in its frame, Hartree, PySCF AO order.
 
         ``ints``: the molecule's integrals at the run's training grid level, reused for
-        the baseline (built here when needed and not given). :meth:`lab_hamiltonian`
-        takes any molecule.
+        the minao baseline (built here when needed and not given; the ``"sap"`` and
+        ``"none"`` baselines need none). :meth:`lab_hamiltonian` takes any molecule.
         """
-        batch = prepare_batch([system], model_config)
-        n = int(np.asarray(batch.nao)[0])
-        delta = np.asarray(self.config.output_scale * predict_hamiltonian(params, batch)[0, :n, :n])
-        if self.config.baseline == "none":
-            return delta
-        if ints is None:
-            ints = build_integrals(system, self.config.xc, self.config.basis, self.config.grid_level)
-        return self.frame_baseline(system, ints) + delta
+        return self.hamiltonians(params, model_config, [system], [ints])[0]
+
+    def hamiltonians(self, params, model_config: ModelConfig, systems: Sequence[System], ints=None,
+                     batch_size: int = PREDICT_BATCH) -> list[np.ndarray]:
+        """:meth:`hamiltonian` of many molecules in their frames: the network runs on
+        batches of ``batch_size`` molecules of one padded shape (one compilation per
+        shape, :func:`vardft.hamiltonian.bucket_size`); ``ints`` a list (or None)."""
+        ints = list(ints) if ints is not None else [None] * len(systems)
+        shapes = [_graph_shape(s, model_config) for s in systems]
+        out: list = [None] * len(systems)
+        for shape in dict.fromkeys(shapes):
+            members = [k for k, sh in enumerate(shapes) if sh == shape]
+            rows = min(batch_size, len(members))  # one batch shape per graph shape
+            for first in range(0, len(members), rows):
+                chunk = members[first: first + rows]
+                batch = prepare_batch([systems[k] for k in chunk], model_config, batch_size=rows, pad_to=shape)
+                delta = np.asarray(self.config.delta_scale * predict_hamiltonian(params, batch))
+                for row, k in enumerate(chunk):
+                    n = int(np.asarray(batch.nao)[row])
+                    out[k] = delta[row, :n, :n]
+        for k, s in enumerate(systems):
+            if self.config.baseline == "minao" and ints[k] is None:
+                c = self.config
+                ints[k] = build_integrals(s, c.xc, c.basis, c.grid_level)
+            out[k] = out[k] + self.frame_baseline(s, ints[k])
+        return out
 
     def lab_hamiltonian(self, params, model_config: ModelConfig, system: System) -> np.ndarray:
         """H (nao, nao) of ``system`` as given: built in its frame and rotated back."""
@@ -571,7 +631,7 @@ class CrystalTask:
     def batch_terms(self, params, data: CrystalArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""
         c = self.config
-        H_R = c.output_scale * predict_hamiltonian(params, data.batch)
+        H_R = c.delta_scale * predict_hamiltonian(params, data.batch)
         Hk = data.h_base + bloch_sum_batch(H_R, data.batch, data.ints.kpts)
 
         def one(h, i, x, m, hq=None, o=None):
@@ -607,7 +667,7 @@ class CrystalTask:
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
         batch = prepare_batch([system], model_config)
         nao = int(np.asarray(batch.nao)[0])
-        H_R = c.output_scale * predict_hamiltonian(params, batch)
+        H_R = c.delta_scale * predict_hamiltonian(params, batch)
         dH = np.asarray(bloch_sum_batch(H_R, batch, jnp.asarray(kpts))[0][:, :nao, :nao])
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=c.mesh)
         if c.baseline == "none":

@@ -104,15 +104,24 @@ def _all_finite(tree) -> jax.Array:
 def _step_key(config: TrainConfig) -> TrainConfig:
     """The part of a config the compiled step depends on (the rest reset to defaults)."""
     fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
-              "grad_clip", "loss", "output_scale", "self_consistency_basis", "baseline", "offmesh_self_consistency")
+              "grad_clip", "loss", "output_scale", "distill_steps", "self_consistency_basis", "baseline",
+              "offmesh_self_consistency")
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
 
 
+def distill_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer of the distillation steps: :func:`make_optimizer` with its schedule
+    over ``n_distill`` steps (the same state structure, so one checkpoint format)."""
+    return make_optimizer(dataclasses.replace(config, steps=config.n_distill))
+
+
 @functools.lru_cache(maxsize=8)
-def compiled_step(config: TrainConfig, mesh: Mesh):
+def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     """Jitted ``step(params, opt_state, data, weights) -> (params, opt_state, metrics)``
     and ``evaluate(params, data) -> per-structure metrics``, for batches split over
     ``mesh`` (:mod:`vardft.parallel`), shared by every run with the same settings.
+    ``distill``: the step of the distillation phase (the task's ``distill_terms`` and
+    :func:`distill_optimizer`); ``evaluate`` is the label-free one either way.
 
     ``data`` is a batch (``PreparedSet.take``) whose rows are split over the devices,
     ``weights`` (B,) 1 for real rows, 0 for padding: the loss is the weighted mean of the
@@ -121,11 +130,12 @@ def compiled_step(config: TrainConfig, mesh: Mesh):
     (``metrics["finite"]`` is False) and is counted as skipped.
     """
     task = task_for(config)
-    optimizer = make_optimizer(config)
+    optimizer = distill_optimizer(config) if distill else make_optimizer(config)
+    terms = task.distill_terms if distill else task.batch_terms
     rows, whole = PartitionSpec(AXIS), PartitionSpec()
 
     def weighted_sum(params, data, weights):
-        loss, metrics = task.batch_terms(params, data)
+        loss, metrics = terms(params, data)
         return jnp.sum(weights * loss), metrics
 
     def local_gradient(params, data, weights):
@@ -347,7 +357,12 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
         time_offset = float(log[-1].get("time", 0.0)) if log else 0.0
     params, opt_state = replicate((state["params"], state["opt_state"]), mesh)
     step, skipped = int(state["step"]), int(state["skipped"])
-    step_fn, eval_fn = compiled_step(_step_key(config), mesh)
+    key, n_distill, total = _step_key(config), config.n_distill, config.total_steps
+    step_fn, eval_fn = compiled_step(key, mesh)
+    if n_distill and step <= n_distill:
+        distill_fn = compiled_step(key, mesh, distill=True)[0]
+        if step == 0:
+            opt_state = replicate(distill_optimizer(config).init(fetch(params)), mesh)
     writer = run_dir is not None and is_writer()
 
     def save():
@@ -359,16 +374,19 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     in_a_row = 0
     interrupted = False
     deadline = None if config.max_minutes is None else start + 60.0 * config.max_minutes
-    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     # the next step's batch is loaded (streamed sets: read or rebuilt) while this step runs
     loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vardft-batch")
-    upcoming = loader.submit(batch_of, step) if step < config.steps else None
+    upcoming = loader.submit(batch_of, step) if step < total else None
     with ckpt.StopRequested() as stop, contextlib.ExitStack() as on_exit:
         on_exit.callback(loader.shutdown, cancel_futures=True)
-        while step < config.steps:
+        while step < total:
             data, weights = upcoming.result()
-            upcoming = loader.submit(batch_of, step + 1) if step + 1 < config.steps else None
-            params, opt_state, metrics = step_fn(params, opt_state, data, weights)
+            upcoming = loader.submit(batch_of, step + 1) if step + 1 < total else None
+            if step == n_distill and n_distill:  # label-free steps start with a fresh optimizer
+                opt_state = replicate(make_optimizer(config).init(fetch(params)), mesh)
+            fn = distill_fn if step < n_distill else step_fn
+            params, opt_state, metrics = fn(params, opt_state, data, weights)
             del data
             step += 1
             m = {k: float(v) for k, v in metrics.items()}
@@ -378,13 +396,16 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
                 skipped += 1
                 in_a_row += 1
             record = {"step": step, **m, "skipped": skipped, "time": time_offset + time.perf_counter() - start}
-            if val_sets and (step % config.eval_every == 0 or step == config.steps):
+            if val_sets and step > n_distill and ((step - n_distill) % config.eval_every == 0 or step == total):
                 values = evaluate_sets(eval_fn, params, val_sets, config.batch_size, mesh)
                 record.update({f"val_{k}": v for k, v in values.items()})
             if writer:
                 ckpt.append_log(run_dir, record)
             history.append(record)
-            bar.set_postfix(loss=f"{m['loss']:.5f}", E=f"{m['energy']:.5f}", sc=f"{m['sc_rmse']:.1e}", refresh=False)
+            if "energy" in m:
+                bar.set_postfix(loss=f"{m['loss']:.5f}", E=f"{m['energy']:.5f}", sc=f"{m['sc_rmse']:.1e}", refresh=False)
+            else:
+                bar.set_postfix(distill_mae=f"{m['distill_mae']:.1e}", refresh=False)
             bar.update(1)
             if on_step is not None:
                 on_step(record)

@@ -331,3 +331,22 @@ def test_padded_batch_matches_unpadded(smearing):
         np.testing.assert_allclose(grads[b, :nao, :nao], ref_grad, atol=PAD_ATOL * scale)
         np.testing.assert_array_equal(grads[b, nao:], 0.0)
         np.testing.assert_array_equal(grads[b, :, nao:], 0.0)
+
+
+def test_numpy_aufbau_equals_solve_hamiltonian():
+    """The NumPy twin used by prediction gives the JAX solver's orbitals and density."""
+    from solvers.eigen import aufbau_orbitals, canonical_orthogonalizer, solve_hamiltonian
+
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(9, 9))
+    S = A @ A.T / 9 + np.eye(9)
+    H = rng.normal(size=(9, 9))
+    H = H + H.T
+    X = canonical_orthogonalizer(S)
+    ref = solve_hamiltonian(jnp.asarray(H), jnp.asarray(X), 6)
+    got = aufbau_orbitals(H, X, 6)
+    assert np.abs(got.density - np.asarray(ref.density)).max() < 1e-12
+    assert np.abs(got.mo_energy - np.asarray(ref.mo_energy)).max() < 1e-12
+    assert np.abs(got.mo_occ - np.asarray(ref.mo_occ)).max() == 0.0
+    with pytest.raises(ValueError, match="even"):
+        aufbau_orbitals(H, X, 5)

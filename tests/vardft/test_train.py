@@ -110,7 +110,7 @@ def test_cli_predict_writes_pyscf_ordered_h5(trained, tmp_path, capsys):
         "3\n\nO 0 0 0\nH 0 0 0.96\nH 0.93 0 -0.24\n3\n\nO 0 0 0\nH 0 0 0.99\nH 0.90 0 -0.30\n"
     )
     out = tmp_path / "pred.h5"
-    assert main(["predict", run_dir, str(xyz), "--out", str(out)]) == 0
+    assert main(["predict", run_dir, str(xyz), "--out", str(out), "--energy"]) == 0
     with h5py.File(out) as f:
         assert sorted(f.keys()) == ["0", "1"]
         g = f["1"]
@@ -138,8 +138,9 @@ def test_cli_train_zero_steps_writes_a_usable_untrained_model(tmp_path, capsys):
     assert sorted(os.listdir(run_dir)) == [".lock", "checkpoint.msgpack", "config.json", "vardft-run.json"]
     model = load(run_dir)
     assert model.step == 0 and model.basis == BASIS and model.xc == "pbe"
-    pred = model.predict(water_molecule())
+    pred = model.predict(water_molecule(), energy=True)
     assert pred.hamiltonian.shape == (7, 7) and np.isfinite(pred.energy)
+    assert model.predict(water_molecule()).energy is None  # only when asked for
     np.testing.assert_allclose(pred.hamiltonian, pred.hamiltonian.T, atol=1e-14)
 
 

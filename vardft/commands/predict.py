@@ -22,8 +22,11 @@ def register(sub) -> None:
         description=(
             "Predict H for every frame of INPUT with the model in RUN_DIR and write pred.h5: "
             "one group per frame ('0', '1', ...) with datasets hamiltonian, overlap, "
-            "density_matrix, mo_energy, mo_coeff, energy (PySCF AO order, Hartree) and "
-            "attributes kind, basis, xc, symbols, positions_angstrom. With a crystal model INPUT "
+            "density_matrix, mo_energy, mo_coeff (PySCF AO order, Hartree), energy (with --energy) and "
+            "attributes kind, basis, xc, symbols, positions_angstrom. Molecules go through the network "
+            "in batches (one compilation per padded size); a model trained on the sap baseline needs no "
+            "density fitting or XC grid, so prediction costs a forward pass, S and one "
+            "diagonalisation. With a crystal model INPUT "
             "holds cells, and the datasets are at the run's k-mesh: kpts (nk, 3) 1/Bohr, "
             "hamiltonian, overlap and density_matrix (nk, nao, nao) complex H(k), S(k), P(k), "
             "mo_energy (nk, nmo) and the energy per cell; attributes also pseudo, kmesh, "
@@ -34,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("input", metavar="INPUT", help="structure file or built-in molecule name")
     p.add_argument("--out", default="pred.h5", help="output HDF5 file")
+    p.add_argument("--energy", action="store_true",
+                   help="molecules: also the variational energy E[P] of the predicted density, on PySCF's grid "
+                        "level 3 (builds a DF factor and an XC grid per molecule; crystals always have it)")
     p.add_argument("--json", action="store_true", help="also print a JSON summary per frame")
     p.set_defaults(func=run)
 
@@ -47,7 +53,8 @@ def write_predictions(path: str, predictions, model) -> None:
                 for name in ("kpts", "hamiltonian", "overlap", "density_matrix", "mo_energy", "mo_coeff"):
                     if hasattr(pred, name):
                         g.create_dataset(name, data=np.asarray(getattr(pred, name)))
-                g.create_dataset("energy", data=np.float64(pred.energy))
+                if pred.energy is not None:
+                    g.create_dataset("energy", data=np.float64(pred.energy))
                 g.attrs["kind"] = model.kind
                 g.attrs["basis"] = model.basis
                 g.attrs["xc"] = model.xc
@@ -85,7 +92,10 @@ def run(args) -> int:
     run_kind(args.run_dir)  # a one-line error for anything but a vardft run
     model = load(args.run_dir)
     systems = read_input(args.input)
-    preds = [model.predict(s) for s in systems]
+    if model.kind == "molecule":
+        preds = model.predict_many(systems, energy=args.energy)
+    else:
+        preds = [model.predict(s) for s in systems]
     write_predictions(args.out, preds, model)
     per = " per cell" if model.kind == "crystal" else ""
     for k, pred in enumerate(preds):
@@ -94,8 +104,8 @@ def run(args) -> int:
         if args.json:
             print_json(summary)
         else:
-            print(f"frame {k} {pred.system.formula}: E = {pred.energy:.8f} Eh{per}, "
-                  f"HOMO {pred.homo:.5f}, LUMO {pred.lumo:.5f} Eh")
+            energy = "" if pred.energy is None else f"E = {pred.energy:.8f} Eh{per}, "
+            print(f"frame {k} {pred.system.formula}: {energy}HOMO {pred.homo:.5f}, LUMO {pred.lumo:.5f} Eh")
     if not args.json:
         print(f"wrote {len(preds)} frame(s) to {args.out}")
     return 0

@@ -15,7 +15,7 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import default_config, make_config, with_overrides
+from vardft.config import BASELINES, DISTILL_STEPS, default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -30,6 +30,7 @@ FLAGS = {
     "lr": "learning_rate",
     "sc_weight": "self_consistency",
     "baseline": "baseline",
+    "distill_steps": "distill_steps",
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
@@ -70,8 +71,15 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({m.learning_rate}; {c.learning_rate})")
     p.add_argument("--sc-weight", type=float, default=None,
                    help=f"weight of the self-consistency term, 1/Eh ({m.loss.self_consistency}; {c.loss.self_consistency})")
-    p.add_argument("--baseline", default=None, choices=["minao", "none"],
-                   help=f"H = F[P_minao] + network (minao) or network only (none) ({m.baseline})")
+    p.add_argument("--baseline", default=None, choices=list(BASELINES),
+                   help="H = baseline + network. minao: the Kohn-Sham matrix of the minao guess density (prediction "
+                        "then builds a DF factor and an XC grid); sap: superposed atomic potentials, one-electron "
+                        "integrals only (prediction is a forward pass, S and one diagonalisation; molecules); none: "
+                        f"network only ({m.baseline})")
+    p.add_argument("--distill-steps", type=int, default=None,
+                   help="--baseline sap: steps, before the label-free ones, that teach the network the minao "
+                        "Kohn-Sham matrix (no SCF, no labels) "
+                        f"(default {DISTILL_STEPS['sap']} with sap, 0 otherwise)")
     p.add_argument("--seed", type=int, default=None, help=f"initialisation and data-order seed ({m.seed})")
     p.add_argument("--n-train", type=int, default=None,
                    help="training structures of a built-in set (default: the set's own)")
@@ -158,11 +166,14 @@ def run(args) -> int:
     check_basis(config.basis, {s for m in dataset.train + dataset.validation for s in m.symbols})
     data_mesh(config.devices)
     print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
-          f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.steps} steps -> {args.out}")
+          f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.baseline} baseline, "
+          + (f"{config.n_distill} distillation + " if config.n_distill else "") + f"{config.steps} steps -> {args.out}")
     result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
     msg = f"step {result.step}, {result.seconds / 60:.1f} min"
-    if last:
+    if "distill_mae" in last:
+        msg += f", distillation MAE {last['distill_mae'] * 1e6:.0f} μEh"
+    elif last:
         per = " per cell" if dataset.kind == "crystal" else ""
         msg += f", energy {last['energy']:.6f} Eh{per}, self-consistency rmse {last['sc_rmse'] * 1e6:.0f} μEh"
     if result.skipped_steps:

@@ -1,0 +1,183 @@
+"""The fast prediction path (issue 14): the SAP baseline, distillation of the minao Kohn–Sham
+matrix, batched prediction, and energies only when asked for."""
+
+import dataclasses
+import os
+import signal
+
+import h5py
+import jax
+import numpy as np
+import pytest
+from pyscf import dft
+
+from basis.errors import InputError
+from basis.integrals import make_mean_field
+from vardft.api import load
+from vardft.cli import main
+from vardft.config import LossWeights, TrainConfig, make_config
+from vardft.data import Dataset, IntegralCache, load_dataset
+from vardft.tasks import MoleculeTask
+from vardft.train import step_batch, train
+from vardft.testing import assert_equivariant
+
+BASIS = "sto-3g"
+CONFIG = TrainConfig(
+    xc="pbe", basis=BASIS, preset="S", model_overrides=(("num_layers", 1), ("channels", 8)), steps=3,
+    batch_size=None, learning_rate=1e-2, warmup_steps=1, checkpoint_every=3, eval_every=None, grid_level=1,
+    loss=LossWeights(1.0, 300.0, 0.0), baseline="sap", distill_steps=3,
+)
+
+
+@pytest.fixture(scope="module")
+def water():
+    return load_dataset("water", seed=0, n_train=3, n_validation=2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return IntegralCache(str(tmp_path_factory.mktemp("integrals")))
+
+
+@pytest.fixture(scope="module")
+def trained(water, cache, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    return run_dir, train(water, run_dir, CONFIG, cache=cache, progress=False)
+
+
+def _minao_fock(system, grid_level):
+    """PySCF's Kohn–Sham matrix of its minao guess density (every grid point kept)."""
+    mf = make_mean_field(system, CONFIG.xc, BASIS, grid_level)
+    mf.small_rho_cutoff = 0.0
+    return mf.get_fock(dm=mf.get_init_guess())
+
+
+def test_first_distillation_loss_is_the_mean_square_to_pyscf_minao_fock(trained, water):
+    """The loss of step 1 (initial parameters) from what prediction returns and PySCF's
+    minao Fock matrix: prediction's H is the H training optimised, and the target is F[P_minao]."""
+    from vardft.model import init_params
+
+    run_dir, result = trained
+    model = load(run_dir)
+    params = init_params(jax.random.PRNGKey(CONFIG.seed), model.model_config)
+    task = MoleculeTask(model.config)
+    _, idx = step_batch(CONFIG.seed, 0, [len(water.train)], CONFIG.batch_size)
+    losses = []
+    for k in idx:
+        inside = task.to_frame(water.train[k])[0]
+        H = task.hamiltonian(params, model.model_config, inside)
+        losses.append(np.mean((H - _minao_fock(inside, CONFIG.grid_level)) ** 2))
+    first = result.history[0]
+    assert "distill_mae" in first and "energy" not in first
+    assert abs(first["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
+
+
+def test_distillation_then_label_free_steps(trained):
+    _, result = trained
+    phases = ["energy" in r for r in result.history]
+    assert phases == [False] * 3 + [True] * 3 and result.skipped_steps == 0
+    assert result.history[2]["distill_mae"] < result.history[0]["distill_mae"]
+
+
+def test_resume_across_the_distillation_boundary_reproduces_losses(trained, water, cache, tmp_path):
+    """Stopped (checkpoint) at the last distillation step: the resumed run starts the
+    label-free optimizer afresh there, as the uninterrupted run did, and repeats its losses."""
+    _, reference = trained
+    run_dir = str(tmp_path / "run")
+
+    def interrupt(record):
+        if record["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train(water, run_dir, CONFIG, cache=cache, progress=False, on_step=interrupt)
+    assert first.interrupted and first.step == 3
+    resumed = train(water, run_dir, CONFIG, cache=cache, progress=False, resume=True)
+    ref = {r["step"]: r["loss"] for r in reference.history}
+    got = {r["step"]: r["loss"] for r in resumed.history}
+    assert sorted(got) == [4, 5, 6]
+    assert all(got[s] == ref[s] for s in got), (got, ref)
+
+
+def test_predict_many_equals_predict_and_compiles_the_network_once_per_size(trained, water):
+    model = load(trained[0])
+    frames = list(water.validation) + list(water.train)
+    one = [model.predict(s) for s in frames[:2]]
+    compiles = [0]
+
+    def on_compile(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles[0] += 1
+
+    many = model.predict_many(frames[:4])  # 4 conformations: one batch shape
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    try:
+        again = model.predict_many(frames[1:5])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_compile)
+    assert compiles[0] == 0
+    for a, b in zip(one, many):
+        assert np.abs(a.hamiltonian - b.hamiltonian).max() < 1e-12
+        assert np.abs(a.mo_energy - b.mo_energy).max() < 1e-12
+    assert np.abs(again[0].hamiltonian - many[1].hamiltonian).max() < 1e-12
+    assert all(p.energy is None for p in many)
+
+
+def test_fast_prediction_energy_equals_pyscf_energy_of_its_density(trained, water):
+    """``energy=True``: PySCF's DFT energy functional (grid level 3, in the molecule's own
+    frame, where the energy is evaluated) of the predicted density."""
+    from basis.layout import ao_rotation
+
+    model = load(trained[0])
+    system = water.validation[0]
+    pred = model.predict(system, energy=True)
+    inside, frame = MoleculeTask.to_frame(system)
+    D = ao_rotation(BASIS, system.symbols, frame.rotation)
+    mol = inside.to_mole(BASIS)
+    mf = dft.RKS(mol, xc=CONFIG.xc).density_fit()
+    mf.grids.level = 3
+    mf.small_rho_cutoff = 0.0
+    assert abs(pred.energy - mf.energy_tot(dm=D @ pred.density_matrix @ D.T)) < 1e-8
+    S = system.to_mole(BASIS).intor("int1e_ovlp")
+    assert abs(np.trace(pred.density_matrix @ S) - mol.nelectron) < 1e-10
+
+
+def test_sap_model_prediction_is_equivariant_to_round_off(tmp_path):
+    """No grid anywhere on the fast path: H of a rotated, inverted, shifted and permuted
+    molecule transforms exactly (the minao path is limited by the lab-fixed grid's frames)."""
+    from ase.build import molecule
+
+    from basis.system import System
+
+    formic = System.from_atoms(molecule("HCOOH"))
+    config = dataclasses.replace(make_config("molecule", preset="S", basis="def2-svp", baseline="sap",
+                                             distill_steps=0), steps=0)
+    data = Dataset("formic", (formic,), ())
+    run_dir = str(tmp_path / "run")
+    train(data, run_dir, config, progress=False)
+    model = load(run_dir)
+    errors = assert_equivariant(lambda s: model.predict(s).hamiltonian, formic, basis="def2-svp",
+                                ops=("combined",), rtol=1e-10)
+    assert max(errors.values()) < 1e-10
+
+
+def test_cli_predict_writes_energy_only_with_the_flag(trained, water, tmp_path, capsys):
+    from ase.io import write
+
+    frames = str(tmp_path / "frames.xyz")
+    write(frames, [s.to_atoms() for s in water.validation])
+    plain, with_energy = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
+    assert main(["predict", trained[0], frames, "--out", plain]) == 0
+    assert main(["predict", trained[0], frames, "--out", with_energy, "--energy"]) == 0
+    with h5py.File(plain) as f, h5py.File(with_energy) as g:
+        assert "energy" not in f["0"] and "energy" in g["0"]
+        assert np.abs(f["1/hamiltonian"][()] - g["1/hamiltonian"][()]).max() == 0.0
+    assert "E = " in capsys.readouterr().out
+
+
+def test_distillation_needs_the_sap_baseline_and_sap_is_for_molecules():
+    with pytest.raises(InputError, match="sap"):
+        make_config("molecule", baseline="minao", distill_steps=10)
+    with pytest.raises(InputError, match="molecules"):
+        make_config("crystal", baseline="sap")
+    assert make_config("molecule", baseline="sap").n_distill > 0
+    assert make_config("molecule").n_distill == 0
