@@ -25,7 +25,7 @@ from pyscf import gto
 from pyscf.df import incore
 
 from basis.errors import InputError
-from basis.system import System, canonical_symbol
+from basis.system import canonical_symbol
 
 SAP_BASIS = "sap_grasp_small"
 """PySCF's name of the tabulated SAP fit."""
@@ -65,9 +65,8 @@ def sap_potential(mol) -> np.ndarray:
     return -np.asarray(per_atom.sum(axis=-1), dtype=np.float64)
 
 
-def sap_hamiltonian(system: System, basis: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(H_SAP, S)`` (nao, nao) of a molecule, Hartree, PySCF's AO order."""
-    mol = system.to_mole(basis)
+def sap_hamiltonian(mol) -> tuple[np.ndarray, np.ndarray]:
+    """``(H_SAP, S)`` (nao, nao) of a built ``pyscf.gto.Mole``, Hartree, PySCF's AO order."""
     hcore = mol.intor_symmetric("int1e_kin") + mol.intor_symmetric("int1e_nuc")
     return hcore + sap_potential(mol), mol.intor_symmetric("int1e_ovlp")
 

@@ -9,6 +9,7 @@ Constructors check the input and raise typed :mod:`basis.errors` exceptions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from typing import Iterable, Sequence
@@ -383,6 +384,13 @@ def _check_xyz_counts(path: str) -> None:
         i += count + 2
 
 
+@functools.lru_cache(maxsize=512)
+def _has_shells(basis: str, symbol: str) -> bool:
+    """Whether PySCF has shells of ``basis`` for one element (parsed once per pair:
+    prediction checks the basis of every molecule)."""
+    return _load_shells(basis, symbol) is not None
+
+
 def _load_shells(basis: str, symbol: str):
     """PySCF's shells of ``basis`` for one element, or ``None`` when unavailable."""
 
@@ -404,10 +412,10 @@ def check_basis(basis: str, symbols: Iterable[str]) -> None:
     if not isinstance(basis, str) or not basis.strip():
         raise BasisError("the basis name is empty")
     symbols = sorted(set(symbols))
-    missing = [s for s in symbols if _load_shells(basis, s) is None]
+    missing = [s for s in symbols if not _has_shells(basis, s)]
     if not missing:
         return
-    if len(missing) == len(symbols) and all(_load_shells(basis, p) is None for p in ("H", "C", "Si")):
+    if len(missing) == len(symbols) and not any(_has_shells(basis, p) for p in ("H", "C", "Si")):
         raise BasisError(f"unknown basis {basis!r}: PySCF has no basis set of that name")
     raise BasisError(f"basis {basis!r} has no functions for element {missing[0]}")
 

@@ -40,7 +40,7 @@ print(f"model: {model.xc}/{model.basis}, trained {model.step} steps")
 
 # A water conformation the model was not trained on (built-in held-out frames).
 water = load_dataset("water", n_train=0, n_validation=1).validation[0]
-pred = model.predict(water)
+pred = model.predict(water, energy=True)  # the energy needs a DF factor and an XC grid: only when asked
 print(f"predicted E = {pred.energy:.8f} Eh, HOMO = {pred.homo:.5f} Eh, LUMO = {pred.lumo:.5f} Eh")
 print(f"H {pred.hamiltonian.shape}, S {pred.overlap.shape}, P {pred.density_matrix.shape}")
 

@@ -1,8 +1,8 @@
 """Write predictions with ``vardft predict`` and read ``pred.h5`` with h5py.
 
-``vardft predict RUN_DIR INPUT --out pred.h5`` writes one HDF5 group per frame of
+``vardft predict RUN_DIR INPUT --out pred.h5 --energy`` writes one HDF5 group per frame of
 INPUT ('0', '1', ...) holding the datasets hamiltonian (nao, nao), overlap (nao, nao),
-density_matrix (nao, nao), mo_energy (nmo,), mo_coeff (nao, nmo) and energy (scalar),
+density_matrix (nao, nao), mo_energy (nmo,), mo_coeff (nao, nmo) and energy (scalar; only with --energy),
 in PySCF's AO order and Hartree, and the attributes basis, xc, symbols and
 positions_angstrom. Nothing in the file needs vardft to be read: the orbital energies
 are the generalized eigenvalues of H C = S C eps, which scipy recomputes here.
@@ -44,9 +44,9 @@ frames = load_dataset("water", n_train=0, n_validation=2).validation
 xyz = os.path.join(work, "water.xyz")
 ase.io.write(xyz, [s.to_atoms() for s in frames])
 
-# The command line, called from Python (the same as `vardft predict RUN_DIR water.xyz --out pred.h5`).
+# The command line, called from Python (the same as `vardft predict RUN_DIR water.xyz --out pred.h5 --energy`).
 pred_h5 = os.path.join(work, "pred.h5")
-status = vardft_cli(["predict", run_dir, xyz, "--out", pred_h5])
+status = vardft_cli(["predict", run_dir, xyz, "--out", pred_h5, "--energy"])
 assert status == 0, f"vardft predict exited with {status}"
 
 with h5py.File(pred_h5, "r") as f:

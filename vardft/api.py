@@ -26,6 +26,7 @@ from basis.errors import CheckpointError, InputError
 from basis.integrals import DEFAULT_GRID_LEVEL, build_integrals
 from basis.layout import ao_rotation
 from basis.pbc_integrals import build_periodic_integrals
+from basis.sap import sap_hamiltonian
 from basis.system import System
 from solvers import periodic
 from solvers.eigen import aufbau_orbitals, canonical_orthogonalizer
@@ -183,11 +184,14 @@ class MoleculeModel(Model):
         inside = [p[0] for p in placed]
         fine = [build_integrals(s, c.xc, c.basis, DEFAULT_GRID_LEVEL) if energy else None for s in inside]
         reuse = energy and c.baseline == "minao" and c.grid_level == DEFAULT_GRID_LEVEL
-        Hs = self.task.hamiltonians(self.params, self.model_config, inside, fine if reuse else None)
+        moles = [s.to_mole(c.basis) for s in inside]
+        if c.baseline == "sap":  # the fast path: one molecule build, one-electron-type integrals
+            bases, overlaps = map(list, zip(*[sap_hamiltonian(mol) for mol in moles]))
+        else:
+            bases, overlaps = None, [mol.intor_symmetric("int1e_ovlp") for mol in moles]
+        Hs = self.task.hamiltonians(self.params, self.model_config, inside, fine if reuse else None, bases)
         out = []
-        for system, (inner, frame), H, ints in zip(systems, placed, Hs, fine):
-            mol = inner.to_mole(c.basis)
-            S = mol.intor_symmetric("int1e_ovlp")
+        for system, (inner, frame), H, ints, mol, S in zip(systems, placed, Hs, fine, moles, overlaps):
             res = aufbau_orbitals(H, canonical_orthogonalizer(S), mol.nelectron)
             D = ao_rotation(c.basis, system.symbols, frame.rotation)
             back = lambda m: D.T @ np.asarray(m) @ D  # noqa: E731  M_lab = Dᵀ M_frame D

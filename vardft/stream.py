@@ -136,7 +136,7 @@ def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
     if settings.baseline == "none":
         arrays["h_base"] = np.zeros_like(arrays["overlap"])
     elif settings.baseline == "sap":
-        arrays["h_base"] = sap_hamiltonian(system, settings.basis)[0]
+        arrays["h_base"] = sap_hamiltonian(mf.mol)[0]
         arrays[DISTILL_FIELD] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
     else:
         arrays["h_base"] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)

@@ -285,7 +285,7 @@ class MoleculeTask:
         covariant) or zero."""
         c = self.config
         if c.baseline == "sap":
-            return sap_hamiltonian(system, c.basis)[0]
+            return sap_hamiltonian(system.to_mole(c.basis))[0]
         if c.baseline == "none":
             n = system.to_mole(c.basis).nao_nr()
             return np.zeros((n, n))
@@ -458,10 +458,11 @@ class MoleculeTask:
         return self.hamiltonians(params, model_config, [system], [ints])[0]
 
     def hamiltonians(self, params, model_config: ModelConfig, systems: Sequence[System], ints=None,
-                     batch_size: int = PREDICT_BATCH) -> list[np.ndarray]:
+                     bases=None, batch_size: int = PREDICT_BATCH) -> list[np.ndarray]:
         """:meth:`hamiltonian` of many molecules in their frames: the network runs on
         batches of ``batch_size`` molecules of one padded shape (one compilation per
-        shape, :func:`vardft.hamiltonian.bucket_size`); ``ints`` a list (or None)."""
+        shape, :func:`vardft.hamiltonian.bucket_size`); ``ints`` a list (or None);
+        ``bases`` the molecules' :meth:`frame_baseline` when the caller has them."""
         ints = list(ints) if ints is not None else [None] * len(systems)
         shapes = [_graph_shape(s, model_config) for s in systems]
         out: list = [None] * len(systems)
@@ -476,6 +477,9 @@ class MoleculeTask:
                     n = int(np.asarray(batch.nao)[row])
                     out[k] = delta[row, :n, :n]
         for k, s in enumerate(systems):
+            if bases is not None:
+                out[k] = out[k] + bases[k]
+                continue
             if self.config.baseline == "minao" and ints[k] is None:
                 c = self.config
                 ints[k] = build_integrals(s, c.xc, c.basis, c.grid_level)

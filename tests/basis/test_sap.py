@@ -17,7 +17,7 @@ ETHANOL = System(
 
 def test_sap_hamiltonian_equals_pyscf_sap_guess_potential():
     """hcore + Σ_A V_A against PySCF's ``make_sap`` (its SAP initial guess), def2-SVP."""
-    H, S = sap_hamiltonian(ETHANOL, "def2-svp")
+    H, S = sap_hamiltonian(ETHANOL.to_mole("def2-svp"))
     mol = ETHANOL.to_mole("def2-svp")
     table = {e: np.asarray(gto.basis.load(SAP_BASIS, e)[0][1:]) for e in set(mol.elements)}
     reference = hf.get_hcore(mol) + hf.make_sap(mol, table)
@@ -36,8 +36,8 @@ def test_sap_hamiltonian_is_exactly_covariant():
     Q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     Q = -Q if np.linalg.det(Q) > 0 else Q  # an improper rotation: inversion included
     moved = ETHANOL.replace(positions=np.asarray(ETHANOL.positions) @ Q.T + np.array([0.3, -1.2, 2.0]))
-    H0, _ = sap_hamiltonian(ETHANOL, "def2-svp")
-    H1, _ = sap_hamiltonian(moved, "def2-svp")
+    H0, _ = sap_hamiltonian(ETHANOL.to_mole("def2-svp"))
+    H1, _ = sap_hamiltonian(moved.to_mole("def2-svp"))
     D = ao_rotation("def2-svp", ETHANOL.symbols, Q)
     assert np.abs(H1 - D @ H0 @ D.T).max() < 1e-10 * np.abs(H0).max()
 
@@ -45,7 +45,7 @@ def test_sap_hamiltonian_is_exactly_covariant():
 def test_far_apart_atoms_see_only_their_own_potential():
     """A neutral atom's screened potential vanishes far away: the SAP block of one atom of a
     stretched dimer equals the atom's own SAP Hamiltonian."""
-    atom, _ = sap_hamiltonian(System(("N",), [[0.0, 0.0, 0.0]], spin=3), "def2-svp")
-    far, _ = sap_hamiltonian(System(("N", "N"), [[0.0, 0.0, 0.0], [0.0, 0.0, 40.0]]), "def2-svp")
+    atom, _ = sap_hamiltonian(System(("N",), [[0.0, 0.0, 0.0]], spin=3).to_mole("def2-svp"))
+    far, _ = sap_hamiltonian(System(("N", "N"), [[0.0, 0.0, 0.0], [0.0, 0.0, 40.0]]).to_mole("def2-svp"))
     n = atom.shape[0]
     assert np.abs(far[:n, :n] - atom).max() < 1e-8
