@@ -117,6 +117,7 @@ class TrainConfig:
             AO pairs; its own warm-up and cosine schedule, then the optimizer starts
             afresh); ``None``: :data:`DISTILL_STEPS` of the baseline. No SCF and no
             label: the run stays label-free.
+        distill_learning_rate: peak learning rate of the distillation steps.
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
@@ -171,6 +172,7 @@ class TrainConfig:
     baseline: str = "minao"
     output_scale: float | None = None
     distill_steps: int | None = None
+    distill_learning_rate: float = 1e-2
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = 100
@@ -319,12 +321,15 @@ def check_config(config: TrainConfig) -> TrainConfig:
         )
     if config.steps < 0:
         raise InputError(f"steps must be >= 0, got {config.steps}")
+    if not (config.distill_learning_rate > 0 and config.distill_learning_rate < float("inf")):
+        raise InputError(
+            f"distillation learning rate must be a positive finite number, got {config.distill_learning_rate}")
     if config.distill_steps is not None and config.distill_steps < 0:
         raise InputError(f"distillation steps must be >= 0, got {config.distill_steps}")
     if config.n_distill and config.baseline != "sap":
         raise InputError(f"distillation learns F[P_minao] − H_base: it needs --baseline sap, not {config.baseline}")
-    if config.output_scale is not None and not config.output_scale > 0:
-        raise InputError(f"output scale must be > 0, got {config.output_scale}")
+    if config.output_scale is not None and not config.output_scale >= 0:  # 0: the baseline alone
+        raise InputError(f"output scale must be >= 0, got {config.output_scale}")
     if config.batch_size is not None and config.batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {config.batch_size}")
     if config.checkpoint_every < 1:

@@ -104,15 +104,16 @@ def _all_finite(tree) -> jax.Array:
 def _step_key(config: TrainConfig) -> TrainConfig:
     """The part of a config the compiled step depends on (the rest reset to defaults)."""
     fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
-              "grad_clip", "loss", "output_scale", "distill_steps", "self_consistency_basis", "baseline",
-              "offmesh_self_consistency")
+              "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "self_consistency_basis",
+              "baseline", "offmesh_self_consistency")
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
 
 
 def distill_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """The optimizer of the distillation steps: :func:`make_optimizer` with its schedule
     over ``n_distill`` steps (the same state structure, so one checkpoint format)."""
-    return make_optimizer(dataclasses.replace(config, steps=config.n_distill))
+    return make_optimizer(dataclasses.replace(config, steps=config.n_distill,
+                                              learning_rate=config.distill_learning_rate))
 
 
 @functools.lru_cache(maxsize=8)
