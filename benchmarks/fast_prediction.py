@@ -176,6 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--throughput", type=int, default=0, metavar="N",
                    help="predict_many on N QM9 molecules with each model that covers QM9's elements")
+    p.add_argument("--throughput-models", nargs="+", default=None, metavar="NAME",
+                   help="only these models in the throughput measurement")
+    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="only these molecule rows")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -189,6 +192,8 @@ def main(argv=None) -> int:
         models[name] = load(run, "molecule")
     rows = []
     for row, systems in molecules(args.frames):
+        if args.rows is not None and row not in args.rows:
+            continue
         for name, model in models.items():
             if not covers(model, systems):
                 continue
@@ -196,12 +201,12 @@ def main(argv=None) -> int:
             mean = {k: float(np.mean([m[k] for m in per])) for k in per[0]}
             rows.append({"molecule": row, "model": name, "baseline": model.config.baseline,
                          "steps": model.step, "xc": model.xc, "basis": model.basis, "frames": len(per), **mean})
-            if not args.json:
-                print(f"{row} / {name}: done", file=sys.stderr, flush=True)
+            print(f"{row} / {name}: done", file=sys.stderr, flush=True)
     through = {}
     if args.throughput:
         for name, model in models.items():
-            if {"C", "H", "N", "O", "F"} <= set(model.model_config.elements):
+            wanted = args.throughput_models is None or name in args.throughput_models
+            if wanted and {"C", "H", "N", "O", "F"} <= set(model.model_config.elements):
                 through[name] = throughput(model, args.throughput)
     out = {"machine": machine_info(), "rows": rows, "throughput": through,
            "target_guess_speedup": TARGET_GUESS_SPEEDUP}

@@ -476,14 +476,16 @@ class MoleculeTask:
                 for row, k in enumerate(chunk):
                     n = int(np.asarray(batch.nao)[row])
                     out[k] = delta[row, :n, :n]
+        c = self.config
         for k, s in enumerate(systems):
             if bases is not None:
                 out[k] = out[k] + bases[k]
                 continue
-            if self.config.baseline == "minao" and ints[k] is None:
-                c = self.config
-                ints[k] = build_integrals(s, c.xc, c.basis, c.grid_level)
-            out[k] = out[k] + self.frame_baseline(s, ints[k])
+            own = ints[k]  # built here and dropped at once: a molecule's grid and DF factor at a time
+            if c.baseline == "minao" and own is None:
+                own = build_integrals(s, c.xc, c.basis, c.grid_level)
+            out[k] = out[k] + self.frame_baseline(s, own)
+            del own
         return out
 
     def lab_hamiltonian(self, params, model_config: ModelConfig, system: System) -> np.ndarray:
