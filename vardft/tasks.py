@@ -161,6 +161,26 @@ def _graph_shape(system: System, model_config: ModelConfig) -> tuple[int, int, i
     return tuple(bucket_size(int(v)) for v in (b.atom_mask.sum(), b.edge_mask.sum(), np.asarray(b.nao)[0]))
 
 
+PREDICT_SHAPES = 4
+"""Most padded shapes (compilations of the network) one prediction call uses: molecules
+of many sizes are grouped by size into this many groups, each padded to its largest."""
+
+
+def _shape_groups(shapes: Sequence[tuple], most: int = PREDICT_SHAPES) -> list[tuple[tuple, list[int]]]:
+    """``[(padded shape, molecule indices)]``: one group per distinct shape, or, with more
+    than ``most`` distinct shapes, ``most`` groups of consecutive sizes (by AOs, atoms,
+    edges) padded to their elementwise largest."""
+    distinct = list(dict.fromkeys(shapes))
+    if len(distinct) <= most:
+        return [(sh, [k for k, other in enumerate(shapes) if other == sh]) for sh in distinct]
+    order = sorted(range(len(shapes)), key=lambda k: (shapes[k][2], shapes[k][0], shapes[k][1]))
+    groups = []
+    for chunk in np.array_split(np.asarray(order), most):
+        members = sorted(int(k) for k in chunk)
+        groups.append((tuple(int(v) for v in np.max([shapes[k] for k in members], axis=0)), members))
+    return groups
+
+
 MIXED_ELECTRONS = -1
 """Static ``Integrals.n_electrons`` of a stacked bucket whose molecules differ in
 electron count: code that reads the static count instead of the ``n_electrons``
@@ -464,10 +484,8 @@ class MoleculeTask:
         shape, :func:`vardft.hamiltonian.bucket_size`); ``ints`` a list (or None);
         ``bases`` the molecules' :meth:`frame_baseline` when the caller has them."""
         ints = list(ints) if ints is not None else [None] * len(systems)
-        shapes = [_graph_shape(s, model_config) for s in systems]
         out: list = [None] * len(systems)
-        for shape in dict.fromkeys(shapes):
-            members = [k for k, sh in enumerate(shapes) if sh == shape]
+        for shape, members in _shape_groups([_graph_shape(s, model_config) for s in systems]):
             rows = min(batch_size, len(members))  # one batch shape per graph shape
             for first in range(0, len(members), rows):
                 chunk = members[first: first + rows]

@@ -181,3 +181,15 @@ def test_distillation_needs_the_sap_baseline_and_sap_is_for_molecules():
         make_config("crystal", baseline="sap")
     assert make_config("molecule", baseline="sap").n_distill > 0
     assert make_config("molecule").n_distill == 0
+
+
+def test_many_sizes_share_a_few_padded_shapes():
+    from vardft.tasks import PREDICT_SHAPES, _shape_groups
+
+    shapes = [(a, 2 * a, 5 * a) for a in (3, 9, 4, 12, 5, 6, 3, 7)]
+    groups = _shape_groups(shapes)
+    assert len(groups) == PREDICT_SHAPES
+    assert sorted(k for _, members in groups for k in members) == list(range(len(shapes)))
+    for shape, members in groups:  # every molecule fits its group's padding
+        assert all(all(s <= p for s, p in zip(shapes[k], shape)) for k in members)
+    assert len(_shape_groups(shapes[:2])) == 2  # few shapes: exact
