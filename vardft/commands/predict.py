@@ -24,7 +24,7 @@ def register(sub) -> None:
             "one group per frame ('0', '1', ...) with datasets hamiltonian, overlap, "
             "density_matrix, mo_energy, mo_coeff (PySCF AO order, Hartree), energy (with --energy) and "
             "attributes kind, basis, xc, symbols, positions_angstrom. Molecules go through the network "
-            "in batches (one compilation per padded size); a model trained on the sap baseline needs no "
+            "in batches padded to at most 4 sizes (4 compilations per call); a model trained on the sap baseline needs no "
             "density fitting or XC grid, so prediction costs a forward pass, S and one "
             "diagonalisation. With a crystal model INPUT "
             "holds cells, and the datasets are at the run's k-mesh: kpts (nk, 3) 1/Bohr, "
