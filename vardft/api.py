@@ -171,27 +171,27 @@ class MoleculeModel(Model):
         Everything is computed in each molecule's own frame (:mod:`basis.frame`) and the
         matrices rotated back, so H, S, P and C are exactly equivariant and orbital
         energies (and the energy) exactly invariant. The network runs on batches of
-        molecules of one padded shape (one compilation per shape). What is built per
+        molecules padded to at most :data:`vardft.tasks.PREDICT_SHAPES` shapes (one
+        compilation each). What is built per
         molecule depends on the run's baseline: ``"sap"`` (the fast path) needs only
         one-electron-type integrals (S, T, V_nuc and the tabulated atomic potentials) —
         no density-fitting factor, no XC grid — then one diagonalisation; ``"minao"``
         builds integrals on the run's training grid for its Kohn–Sham baseline. The
-        energy, when asked for, is evaluated on PySCF's grid level 3 (built then).
+        energy, when asked for, is evaluated on PySCF's grid level 3 (built then, one
+        molecule at a time).
         """
         c = self.config
         systems = [self._check(s) for s in systems]
         placed = [self.task.to_frame(s) for s in systems]
         inside = [p[0] for p in placed]
-        fine = [build_integrals(s, c.xc, c.basis, DEFAULT_GRID_LEVEL) if energy else None for s in inside]
-        reuse = energy and c.baseline == "minao" and c.grid_level == DEFAULT_GRID_LEVEL
         moles = [s.to_mole(c.basis) for s in inside]
         if c.baseline == "sap":  # the fast path: one molecule build, one-electron-type integrals
             bases, overlaps = map(list, zip(*[sap_hamiltonian(mol) for mol in moles]))
         else:
             bases, overlaps = None, [mol.intor_symmetric("int1e_ovlp") for mol in moles]
-        Hs = self.task.hamiltonians(self.params, self.model_config, inside, fine if reuse else None, bases)
+        Hs = self.task.hamiltonians(self.params, self.model_config, inside, bases=bases)
         out = []
-        for system, (inner, frame), H, ints, mol, S in zip(systems, placed, Hs, fine, moles, overlaps):
+        for system, (inner, frame), H, mol, S in zip(systems, placed, Hs, moles, overlaps):
             res = aufbau_orbitals(H, canonical_orthogonalizer(S), mol.nelectron)
             D = ao_rotation(c.basis, system.symbols, frame.rotation)
             back = lambda m: D.T @ np.asarray(m) @ D  # noqa: E731  M_lab = Dᵀ M_frame D
@@ -201,10 +201,16 @@ class MoleculeModel(Model):
                 density_matrix=back(res.density),
                 mo_energy=res.mo_energy,
                 mo_coeff=D.T @ res.mo_coeff,
-                energy=float(_total_energy(jnp.asarray(res.density), ints)) if energy else None,
+                energy=self._energy(inner, res.density) if energy else None,
                 system=system,
             ))
         return out
+
+    def _energy(self, system: System, density) -> float:
+        """E[P] of a molecule in its frame on PySCF's grid level 3 (its integrals built here
+        and dropped: one molecule's grid and DF factor in memory at a time)."""
+        ints = build_integrals(system, self.xc, self.basis, DEFAULT_GRID_LEVEL)
+        return float(_total_energy(jnp.asarray(density), ints))
 
 
 _total_energy = jax.jit(total_energy)

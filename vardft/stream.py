@@ -45,14 +45,15 @@ RECORD_VERSION = 1
 """Bump when the content or layout of a :class:`MoleculeRecord` file changes."""
 
 RECORD_FIELDS = ("overlap", "hcore", "cderi_packed", "coords", "weights", "e_nuc", "dm_guess", "h_base", "X")
+"""Arrays of a record, in checksum order."""
+
 DISTILL_FIELD = "h_target"
 """The extra record field of the ``"sap"`` baseline: F[P_minao], what distillation learns."""
 
 
 def record_fields(arrays) -> tuple[str, ...]:
-    """The fields a record has, in their stored order."""
+    """The fields a record has (``arrays``: a dict or an open HDF5 file), in checksum order."""
     return RECORD_FIELDS + ((DISTILL_FIELD,) if DISTILL_FIELD in arrays else ())
-"""Arrays of a record, in checksum order."""
 
 AUX_ROUND = 64
 """Auxiliary functions are padded to a multiple of this (few distinct compiled shapes)."""
@@ -130,16 +131,18 @@ def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
     ints = compact_integrals_from_mean_field(mf)
     arrays = {name: np.asarray(getattr(ints, name)) for name in RECORD_FIELDS[:7]}
     arrays["X"] = canonical_orthogonalizer(arrays["overlap"])
+    if settings.baseline == "none":
+        arrays["h_base"] = np.zeros_like(arrays["overlap"])
+        return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
+
     def fock(s: System) -> np.ndarray:
         return minao_fock(make_mean_field(s, settings.xc, settings.basis, settings.grid_level))
 
-    if settings.baseline == "none":
-        arrays["h_base"] = np.zeros_like(arrays["overlap"])
-    elif settings.baseline == "sap":
-        arrays["h_base"] = sap_hamiltonian(mf.mol)[0]
-        arrays[DISTILL_FIELD] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
+    minao = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
+    if settings.baseline == "sap":
+        arrays["h_base"], arrays[DISTILL_FIELD] = sap_hamiltonian(mf.mol)[0], minao
     else:
-        arrays["h_base"] = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
+        arrays["h_base"] = minao
     return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
 
 

@@ -59,7 +59,6 @@ from basis.errors import InputError
 from basis.frame import MolecularFrame, frame_covariant, from_frame_matrix, molecular_frame, to_frame
 from basis.functional import parse_functional
 from basis.integrals import Integrals, build_integrals
-from basis.sap import sap_hamiltonian
 from basis.pbc_integrals import (
     PeriodicIntegrals,
     band_integral_chunks,
@@ -69,6 +68,7 @@ from basis.pbc_integrals import (
     check_periodic_functional,
     make_periodic_mean_field,
 )
+from basis.sap import sap_hamiltonian
 from basis.shells import ao_shells
 from basis.system import System, atomic_number
 from solvers import periodic
@@ -156,7 +156,8 @@ PREDICT_BATCH = 8
 
 
 def _graph_shape(system: System, model_config: ModelConfig) -> tuple[int, int, int]:
-    """The padded (atoms, edges, aos) slots of one molecule (:func:`vardft.hamiltonian.bucket_size`)."""
+    """The padded (atoms, edges, aos) slots of one molecule (:func:`vardft.hamiltonian.bucket_size`;
+    monotonic, so the slots of a group are the elementwise largest of its molecules')."""
     b = prepare_batch([system], model_config)
     return tuple(bucket_size(int(v)) for v in (b.atom_mask.sum(), b.edge_mask.sum(), np.asarray(b.nao)[0]))
 
@@ -307,7 +308,7 @@ class MoleculeTask:
         if c.baseline == "sap":
             return sap_hamiltonian(system.to_mole(c.basis))[0]
         if c.baseline == "none":
-            n = system.to_mole(c.basis).nao_nr()
+            n = system.to_mole(c.basis).nao_nr() if ints is None else ints.nao
             return np.zeros((n, n))
         return self.frame_minao_fock(system, ints)
 
@@ -414,11 +415,7 @@ class MoleculeTask:
         static = _static_electrons([m.nelectron for m in moles])
         largest = max(m.nelectron for m in moles)
         auxbasis = _merged_auxbasis([str(make_auxbasis(m)) for m in moles])
-        need = np.zeros(3, int)
-        for s in systems:
-            b = prepare_batch([s], model_config)
-            need = np.maximum(need, [int(b.atom_mask.sum()), int(b.edge_mask.sum()), int(np.asarray(b.nao)[0])])
-        graph = tuple(bucket_size(int(v)) for v in need)
+        graph = tuple(int(v) for v in np.max([_graph_shape(s, model_config) for s in systems], axis=0))
         sizes: list = [None] * len(systems)
         missing = []
         for k, s in enumerate(systems):
@@ -480,8 +477,9 @@ class MoleculeTask:
     def hamiltonians(self, params, model_config: ModelConfig, systems: Sequence[System], ints=None,
                      bases=None, batch_size: int = PREDICT_BATCH) -> list[np.ndarray]:
         """:meth:`hamiltonian` of many molecules in their frames: the network runs on
-        batches of ``batch_size`` molecules of one padded shape (one compilation per
-        shape, :func:`vardft.hamiltonian.bucket_size`); ``ints`` a list (or None);
+        batches of ``batch_size`` molecules of one padded shape, at most
+        :data:`PREDICT_SHAPES` shapes (compilations) per call (:func:`_shape_groups`);
+        ``ints`` a list (or None);
         ``bases`` the molecules' :meth:`frame_baseline` when the caller has them."""
         ints = list(ints) if ints is not None else [None] * len(systems)
         out: list = [None] * len(systems)
