@@ -114,7 +114,7 @@ class Model:
         self.record, self.config, self.model_config = run or read_run(run_dir)
         if self.config.kind != self.kind:
             raise CheckpointError(f"{run_dir} holds a {self.config.kind} model, not a {self.kind} model")
-        self.params, self.step = load_params(run_dir, self.model_config)
+        self.params, self.step = load_params(run_dir, self.model_config, self.config)
 
     @property
     def xc(self) -> str:

@@ -55,7 +55,13 @@ diagonalisation); ``none``: H = ΔH_θ."""
 
 OUTPUT_SCALES = {"minao": 0.01, "sap": 0.1, "none": 0.1}
 """Default ``output_scale`` per baseline (Hartree per unit of network output): the minao
-Kohn–Sham matrix is within ~0.02 Eh of the converged one, the SAP Hamiltonian within ~1 Eh."""
+Kohn–Sham matrix is within ~0.02 Eh of the converged one, the SAP Hamiltonian within ~1 Eh.
+The SAP Hamiltonian plus its frozen distilled network (:attr:`TrainConfig.frozen_distilled`)
+is as close as the minao one and takes the minao scale."""
+
+DISTILLED_SCALE = 0.1
+"""Hartree per unit of output of the distilled network of a SAP run
+(:attr:`TrainConfig.frozen_distilled`): it learns F[P_minao] − H_SAP, ~0.05 Eh."""
 
 DISTILL_STEPS = {"minao": 0, "sap": 300, "none": 0}
 """Default ``distill_steps`` per baseline: a model on the SAP baseline first learns the
@@ -118,6 +124,12 @@ class TrainConfig:
             afresh); ``None``: :data:`DISTILL_STEPS` of the baseline. No SCF and no
             label: the run stays label-free.
         distill_learning_rate: peak learning rate of the distillation steps.
+        frozen_distillation: the distillation trains a network of its own (output
+            × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
+            train a second, freshly initialised network (output × ``output_scale``) on
+            top of it: H = H_SAP + D_frozen + ΔH_θ, which gives the label-free steps the
+            minao baseline's starting point and step sizes. ``False`` (runs before it
+            existed): one network, distilled and then trained on.
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
@@ -173,6 +185,7 @@ class TrainConfig:
     output_scale: float | None = None
     distill_steps: int | None = None
     distill_learning_rate: float = 1e-2
+    frozen_distillation: bool = True
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = 100
@@ -195,12 +208,20 @@ class TrainConfig:
     @property
     def delta_scale(self) -> float:
         """ΔH per unit of network output, Hartree (``output_scale`` or its baseline's default)."""
-        return OUTPUT_SCALES[self.baseline] if self.output_scale is None else self.output_scale
+        if self.output_scale is not None:
+            return self.output_scale
+        return OUTPUT_SCALES["minao" if self.frozen_distilled else self.baseline]
 
     @property
     def n_distill(self) -> int:
         """Distillation steps (``distill_steps`` or its baseline's default)."""
         return DISTILL_STEPS[self.baseline] if self.distill_steps is None else self.distill_steps
+
+    @property
+    def frozen_distilled(self) -> bool:
+        """Two networks (:attr:`frozen_distillation` with distillation steps): parameters
+        ``{"distilled": …, "correction": …}``."""
+        return self.frozen_distillation and self.n_distill > 0
 
     @property
     def total_steps(self) -> int:
@@ -394,4 +415,6 @@ def legacy_config(saved: dict) -> TrainConfig:
         }
         train["weight_decay"] = 0.0
     train.setdefault("kind", "molecule")
+    if train.get("baseline") == "sap" and "frozen_distillation" not in train:  # one distilled network
+        train["frozen_distillation"] = False
     return TrainConfig.from_dict(train)

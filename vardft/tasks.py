@@ -75,7 +75,8 @@ from solvers import periodic
 from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
 from solvers.energy import energy_and_fock
 from vardft import stream
-from vardft.config import CRYSTAL_KPOINTS_PER_DIRECTION, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION, TrainConfig
+from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
+                           TrainConfig)
 from vardft.data import IntegralCache, pad_integrals, size_buckets
 from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
@@ -439,11 +440,29 @@ class MoleculeTask:
             make_arrays=functools.partial(_stack_compact, static=static, largest=largest, auxbasis=auxbasis),
         )
 
+    def network_hamiltonian(self, params, batch) -> jax.Array:
+        """What the network adds to the baseline, (B, N, N) Hartree: output ×
+        ``delta_scale``; with a frozen distilled network (``config.frozen_distilled``)
+        its output × :data:`~vardft.config.DISTILLED_SCALE` (no gradient) plus the
+        correction network's."""
+        c = self.config
+        if not c.frozen_distilled:
+            return c.delta_scale * predict_hamiltonian(params, batch)
+        frozen = predict_hamiltonian(jax.lax.stop_gradient(params["distilled"]), batch)
+        return DISTILLED_SCALE * frozen + c.delta_scale * predict_hamiltonian(params["correction"], batch)
+
+    def distilled_hamiltonian(self, params, batch) -> jax.Array:
+        """What the distillation steps train, (B, N, N) Hartree: the distilled network
+        alone (``config.frozen_distilled``), else the one network."""
+        if self.config.frozen_distilled:
+            return DISTILLED_SCALE * predict_hamiltonian(params["distilled"], batch)
+        return self.config.delta_scale * predict_hamiltonian(params, batch)
+
     def batch_terms(self, params, data: MoleculeArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""
         c = self.config
         batch = data.batch
-        H = data.h_base + c.delta_scale * predict_hamiltonian(params, batch)
+        H = data.h_base + self.network_hamiltonian(params, batch)
 
         def one(H, ints, X, mo_mask, ao_mask, n_electrons):
             return molecule_loss(
@@ -458,7 +477,7 @@ class MoleculeTask:
     def distill_terms(self, params, data: MoleculeArrays):
         """Distillation loss (B,): mean over AO pairs of (H − F[P_minao])², Eh², and metrics
         {distill_mae (B,), distill_rmse (B,)}, Hartree."""
-        H = data.h_base + self.config.delta_scale * predict_hamiltonian(params, data.batch)
+        H = data.h_base + self.distilled_hamiltonian(params, data.batch)
         mask = data.batch.ao_mask[:, :, None] * data.batch.ao_mask[:, None, :]
         pairs = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
         diff = (H - data.h_target) * mask
@@ -488,7 +507,7 @@ class MoleculeTask:
             for first in range(0, len(members), rows):
                 chunk = members[first: first + rows]
                 batch = prepare_batch([systems[k] for k in chunk], model_config, batch_size=rows, pad_to=shape)
-                delta = np.asarray(self.config.delta_scale * predict_hamiltonian(params, batch))
+                delta = np.asarray(self.network_hamiltonian(params, batch))
                 for row, k in enumerate(chunk):
                     n = int(np.asarray(batch.nao)[row])
                     out[k] = delta[row, :n, :n]

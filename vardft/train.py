@@ -109,6 +109,25 @@ def _step_key(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
 
 
+def initial_params(config: TrainConfig, model_config: ModelConfig):
+    """The parameters a run starts from (seeded by ``config.seed``): one network, or with
+    ``config.frozen_distilled`` ``{"distilled": …, "correction": …}``, the correction
+    initialised as a one-network run of the same seed is."""
+    key = jax.random.PRNGKey(config.seed)
+    if not config.frozen_distilled:
+        return init_params(key, model_config)
+    return {"distilled": init_params(jax.random.fold_in(key, 1), model_config),
+            "correction": init_params(key, model_config)}
+
+
+def frozen_part(config: TrainConfig, distill: bool) -> str | None:
+    """The part of the parameters a step leaves unchanged: the correction network while
+    distilling, the distilled one afterwards (``config.frozen_distilled``), else none."""
+    if not config.frozen_distilled:
+        return None
+    return "correction" if distill else "distilled"
+
+
 def distill_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """The optimizer of the distillation steps: :func:`make_optimizer` with its schedule
     over ``n_distill`` steps (the same state structure, so one checkpoint format)."""
@@ -133,6 +152,7 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     task = task_for(config)
     optimizer = distill_optimizer(config) if distill else make_optimizer(config)
     terms = task.distill_terms if distill else task.batch_terms
+    frozen = frozen_part(config, distill)
     rows, whole = PartitionSpec(AXIS), PartitionSpec()
 
     def weighted_sum(params, data, weights):
@@ -158,6 +178,8 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     def step(params, opt_state, data, weights):
         grads, out = gradient(params, data, weights)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        if frozen is not None:  # weight decay would move it otherwise
+            updates = {**updates, frozen: jax.tree.map(jnp.zeros_like, updates[frozen])}
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
@@ -348,7 +370,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
         return sharded_batch(sets[bucket], idx, mesh)
 
     optimizer = make_optimizer(config)
-    params = init_params(jax.random.PRNGKey(config.seed), model_config)
+    params = initial_params(config, model_config)
     state = {"params": params, "opt_state": optimizer.init(params), "step": 0, "skipped": 0}
     time_offset = 0.0
     if resume:
@@ -454,13 +476,14 @@ def evaluate_sets(eval_fn, params, sets: Sequence[PreparedSet], batch_size: int 
             for k, v in values.items()}
 
 
-def load_params(run_dir: str, model_config: ModelConfig):
-    """The parameters in a run's checkpoint, restored into the structure of ``model_config``.
+def load_params(run_dir: str, model_config: ModelConfig, config: TrainConfig):
+    """The parameters in a run's checkpoint, restored into the structure of ``model_config``
+    and ``config`` (:func:`initial_params`).
 
     Raises:
         CheckpointError: no checkpoint, or one that does not match the config.
     """
-    template = init_params(jax.random.PRNGKey(0), model_config)
+    template = initial_params(config, model_config)
     raw = ckpt.load_state_dict(run_dir)
     try:
         params = serialization.from_state_dict(template, raw["params"])
@@ -469,5 +492,5 @@ def load_params(run_dir: str, model_config: ModelConfig):
     return params, int(raw.get("step", 0))
 
 
-__all__ = ["TrainResult", "batch_indices", "compiled_step", "evaluate_sets", "load_params", "make_optimizer",
-           "read_run", "run_record", "sharded_batch", "step_batch", "train"]
+__all__ = ["TrainResult", "batch_indices", "compiled_step", "evaluate_sets", "frozen_part", "initial_params",
+           "load_params", "make_optimizer", "read_run", "run_record", "sharded_batch", "step_batch", "train"]

@@ -18,7 +18,7 @@ from vardft.cli import main
 from vardft.config import LossWeights, TrainConfig, make_config
 from vardft.data import Dataset, IntegralCache, load_dataset
 from vardft.tasks import MoleculeTask
-from vardft.train import step_batch, train
+from vardft.train import initial_params, step_batch, train
 from vardft.testing import assert_equivariant
 
 BASIS = "sto-3g"
@@ -53,14 +53,13 @@ def _minao_fock(system, grid_level):
 
 
 def test_first_distillation_loss_is_the_mean_square_to_pyscf_minao_fock(trained, water):
-    """The loss of step 1 (initial parameters) from what prediction returns and PySCF's
-    minao Fock matrix: prediction's H is the H training optimised, and the target is F[P_minao]."""
-    from vardft.model import init_params
-
+    """The loss of step 1 (initial parameters) from what prediction returns (its correction
+    network scaled to zero) and PySCF's minao Fock matrix: prediction's H is the H training
+    optimised, and the target is F[P_minao]."""
     run_dir, result = trained
     model = load(run_dir)
-    params = init_params(jax.random.PRNGKey(CONFIG.seed), model.model_config)
-    task = MoleculeTask(model.config)
+    params = initial_params(CONFIG, model.model_config)
+    task = MoleculeTask(dataclasses.replace(model.config, output_scale=0.0))
     _, idx = step_batch(CONFIG.seed, 0, [len(water.train)], CONFIG.batch_size)
     losses = []
     for k in idx:
@@ -96,6 +95,13 @@ def test_resume_across_the_distillation_boundary_reproduces_losses(trained, wate
     got = {r["step"]: r["loss"] for r in resumed.history}
     assert sorted(got) == [4, 5, 6]
     assert all(got[s] == ref[s] for s in got), (got, ref)
+    # the distillation trains only the distilled network, the label-free steps only the correction
+    start = initial_params(CONFIG, resumed.model_config)
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    assert same(first.params["correction"], start["correction"])
+    assert not same(first.params["distilled"], start["distilled"])
+    assert same(resumed.params["distilled"], first.params["distilled"])
+    assert not same(resumed.params["correction"], first.params["correction"])
 
 
 def test_predict_many_equals_predict_and_compiles_the_network_once_per_size(trained, water):
