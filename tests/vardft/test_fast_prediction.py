@@ -185,7 +185,9 @@ def test_distillation_needs_the_sap_baseline_and_sap_is_for_molecules():
         make_config("molecule", baseline="minao", distill_steps=10)
     with pytest.raises(InputError, match="molecules"):
         make_config("crystal", baseline="sap")
-    assert make_config("molecule", baseline="sap").n_distill > 0
+    sap = make_config("molecule", baseline="sap", steps=300)
+    assert sap.n_distill == 100 and sap.total_steps == 400 and sap.frozen_distilled
+    assert sap.delta_scale == make_config("molecule", baseline="minao").delta_scale  # the correction: minao's scale
     assert make_config("molecule").n_distill == 0
 
 

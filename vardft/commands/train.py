@@ -15,7 +15,7 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import BASELINES, DISTILL_STEPS, default_config, make_config, with_overrides
+from vardft.config import BASELINES, DISTILL_FRACTION, default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -77,9 +77,9 @@ def register(sub) -> None:
                         "integrals only (prediction is a forward pass, S and one diagonalisation; molecules); none: "
                         f"network only ({m.baseline})")
     p.add_argument("--distill-steps", type=int, default=None,
-                   help="--baseline sap: steps, before the label-free ones, that teach the network the minao "
-                        "Kohn-Sham matrix (no SCF, no labels) "
-                        f"(default {DISTILL_STEPS['sap']} with sap, 0 otherwise)")
+                   help="--baseline sap: steps, before the label-free ones, that teach a network of their own "
+                        "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
+                        f"label-free on top (default: {DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
     p.add_argument("--seed", type=int, default=None, help=f"initialisation and data-order seed ({m.seed})")
     p.add_argument("--n-train", type=int, default=None,
                    help="training structures of a built-in set (default: the set's own)")
