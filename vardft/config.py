@@ -126,6 +126,11 @@ class TrainConfig:
             afresh); ``None``: ``steps`` × :data:`DISTILL_FRACTION` with the ``"sap"``
             baseline, 0 with the others. No SCF and no label: the run stays label-free.
         distill_learning_rate: peak learning rate of the distillation steps.
+        distill_displaced: displaced copies of each training structure that join it in
+            the distillation steps (Gaussian displacements of thermal width,
+            :func:`vardft.data.displaced_copies`): the minao Kohn–Sham matrix needs no SCF,
+            so the distilled network can see more geometries than the label-free steps
+            afford. The label-free steps use the training structures only.
         frozen_distillation: the distillation trains a network of its own (output
             × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
             train a second, freshly initialised network (output × ``output_scale``) on
@@ -187,6 +192,7 @@ class TrainConfig:
     output_scale: float | None = None
     distill_steps: int | None = None
     distill_learning_rate: float = 1e-2
+    distill_displaced: int = 0
     frozen_distillation: bool = True
     seed: int = 0
     checkpoint_every: int = 100
@@ -349,6 +355,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if not (config.distill_learning_rate > 0 and config.distill_learning_rate < float("inf")):
         raise InputError(
             f"distillation learning rate must be a positive finite number, got {config.distill_learning_rate}")
+    if config.distill_displaced < 0:
+        raise InputError(f"displaced copies for distillation must be >= 0, got {config.distill_displaced}")
+    if config.distill_displaced and not config.n_distill:
+        raise InputError("displaced copies are for the distillation steps: they need --baseline sap and distillation steps")
     if config.distill_steps is not None and config.distill_steps < 0:
         raise InputError(f"distillation steps must be >= 0, got {config.distill_steps}")
     if config.n_distill and config.baseline != "sap":

@@ -80,6 +80,15 @@ def thermal_conformations(base: System, n: int, rng: np.random.Generator, width_
     return out
 
 
+def displaced_copies(systems: Sequence[System], copies: int, seed: int) -> list[System]:
+    """``copies`` thermally displaced copies of each of ``systems`` (:func:`thermal_conformations`
+    around it; a function of ``seed`` and the systems' order only), system by system."""
+    out = []
+    for k, system in enumerate(systems):
+        out.extend(thermal_conformations(system, copies, np.random.default_rng([seed, 2, k])))
+    return out
+
+
 def _g2(name: str) -> System:
 
     return System.from_atoms(molecule(name))

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from basis.errors import CheckpointError, InputError
 from vardft import checkpoint as ckpt
 from vardft.config import TrainConfig, check_config, default_config, default_workers, legacy_config
-from vardft.data import Dataset, IntegralCache, check_dataset
+from vardft.data import Dataset, IntegralCache, check_dataset, displaced_copies
 from vardft.model import ModelConfig, init_params
 from vardft.parallel import AXIS, data_mesh, fetch, is_writer, local_rows, pad_rows, replicate, shard_rows
 from vardft.rundir import claim_run_directory
@@ -104,8 +104,8 @@ def _all_finite(tree) -> jax.Array:
 def _step_key(config: TrainConfig) -> TrainConfig:
     """The part of a config the compiled step depends on (the rest reset to defaults)."""
     fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
-              "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "self_consistency_basis",
-              "baseline", "offmesh_self_consistency")
+              "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "frozen_distillation",
+              "self_consistency_basis", "baseline", "offmesh_self_consistency")
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
 
 
@@ -362,12 +362,13 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool)
     evaluate = bool(dataset.validation) and config.eval_every is not None
     val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
-    sizes = [len(s) for s in sets]
     mesh = data_mesh(config.devices)
+    phases = {False: sets, True: sets}  # the sets of the label-free and the distillation steps
 
     def batch_of(s: int):
-        bucket, idx = step_batch(config.seed, s, sizes, config.batch_size)
-        return sharded_batch(sets[bucket], idx, mesh)
+        chosen = phases[s < config.n_distill]
+        bucket, idx = step_batch(config.seed, s, [len(b) for b in chosen], config.batch_size)
+        return sharded_batch(chosen[bucket], idx, mesh)
 
     optimizer = make_optimizer(config)
     params = initial_params(config, model_config)
@@ -381,6 +382,10 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     params, opt_state = replicate((state["params"], state["opt_state"]), mesh)
     step, skipped = int(state["step"]), int(state["skipped"])
     key, n_distill, total = _step_key(config), config.n_distill, config.total_steps
+    if config.distill_displaced and step < n_distill:
+        extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
+        phases[True] = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
+                                    min_bucket=min_bucket, pool=pool)
     step_fn, eval_fn = compiled_step(key, mesh)
     if n_distill and step <= n_distill:
         distill_fn = compiled_step(key, mesh, distill=True)[0]

@@ -71,6 +71,28 @@ def test_first_distillation_loss_is_the_mean_square_to_pyscf_minao_fock(trained,
     assert abs(first["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
 
 
+def test_displaced_copies_join_the_distillation_only(water, cache, tmp_path):
+    """``distill_displaced``: the distillation batch holds the training structures and their
+    displaced copies (its loss is the mean over all of them against PySCF's minao Fock)."""
+    from vardft.data import displaced_copies
+
+    config = dataclasses.replace(CONFIG, distill_steps=1, steps=1, distill_displaced=1)
+    result = train(water, str(tmp_path / "run"), config, cache=cache, progress=False)
+    copies = displaced_copies(water.train, 1, config.seed)
+    assert len(copies) == len(water.train)
+    assert all(np.abs(c.positions - s.positions).max() > 1e-3 for c, s in zip(copies, water.train))
+    task = MoleculeTask(dataclasses.replace(config, output_scale=0.0))
+    params = initial_params(config, result.model_config)
+    losses = []
+    for system in list(water.train) + copies:
+        inside = task.to_frame(system)[0]
+        H = task.hamiltonian(params, result.model_config, inside)
+        losses.append(np.mean((H - _minao_fock(inside, config.grid_level)) ** 2))
+    assert abs(result.history[0]["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
+    with pytest.raises(InputError, match="distillation"):
+        make_config("molecule", baseline="minao", distill_displaced=2)
+
+
 def test_distillation_then_label_free_steps(trained):
     _, result = trained
     phases = ["energy" in r for r in result.history]

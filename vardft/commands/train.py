@@ -31,6 +31,7 @@ FLAGS = {
     "sc_weight": "self_consistency",
     "baseline": "baseline",
     "distill_steps": "distill_steps",
+    "distill_displaced": "distill_displaced",
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
@@ -80,6 +81,10 @@ def register(sub) -> None:
                    help="--baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
                         f"label-free on top (default: {DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
+    p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
+                   help="--baseline sap: K thermally displaced copies of each training structure join the "
+                        "distillation steps (more geometries for the distilled network; the label-free steps "
+                        f"use the training structures only) ({m.distill_displaced})")
     p.add_argument("--seed", type=int, default=None, help=f"initialisation and data-order seed ({m.seed})")
     p.add_argument("--n-train", type=int, default=None,
                    help="training structures of a built-in set (default: the set's own)")
