@@ -71,24 +71,30 @@ def test_first_distillation_loss_is_the_mean_square_to_pyscf_minao_fock(trained,
     assert abs(first["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
 
 
-def test_displaced_copies_join_the_distillation_only(water, cache, tmp_path):
-    """``distill_displaced``: the distillation batch holds the training structures and their
-    displaced copies (its loss is the mean over all of them against PySCF's minao Fock)."""
+def test_displaced_copies_join_the_distillation_only(trained, water, cache, tmp_path):
+    """``distill_displaced``: the distillation batches are drawn from the training structures
+    and their displaced copies (the first loss is the mean over the drawn ones against
+    PySCF's minao Fock). The fixture's step settings: its compiled steps are reused."""
     from vardft.data import displaced_copies
 
-    config = dataclasses.replace(CONFIG, distill_steps=1, steps=1, distill_displaced=1)
-    result = train(water, str(tmp_path / "run"), config, cache=cache, progress=False)
-    copies = displaced_copies(water.train, 1, config.seed)
-    assert len(copies) == len(water.train)
-    assert all(np.abs(c.positions - s.positions).max() > 1e-3 for c, s in zip(copies, water.train))
+    config = dataclasses.replace(CONFIG, distill_displaced=1, batch_size=len(water.train))
+
+    def stop(record):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    result = train(water, str(tmp_path / "run"), config, cache=cache, progress=False, on_step=stop)
+    pool = list(water.train) + displaced_copies(water.train, 1, config.seed)
+    assert all(np.abs(c.positions - s.positions).max() > 1e-3 for c, s in zip(pool[3:], pool[:3]))
+    _, idx = step_batch(config.seed, 0, [len(pool)], config.batch_size)
+    assert max(idx) >= len(water.train)  # a copy is drawn (else the test could not fail)
     task = MoleculeTask(dataclasses.replace(config, output_scale=0.0))
     params = initial_params(config, result.model_config)
     losses = []
-    for system in list(water.train) + copies:
-        inside = task.to_frame(system)[0]
+    for k in idx:
+        inside = task.to_frame(pool[k])[0]
         H = task.hamiltonian(params, result.model_config, inside)
         losses.append(np.mean((H - _minao_fock(inside, config.grid_level)) ** 2))
-    assert abs(result.history[0]["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
+    assert result.step == 1 and abs(result.history[0]["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
     with pytest.raises(InputError, match="distillation"):
         make_config("molecule", baseline="minao", distill_displaced=2)
 
