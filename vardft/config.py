@@ -50,8 +50,8 @@ BASELINES = ("minao", "sap", "none")
 """``minao``: H = H_base + ΔH_θ with H_base the Kohn–Sham matrix of PySCF's minao guess
 density (one Fock build per structure, no SCF: prediction pays a DF factor and an XC grid);
 ``sap``: H_base the superposition-of-atomic-potentials Hamiltonian (:mod:`basis.sap`:
-one-electron-type integrals only, so prediction is a forward pass, S and one
-diagonalisation); ``none``: H = ΔH_θ."""
+one-electron-type integrals only, so prediction is a forward pass — two with the frozen
+distilled network — S and one diagonalisation); ``none``: H = ΔH_θ."""
 
 OUTPUT_SCALES = {"minao": 0.01, "sap": 0.1, "none": 0.1}
 """Default ``output_scale`` per baseline (Hartree per unit of network output): the minao
