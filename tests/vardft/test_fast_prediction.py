@@ -229,3 +229,13 @@ def test_many_sizes_share_a_few_padded_shapes():
     for shape, members in groups:  # every molecule fits its group's padding
         assert all(all(s <= p for s, p in zip(shapes[k], shape)) for k in members)
     assert len(_shape_groups(shapes[:2])) == 2  # few shapes: exact
+
+
+def test_sap_runs_saved_before_the_frozen_network_load_as_one_network():
+    from vardft.config import legacy_config
+
+    saved = make_config("molecule", baseline="sap", steps=30).to_dict()
+    old = {k: v for k, v in saved.items() if k != "frozen_distillation"}
+    config = legacy_config({"kind": "molecule", "train": old})
+    assert not config.frozen_distilled and config.delta_scale == 0.1 and config.n_distill == 10
+    assert legacy_config({"kind": "molecule", "train": saved}).frozen_distilled
