@@ -456,7 +456,7 @@ class MoleculeTask:
         alone (``config.frozen_distilled``), else the one network."""
         if self.config.frozen_distilled:
             return DISTILLED_SCALE * predict_hamiltonian(params["distilled"], batch)
-        return self.config.delta_scale * predict_hamiltonian(params, batch)
+        return self.network_hamiltonian(params, batch)
 
     def batch_terms(self, params, data: MoleculeArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""

@@ -363,10 +363,10 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     evaluate = bool(dataset.validation) and config.eval_every is not None
     val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
     mesh = data_mesh(config.devices)
-    phases = {False: sets, True: sets}  # the sets of the label-free and the distillation steps
+    distill_sets = sets  # with displaced copies: replaced below, while distillation steps remain
 
     def batch_of(s: int):
-        chosen = phases[s < config.n_distill]
+        chosen = distill_sets if s < config.n_distill else sets
         bucket, idx = step_batch(config.seed, s, [len(b) for b in chosen], config.batch_size)
         return sharded_batch(chosen[bucket], idx, mesh)
 
@@ -384,8 +384,8 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     key, n_distill, total = _step_key(config), config.n_distill, config.total_steps
     if config.distill_displaced and step < n_distill:
         extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
-        phases[True] = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
-                                    min_bucket=min_bucket, pool=pool)
+        distill_sets = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
+                                   min_bucket=min_bucket, pool=pool)
     step_fn, eval_fn = compiled_step(key, mesh)
     if n_distill and step <= n_distill:
         distill_fn = compiled_step(key, mesh, distill=True)[0]
