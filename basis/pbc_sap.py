@@ -1,0 +1,445 @@
+"""A crystal baseline Hamiltonian built atom by atom: H_base(R) and S(R) at a cost linear in the atoms.
+
+The molecular SAP baseline (:mod:`basis.sap`) screens all-electron nuclei. Crystals use
+GTH pseudopotentials, so each element gets its own *neutral pseudo-atom potential*: the
+GTH local potential of the ion plus the Hartree and exchange–correlation potentials of
+the atom's spherical valence density (PySCF's minao guess of the isolated pseudo-atom in
+the run's basis, the run's functional),
+
+    u_A(r) = V_loc^GTH(r) + v_H[ρ_A](r) + v_xc[ρ_A](r),
+
+which is short-ranged because the atom is neutral. It is tapered to zero between
+:data:`TAPER_START_BOHR` and :data:`TAPER_END_BOHR` (the XC tail of an isolated atom is an
+artefact in a solid, where the potentials of ~50 neighbours would add it up) and fitted by
+:data:`N_FIT_GAUSSIANS` s-type Gaussians, so that its matrix elements are three-centre
+overlap integrals. The baseline is
+
+    H_base = T + Σ_A u_A + Σ_A V_nl,A     (V_nl: the GTH separable projectors),
+
+the potential of superposed neutral atoms (the "SAP" of a crystal, without self-consistency:
+the XC potential is a sum of atomic ones). No FFT mesh, no Bloch AOs and no whole-cell
+PySCF build: every term is a sum over atoms of integrals between an atom's neighbours, so a
+block H(i, j, T) depends only on the atoms around i and j — the baseline of a supercell of a
+perfect crystal is the primitive cell's, folded, to round-off (the property the issue-13
+folding check needs), and the cost grows linearly with the number of atoms.
+
+Conventions: O(i, j, n)_μν = ⟨φ_μ^i(r − x_i) | O | φ_ν^j(r − x_j − n·L)⟩ with L the lattice
+vectors as rows (Bohr), μ, ν in PySCF's AO order within each atom; O(k) = Σ_n e^{ik·T_n} O(n)
+is PySCF's Bloch convention (:func:`basis.pbc_integrals.real_space_integrals`).
+
+Truncation (documented approximations, measured in ``tests/basis/test_pbc_sap.py``):
+two-centre blocks (S, T) are kept for atom pairs closer than the radius at which the most
+diffuse primitives overlap by :data:`PAIR_TOLERANCE`; a centre A's potential contributes to
+pairs of atoms within :func:`center_radius` of A.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+from pyscf import gto
+from pyscf import scf as molscf
+from pyscf.dft import gen_grid, libxc, radi
+from scipy.interpolate import CubicSpline
+from scipy.special import erf, gamma
+
+from basis.crystal import as_crystal, check_pseudo
+from basis.errors import InputError
+from basis.functional import parse_functional
+from basis.system import System, check_basis
+from basis.units import BOHR_ANGSTROM
+
+ATOM_GRID = (60, 194)
+"""(radial, angular) points of each atom's quadrature grid (Treutler radii, Lebedev)."""
+
+GRID_RADIUS_BOHR = 10.0
+"""Quadrature points farther than this from their atom are dropped (its Hirshfeld share of
+the density there is negligible in a solid; in vacuum the density is)."""
+
+DENSITY_RADIUS_BOHR = 16.0
+"""The atomic density and neutral-atom electrostatic potential are taken as zero beyond this."""
+
+PARTITION_POWER = 10.0
+"""Exponent p of the partition of space, f(r) = r^−p (:func:`partition_function`)."""
+
+WEIGHT_CUTOFF = 1e-8
+"""Quadrature points whose partitioned weight is below this (Bohr³) are dropped."""
+
+PAIR_TOLERANCE = 1e-9
+"""Overlap of the most diffuse primitives below which a pair of atoms gets no block."""
+
+AO_TOLERANCE = 1e-4
+"""Value of the most diffuse primitive on a centre's grid below which the centre's
+quadrature leaves that atom's functions out."""
+
+_RADIAL_GRID = np.geomspace(1e-4, 40.0, 4000)
+"""Bohr; the radial tables of the atomic density and potential."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AtomTables:
+    """Radial tables of one pseudo-atom (spherical), cubic splines in r (Bohr).
+
+    Attributes:
+        density: ρ_A(r), electrons/Bohr³ (its derivative gives ∇ρ).
+        electrostatic: V_loc^GTH(r) + v_H[ρ_A](r), Hartree — the potential of the neutral
+            pseudo-atom without exchange–correlation; it vanishes outside the atom.
+    """
+
+    symbol: str
+    density: CubicSpline
+    electrostatic: CubicSpline
+    second_moment: float
+    """∫ r² ρ_A(r) d³r, Bohr² × electrons."""
+
+    @property
+    def potential_integral(self) -> float:
+        """∫ (v_H[ρ_A] − Z_A/r) d³r = −(2π/3) ∫ r² ρ_A d³r (Hartree Bohr³): how much the
+        neutral atom's potential integrates to beyond the ion's point-charge potential."""
+        return -2.0 * math.pi / 3.0 * self.second_moment
+
+
+def gth_local_potential(pseudo_params, r: np.ndarray) -> np.ndarray:
+    """The GTH local potential V_loc(r) (Hartree) of PySCF's parameter list for one element."""
+    z_ion = float(sum(pseudo_params[0]))
+    r_loc = float(pseudo_params[1])
+    coeffs = list(pseudo_params[3]) if pseudo_params[2] > 0 else []
+    x = r / r_loc
+    poly = sum(c * x ** (2 * i) for i, c in enumerate(coeffs)) if coeffs else 0.0
+    return -z_ion * erf(x / math.sqrt(2.0)) / r + np.exp(-0.5 * x * x) * poly
+
+
+def _atom(symbol: str, basis: str, pseudo: str) -> gto.Mole:
+    return gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=basis, pseudo=pseudo, spin=None, verbose=0, unit="Bohr")
+
+
+def atom_density_matrix(symbol: str, basis: str, pseudo: str) -> np.ndarray:
+    """PySCF's minao guess of the isolated pseudo-atom in ``basis`` (nao, nao): spherical,
+    each shell's electrons spread evenly over its m components."""
+    dm = molscf.hf.init_guess_by_minao(_atom(symbol, basis, pseudo))
+    return dm[0] + dm[1] if dm.ndim == 3 else dm
+
+
+@functools.lru_cache(maxsize=None)
+def atom_tables(symbol: str, basis: str, pseudo: str) -> AtomTables:
+    """Radial density and neutral electrostatic potential of one pseudo-atom (cached)."""
+    mol = _atom(symbol, basis, pseudo)
+    dm = atom_density_matrix(symbol, basis, pseudo)
+    r = _RADIAL_GRID
+    direction = np.array([1.0, 2.0, 3.0]) / math.sqrt(14.0)  # any direction: ρ is spherical
+    ao = mol.eval_gto("GTOval_sph", r[:, None] * direction)
+    rho = np.einsum("pi,ij,pj->p", ao, dm, ao)
+    shells = 4.0 * math.pi * r * r * rho
+    dr = np.diff(r)
+    inside = np.concatenate([[0.0], np.cumsum(0.5 * (shells[1:] + shells[:-1]) * dr)])
+    per_r = 4.0 * math.pi * r * rho
+    outside = np.concatenate([np.cumsum((0.5 * (per_r[1:] + per_r[:-1]) * dr)[::-1])[::-1], [0.0]])
+    v_hartree = inside / r + outside
+    u = gth_local_potential(mol._pseudo[mol.atom_pure_symbol(0)], r) + v_hartree
+    fade = r > DENSITY_RADIUS_BOHR
+    rho, u = np.where(fade, 0.0, rho), np.where(fade, 0.0, u)
+    second = float(np.trapezoid(4.0 * math.pi * r**4 * rho, r))
+    return AtomTables(
+        symbol=mol.atom_pure_symbol(0), density=CubicSpline(r, rho), electrostatic=CubicSpline(r, u),
+        second_moment=second,
+    )
+
+
+def electrostatic_offset(symbols: Sequence[str], volume: float, tables: dict) -> float:
+    """Constant (Hartree) to add to the superposed neutral-atom potential so that its cell
+    average follows PySCF's convention for periodic systems (the G = 0 Coulomb terms of the
+    Hartree and ionic potentials dropped, the non-Coulomb part of the local pseudopotential
+    kept): −Σ_A ∫ (v_H[ρ_A] − Z_A/r) d³r / V. It depends on the atoms per volume only, so a
+    supercell has its primitive cell's offset."""
+    return -sum(tables[s].potential_integral for s in symbols) / volume
+
+
+# --------------------------------------------------------------- the crystal
+@dataclasses.dataclass(frozen=True)
+class LatticeBlocks:
+    """S(n) and H_base(n) of a crystal as atom-pair blocks (numpy, Hartree, Bohr).
+
+    Attributes:
+        pairs: (P, 2) int atoms (i, j) of the cell.
+        shifts: (P, 3) int cell shifts n of atom j (translation T = n · lattice).
+        overlap: (P, m, m) blocks ⟨φ^i|φ^j(· − T)⟩, m the largest AO count of an atom;
+            rows/columns beyond an atom's AO count are zero.
+        hamiltonian: (P, m, m) blocks of H_base, same layout.
+        ao_offsets: (natom + 1,) first AO of each atom in PySCF's order (and nao).
+        lattice: (3, 3) Bohr, rows.
+    """
+
+    pairs: np.ndarray
+    shifts: np.ndarray
+    overlap: np.ndarray
+    hamiltonian: np.ndarray
+    ao_offsets: np.ndarray
+    lattice: np.ndarray
+
+    @property
+    def nao(self) -> int:
+        return int(self.ao_offsets[-1])
+
+    def bloch(self, kpts: np.ndarray, which: str = "hamiltonian") -> np.ndarray:
+        """Dense O(k) = Σ_n e^{ik·T_n} O(n), (nk, nao, nao) complex128, at Cartesian ``kpts`` (1/Bohr)."""
+        blocks = getattr(self, which)
+        kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+        phase = np.exp(1j * (kpts @ (self.shifts @ self.lattice).T))  # (nk, P)
+        out = np.zeros((len(kpts), self.nao, self.nao), dtype=np.complex128)
+        sizes = np.diff(self.ao_offsets)
+        for p, (i, j) in enumerate(self.pairs):
+            a, b = self.ao_offsets[i], self.ao_offsets[j]
+            ni, nj = sizes[i], sizes[j]
+            out[:, a:a + ni, b:b + nj] += phase[:, p, None, None] * blocks[p, :ni, :nj]
+        return out
+
+
+
+class _PairLookup:
+    """Row index of the pair (i, j, n) in a pair list, or −1 (vectorised)."""
+
+    def __init__(self, pairs: np.ndarray, shifts: np.ndarray, natom: int):
+        self.natom = natom
+        self.span = int(np.abs(shifts).max()) * 2 + 1 if len(shifts) else 1
+        keys = self._keys(pairs[:, 0], pairs[:, 1], shifts)
+        self.order = np.argsort(keys)
+        self.sorted = keys[self.order]
+
+    def _keys(self, i, j, n) -> np.ndarray:
+        half = self.span // 2
+        n = np.asarray(n, dtype=np.int64) + half
+        inside = np.all((n >= 0) & (n < self.span), axis=-1)
+        cell = (n[..., 0] * self.span + n[..., 1]) * self.span + n[..., 2]
+        keys = (np.asarray(i, np.int64) * self.natom + np.asarray(j, np.int64)) * self.span**3 + cell
+        return np.where(inside, keys, -1)
+
+    def find(self, i, j, n) -> np.ndarray:
+        keys = self._keys(i, j, n)
+        at = np.clip(np.searchsorted(self.sorted, keys), 0, len(self.sorted) - 1)
+        hit = (self.sorted[at] == keys) & (keys >= 0)
+        return np.where(hit, self.order[at], -1)
+
+
+def _row_blocks(matrix: np.ndarray, row_sizes: np.ndarray, col_sizes: np.ndarray, m: int) -> np.ndarray:
+    """A matrix over the AOs of atoms (rows) × atoms (columns) as padded blocks (nrow, ncol, m, m)."""
+    def slots(sizes):
+        atom = np.repeat(np.arange(len(sizes)), sizes)
+        start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        return atom, np.arange(int(np.sum(sizes))) - start[atom]
+
+    ra, rs = slots(row_sizes)
+    ca, cs = slots(col_sizes)
+    out = np.zeros((len(row_sizes), len(col_sizes), m, m))
+    out[ra[:, None], ca[None, :], rs[:, None], cs[None, :]] = matrix
+    return out
+
+
+def _cluster_mole(symbols: Sequence[str], coords: np.ndarray, basis: str) -> gto.Mole:
+    mol = gto.Mole()
+    mol.atom = [(s, tuple(c)) for s, c in zip(symbols, coords)]
+    mol.basis = basis
+    mol.unit = "Bohr"
+    mol.verbose = 0
+    mol.cart = False
+    mol.spin = None  # an integral container: any electron count is fine
+    return mol.build(dump_input=False, parse_arg=False)
+
+
+def _images_within(pos: np.ndarray, lattice: np.ndarray, center: np.ndarray, radius: float):
+    """(atom index, integer shift n, distance) of every image x_j + n·L within ``radius`` of ``center``."""
+    recip = np.linalg.inv(lattice).T
+    spread = np.linalg.norm(pos - center, axis=1).max()
+    nmax = np.ceil((radius + spread) * np.linalg.norm(recip, axis=1)).astype(np.int64)
+    axes = [np.arange(-m, m + 1) for m in nmax]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    vec = pos[:, None, :] + (grid @ lattice)[None] - center  # (natom, n, 3)
+    dist = np.linalg.norm(vec, axis=-1)
+    j, q = np.nonzero(dist < radius)
+    return j, grid[q], dist[j, q]
+
+
+def _min_exponent(mol: gto.Mole, symbol: str) -> float:
+    return min(float(np.min(mol.bas_exp(b))) for b in range(mol.nbas) if mol.atom_pure_symbol(mol.bas_atom(b)) == symbol)
+
+
+def pair_radius(alpha_min: float) -> float:
+    """Distance (Bohr) beyond which the most diffuse primitives (exponent α) overlap by less
+    than :data:`PAIR_TOLERANCE`: exp(−α d² / 2) = tolerance."""
+    return math.sqrt(2.0 * math.log(1.0 / PAIR_TOLERANCE) / alpha_min)
+
+
+def ao_tail(alpha_min: float) -> float:
+    """Distance (Bohr) at which the most diffuse primitive falls to :data:`AO_TOLERANCE`."""
+    return math.sqrt(math.log(1.0 / AO_TOLERANCE) / alpha_min)
+
+
+def _projector_overlaps(pp_mol: gto.Mole, cluster: gto.Mole, pseudo_params) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per angular momentum l: (⟨p_i^{lm}|φ_μ⟩ (nproj, 2l+1, nao_cluster), h^l (nproj, nproj)).
+
+    GTH projectors p_i^{lm}(r) = N_i^l r^{l + 2(i−1)} exp(−r²/(2 r_l²)) Y_lm(r̂), with
+    N_i^l = √2 / (r_l^{l + (4i−1)/2} √Γ(l + (4i−1)/2)), as in Goedecker–Teter–Hutter / HGH.
+    """
+    out = []
+    center = pp_mol.atom_coord(0)
+    for l, (r_l, n_proj, h) in enumerate(pseudo_params[5:]):
+        if n_proj == 0:
+            continue
+        alpha = 0.5 / r_l**2
+        shell = gto.M(atom=[("Ghost", tuple(center))], basis={"Ghost": [[l, [alpha, 1.0]]]}, unit="Bohr", verbose=0)
+        norm_shell = gto.gto_norm(l, alpha)  # PySCF's normalised χ_lm = norm · r^l e^{−αr²} Y_lm
+        rows = []
+        for i in range(n_proj):
+            intor = ("int1e_ovlp", "int1e_r2_origi", "int1e_r4_origi")[i]
+            n_i = math.sqrt(2.0) / (r_l ** (l + (4 * (i + 1) - 1) / 2.0) * math.sqrt(gamma(l + (4 * (i + 1) - 1) / 2.0)))
+            rows.append(n_i / norm_shell * gto.intor_cross(intor, shell, cluster, comp=1))
+        out.append((np.stack(rows), np.asarray(h, dtype=np.float64)))
+    return out
+
+
+def _atom_grid(atom: gto.Mole) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature points (n, 3) and weights (n,) of one atom at the origin, within
+    :data:`GRID_RADIUS_BOHR` (Treutler radial grid, Lebedev angular grid)."""
+    symbol = atom.atom_pure_symbol(0)
+    grids = gen_grid.gen_atomic_grids(atom, atom_grid={symbol: ATOM_GRID}, radi_method=radi.treutler, prune=None)
+    points, weights = grids[symbol]
+    inside = np.linalg.norm(points, axis=1) < GRID_RADIUS_BOHR
+    return points[inside], weights[inside]
+
+
+def _superposition(points, atoms_xyz, atom_symbols, tables, gradient: bool):
+    """Σ_A ρ_A, ∇Σ_A ρ_A (n, 3), Σ_A u_A (n,) and Σ_A f(|r − A|) (the partition's
+    denominator, :func:`partition_function`) at ``points`` from the radial tables."""
+    total = np.zeros(len(points))
+    rho = np.zeros(len(points))
+    grad = np.zeros((len(points), 3))
+    v = np.zeros(len(points))
+    for xyz, symbol in zip(atoms_xyz, atom_symbols):
+        d = points - xyz
+        r = np.linalg.norm(d, axis=1)
+        total += partition_function(r)
+        inside = r < DENSITY_RADIUS_BOHR
+        if not inside.any():
+            continue
+        ri = np.maximum(r[inside], _RADIAL_GRID[0])
+        t = tables[symbol]
+        rho[inside] += t.density(ri)
+        v[inside] += t.electrostatic(ri)
+        if gradient:
+            grad[inside] += (t.density(ri, 1) / ri)[:, None] * d[inside]
+    return rho, grad, v, total
+
+
+def partition_function(r: np.ndarray) -> np.ndarray:
+    """The weight f(r) of an atom at distance r (Bohr) in the partition of space
+    w_A = f(|r − A|) / Σ_B f(|r − B|): smooth, so that each atom's grid integrates its share
+    accurately, and singular at the nucleus, so that every atom's core lies on its own grid."""
+    return np.maximum(r, 1e-6) ** -PARTITION_POWER
+
+
+TERMS = ("kinetic", "electrostatic", "xc", "nonlocal")
+"""The parts of H_base, each checkable on its own against PySCF."""
+
+
+def lattice_blocks(system: System, basis: str, pseudo: str, xc: str, terms: Sequence[str] = TERMS) -> LatticeBlocks:
+    """S(n) and the SAP baseline H_base(n) of a crystal, atom by atom (see the module docstring).
+
+    ``terms`` selects parts of H_base (:data:`TERMS`), for checks.
+
+    Raises:
+        GeometryError: no cell. BasisError: unknown basis or pseudopotential.
+        InputError: a hybrid or meta-GGA functional.
+    """
+    as_crystal(system)
+    functional = parse_functional(xc)
+    if functional.exact_exchange or functional.family not in ("lda", "gga"):
+        raise InputError(f"the crystal SAP baseline needs a LDA or GGA functional, not {xc!r}")
+    check_basis(basis, system.symbols)
+    check_pseudo(pseudo, system.symbols)
+    symbols = tuple(system.symbols)
+    pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
+    lattice = np.asarray(system.cell, dtype=np.float64) / BOHR_ANGSTROM
+    natom = len(symbols)
+    elements = sorted(set(symbols))
+    atoms = {s: _atom(s, basis, pseudo) for s in elements}
+    nao_of = {s: atoms[s].nao for s in elements}
+    alpha = {s: _min_exponent(atoms[s], s) for s in elements}
+    tables = {s: atom_tables(s, basis, pseudo) for s in elements}
+    sizes = np.array([nao_of[s] for s in symbols])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    m = int(sizes.max())
+    a_min = min(alpha.values())
+    r_pair = pair_radius(a_min)
+    grids = {s: _atom_grid(atoms[s]) for s in elements}
+
+    # pair list: every image (j, n) within r_pair of each atom i
+    found = [_images_within(pos, lattice, pos[i], r_pair) for i in range(natom)]
+    pairs = np.concatenate([np.stack([np.full(len(js), i), js], axis=1) for i, (js, _, _) in enumerate(found)])
+    shifts = np.concatenate([ns for _, ns, _ in found])
+    lookup = _PairLookup(pairs, shifts, natom)
+    S = np.zeros((len(pairs), m, m))
+    H = np.zeros((len(pairs), m, m))
+
+    # two-centre terms, one row of atoms at a time
+    for i, (js, ns, _) in enumerate(found):
+        home = _cluster_mole([symbols[i]], pos[i][None], basis)
+        cluster = _cluster_mole([symbols[j] for j in js], pos[js] + ns @ lattice, basis)
+        p = lookup.find(np.full(len(js), i), js, ns)
+        S[p] = _row_blocks(gto.intor_cross("int1e_ovlp", home, cluster), sizes[[i]], sizes[js], m)[0]
+        if "kinetic" in terms:
+            H[p] = _row_blocks(gto.intor_cross("int1e_kin", home, cluster), sizes[[i]], sizes[js], m)[0]
+
+    # potential terms, one atom's quadrature grid (or projectors) at a time
+    gga = functional.family == "gga"
+    for c in range(natom):
+        points, weights = grids[symbols[c]]
+        points = points + pos[c]
+        near, near_n, _ = _images_within(pos, lattice, pos[c], GRID_RADIUS_BOHR + DENSITY_RADIUS_BOHR)
+        near_xyz = pos[near] + near_n @ lattice
+        rho, grad, v_es, total = _superposition(points, near_xyz, [symbols[j] for j in near], tables, gga)
+        w = weights * partition_function(np.linalg.norm(points - pos[c], axis=1)) / total
+        keep = w > WEIGHT_CUTOFF
+        points, w, rho, grad, v_es = points[keep], w[keep], rho[keep], grad[keep], v_es[keep]
+        xc_in = np.concatenate([rho[None], grad.T]) if gga else rho
+        vxc = libxc.eval_xc(functional.name, xc_in, spin=0, deriv=1)[1]
+        reach = np.linalg.norm(points - pos[c], axis=1).max() + ao_tail(a_min)
+        js, ns, _ = _images_within(pos, lattice, pos[c], reach)
+        cluster = _cluster_mole([symbols[j] for j in js], pos[js] + ns @ lattice, basis)
+        ao = cluster.eval_gto("GTOval_sph_deriv1" if gga else "GTOval_sph", points)
+        phi = ao[0] if gga else ao
+        v_local = (np.asarray(vxc[0]) if "xc" in terms else 0.0) + (v_es if "electrostatic" in terms else 0.0)
+        half = phi * (0.5 * w * v_local)[:, None]
+        if gga and "xc" in terms:
+            flux = 2.0 * w * np.asarray(vxc[1]) * grad.T  # (3, n)
+            half = half + ao[1] * flux[0][:, None] + ao[2] * flux[1][:, None] + ao[3] * flux[2][:, None]
+        v = phi.T @ half
+        v = v + v.T
+        pp_mol = atoms[symbols[c]].copy()
+        pp_mol.set_geom_(pos[c][None], unit="Bohr", symmetry=False)
+        for proj, h in _projector_overlaps(pp_mol, cluster, pp_mol._pseudo[symbols[c]]) if "nonlocal" in terms else ():
+            v += np.einsum("iml,ij,jmn->ln", proj, h, proj)
+        blocks = _row_blocks(v, sizes[js], sizes[js], m)  # (a, b, m, m)
+        a, b = np.meshgrid(np.arange(len(js)), np.arange(len(js)), indexing="ij")
+        a, b = a.ravel(), b.ravel()
+        p = lookup.find(js[a], js[b], ns[b] - ns[a])
+        keep = p >= 0  # pairs beyond the pair radius are below the pair tolerance
+        np.add.at(H, p[keep], blocks[a[keep], b[keep]])
+    if "electrostatic" in terms:
+        H += electrostatic_offset(symbols, abs(np.linalg.det(lattice)), tables) * S
+    return LatticeBlocks(pairs=pairs, shifts=shifts, overlap=S, hamiltonian=H, ao_offsets=offsets, lattice=lattice)
+
+
+__all__ = [
+    "LatticeBlocks",
+    "AtomTables",
+    "ao_tail",
+    "electrostatic_offset",
+    "atom_density_matrix",
+    "atom_tables",
+    "gth_local_potential",
+    "lattice_blocks",
+    "pair_radius",
+]
