@@ -1,36 +1,38 @@
 """A crystal baseline Hamiltonian built atom by atom: H_base(R) and S(R) at a cost linear in the atoms.
 
-The molecular SAP baseline (:mod:`basis.sap`) screens all-electron nuclei. Crystals use
-GTH pseudopotentials, so each element gets its own *neutral pseudo-atom potential*: the
-GTH local potential of the ion plus the Hartree and exchange–correlation potentials of
-the atom's spherical valence density (PySCF's minao guess of the isolated pseudo-atom in
-the run's basis, the run's functional),
+The baseline is the Kohn–Sham matrix of the superposition of atomic densities (SAD),
 
-    u_A(r) = V_loc^GTH(r) + v_H[ρ_A](r) + v_xc[ρ_A](r),
+    H_base = T + V_nl + V_loc + v_H[ρ] + v_xc[ρ],   ρ = Σ_A ρ_A,
 
-which is short-ranged because the atom is neutral. It is tapered to zero between
-:data:`TAPER_START_BOHR` and :data:`TAPER_END_BOHR` (the XC tail of an isolated atom is an
-artefact in a solid, where the potentials of ~50 neighbours would add it up) and fitted by
-:data:`N_FIT_GAUSSIANS` s-type Gaussians, so that its matrix elements are three-centre
-overlap integrals. The baseline is
+with ρ_A PySCF's minao guess of the isolated pseudo-atom in the run's basis (spherical), GTH
+pseudopotentials (V_loc local, V_nl separable projectors) and the run's LDA/GGA functional.
+It is what PySCF's own Fock build gives for the block-diagonal atomic density matrix (the
+tests compare the two), but built without any whole-cell object — no FFT mesh, no Bloch AOs:
 
-    H_base = T + Σ_A u_A + Σ_A V_nl,A     (V_nl: the GTH separable projectors),
+- T, S and the projectors are analytic two-centre integrals between an atom and its
+  neighbours (PySCF molecular integrals on small clusters of atoms);
+- V_loc + v_H is the sum of the atoms' *neutral* electrostatic potentials u_A = V_loc,A +
+  v_H[ρ_A] (short-ranged: the atom is neutral), from radial tables;
+- v_xc[ρ] is evaluated from the superposed density at the points of each atom's own
+  quadrature grid, each grid weighted by a smooth partition of space
+  (:func:`partition_function`), so each atom contributes the integrals over its share of
+  space against the functions of the atoms that reach it.
 
-the potential of superposed neutral atoms (the "SAP" of a crystal, without self-consistency:
-the XC potential is a sum of atomic ones). No FFT mesh, no Bloch AOs and no whole-cell
-PySCF build: every term is a sum over atoms of integrals between an atom's neighbours, so a
-block H(i, j, T) depends only on the atoms around i and j — the baseline of a supercell of a
-perfect crystal is the primitive cell's, folded, to round-off (the property the issue-13
-folding check needs), and the cost grows linearly with the number of atoms.
+A block H(i, j, T) therefore depends only on the atoms around i and j: a supercell of a
+perfect crystal has the primitive cell's blocks to round-off (the folding check of issue 13),
+and the cost grows linearly with the number of atoms. The one global number is the constant
+that puts the average potential on PySCF's convention (:func:`electrostatic_offset`, which
+depends on the atoms per volume only).
 
 Conventions: O(i, j, n)_μν = ⟨φ_μ^i(r − x_i) | O | φ_ν^j(r − x_j − n·L)⟩ with L the lattice
 vectors as rows (Bohr), μ, ν in PySCF's AO order within each atom; O(k) = Σ_n e^{ik·T_n} O(n)
 is PySCF's Bloch convention (:func:`basis.pbc_integrals.real_space_integrals`).
 
 Truncation (documented approximations, measured in ``tests/basis/test_pbc_sap.py``):
-two-centre blocks (S, T) are kept for atom pairs closer than the radius at which the most
-diffuse primitives overlap by :data:`PAIR_TOLERANCE`; a centre A's potential contributes to
-pairs of atoms within :func:`center_radius` of A.
+pairs of atoms whose most diffuse primitives overlap by less than :data:`PAIR_TOLERANCE` get
+no block; an atom's grid integrates the functions of atoms whose most diffuse primitive
+reaches :data:`AO_TOLERANCE` on it. Against PySCF on silicon (gth-szv, PBE): S, T and V_nl
+to 1e-8, the electrostatic potential to 2e-5 and v_xc to 2e-4 Hartree (largest element).
 """
 
 from __future__ import annotations
