@@ -48,10 +48,14 @@ wall-time cap, the held-out conformations validated and the run directory."""
 
 BASELINES = ("minao", "sap", "none")
 """``minao``: H = H_base + ΔH_θ with H_base the Kohn–Sham matrix of PySCF's minao guess
-density (one Fock build per structure, no SCF: prediction pays a DF factor and an XC grid);
-``sap``: H_base the superposition-of-atomic-potentials Hamiltonian (:mod:`basis.sap`:
-one-electron-type integrals only, so prediction is a forward pass — two with the frozen
-distilled network — S and one diagonalisation); ``none``: H = ΔH_θ."""
+density (one Fock build per structure, no SCF: prediction pays a DF factor and an XC grid;
+crystals: a whole-cell FFT-mesh build); ``sap``: molecules, H_base the superposition-of-
+atomic-potentials Hamiltonian (:mod:`basis.sap`: one-electron-type integrals only, so
+prediction is a forward pass — two with the frozen distilled network — S and one
+diagonalisation); crystals, the Kohn–Sham matrix of superposed atomic densities built atom
+by atom in real space (:mod:`basis.pbc_sap`: cost linear in the atoms, supercells get their
+primitive cell's blocks, as close to the converged Hamiltonian as minao's); ``none``:
+H = ΔH_θ."""
 
 OUTPUT_SCALES = {"minao": 0.01, "sap": 0.1, "none": 0.1}
 """Default ``output_scale`` per baseline (Hartree per unit of network output): the minao
@@ -218,14 +222,15 @@ class TrainConfig:
         """ΔH per unit of network output, Hartree (``output_scale`` or its baseline's default)."""
         if self.output_scale is not None:
             return self.output_scale
-        return OUTPUT_SCALES["minao" if self.frozen_distilled else self.baseline]
+        as_close_as_minao = self.frozen_distilled or (self.kind == "crystal" and self.baseline == "sap")
+        return OUTPUT_SCALES["minao" if as_close_as_minao else self.baseline]
 
     @property
     def n_distill(self) -> int:
         """Distillation steps (``distill_steps`` or its baseline's default)."""
         if self.distill_steps is not None:
             return self.distill_steps
-        return round(self.steps * DISTILL_FRACTION) if self.baseline == "sap" else 0
+        return round(self.steps * DISTILL_FRACTION) if self.baseline == "sap" and self.kind == "molecule" else 0
 
     @property
     def frozen_distilled(self) -> bool:
@@ -361,6 +366,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError("displaced copies are for the distillation steps: they need --baseline sap and distillation steps")
     if config.distill_steps is not None and config.distill_steps < 0:
         raise InputError(f"distillation steps must be >= 0, got {config.distill_steps}")
+    if config.n_distill and config.kind == "crystal":
+        raise InputError("distillation is for molecules: the crystal baseline sap is already the Kohn–Sham matrix of superposed atoms")
     if config.n_distill and config.baseline != "sap":
         raise InputError(f"distillation learns F[P_minao] − H_base: it needs --baseline sap, not {config.baseline}")
     if config.output_scale is not None and not config.output_scale >= 0:  # 0: the baseline alone
@@ -377,8 +384,6 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"minutes must be > 0, got {config.max_minutes}")
     if config.devices is not None and config.devices < 1:
         raise InputError(f"devices must be >= 1, got {config.devices}")
-    if config.kind == "crystal" and config.baseline == "sap":
-        raise InputError("the sap baseline is for molecules; crystals use minao or none")
     if config.kind == "molecule":
         if config.bucket_aos is not None and config.bucket_aos < 1:
             raise InputError(f"bucket width must be a positive number of AOs, got {config.bucket_aos}")

@@ -68,6 +68,7 @@ from basis.pbc_integrals import (
     check_periodic_functional,
     make_periodic_mean_field,
 )
+from basis.pbc_sap import LatticeBlocks, lattice_blocks
 from basis.sap import sap_hamiltonian
 from basis.shells import ao_shells
 from basis.system import System, atomic_number
@@ -623,22 +624,33 @@ class CrystalTask:
             return None
         return _effective_potential(ints.dm_guess, ints)
 
-    def baseline(self, ints, potential=None) -> jax.Array:
+    def sap_blocks(self, system: System) -> LatticeBlocks | None:
+        """S(R) and H_base(R) of the ``"sap"`` baseline (:mod:`basis.pbc_sap`: the Kohn–Sham
+        matrix of superposed atomic densities, built atom by atom), ``None`` otherwise."""
+        c = self.config
+        if c.baseline != "sap":
+            return None
+        return lattice_blocks(system, c.basis, c.pseudo, c.xc)
+
+    def baseline(self, ints, potential=None, blocks: LatticeBlocks | None = None) -> jax.Array:
         """H_base(k) at the k-points of ``ints`` (:class:`PeriodicIntegrals` or band
-        integrals), (nk, nao, nao) complex128, Hartree: h(k) + ⟨φ_k|v_guess|φ_k⟩ (equal
-        to F(k)[P_guess] at the training k-points), or zeros."""
+        integrals), (nk, nao, nao) complex128, Hartree: ``"minao"``: h(k) +
+        ⟨φ_k|v_guess|φ_k⟩ (equal to F(k)[P_guess] at the training k-points); ``"sap"``:
+        Σ_R e^{ik·T_R} H_base(R) of :meth:`sap_blocks`; else zeros."""
+        if self.config.baseline == "sap":
+            return jnp.asarray(blocks.bloch(np.asarray(ints.kpts)))
         if self.config.baseline != "minao":
             return jnp.zeros_like(ints.overlap)
         return ints.hcore + _potential_matrices(potential, ints.ao)
 
-    def _offmesh(self, system: System, ints: PeriodicIntegrals, n_pad: int, potential) -> OffMesh:
+    def _offmesh(self, system: System, ints: PeriodicIntegrals, n_pad: int, potential, blocks=None) -> OffMesh:
         c = self.config
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=ints.mesh)
         band = build_band_integrals(cell, offmesh_kpts(cell, c.kmesh), ints.functional, mesh=ints.mesh)
         X, mask = real_orthogonalizers(np.asarray(band.overlap), n_pad)
         return OffMesh(
             kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask),
-            h_base=self.baseline(band, potential),
+            h_base=self.baseline(band, potential, blocks),
         )
 
     def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None) -> list[PreparedSet]:
@@ -656,9 +668,10 @@ class CrystalTask:
             ints.append(i)
             XM.append(real_orthogonalizers(np.asarray(i.overlap), n_pad))
             v = self.baseline_potential(i)
-            bases.append(np.asarray(self.baseline(i, v)))
+            blocks = self.sap_blocks(s)
+            bases.append(np.asarray(self.baseline(i, v, blocks)))
             if c.offmesh_self_consistency:
-                offmesh.append(self._offmesh(s, i, n_pad, v))
+                offmesh.append(self._offmesh(s, i, n_pad, v, blocks))
         arrays = CrystalArrays(
             batch=batch,
             ints=_stack(ints),
@@ -693,9 +706,11 @@ class CrystalTask:
     def hamiltonian(self, params, model_config: ModelConfig, system: System, kpts, ints=None):
         """Predicted H(k) and S(k) of ``system`` at Cartesian ``kpts`` (nk, 3), 1/Bohr.
 
-        H(k) = H_base(k) + Σ_R e^{ik·T_R} ΔH(R) with the run's baseline (the potential of
-        PySCF's initial-guess density at the run's k-mesh, on its FFT mesh, taken to
-        every k), exactly as in training.
+        H(k) = H_base(k) + Σ_R e^{ik·T_R} ΔH(R) with the run's baseline, exactly as in
+        training: ``"minao"``, the potential of PySCF's initial-guess density at the run's
+        k-mesh, on its FFT mesh, taken to every k (a whole-cell build); ``"sap"``, the
+        real-space blocks of :meth:`sap_blocks` and their S(R) (cost linear in the atoms,
+        and a supercell gets its primitive cell's blocks).
 
         Args:
             ints: optional :class:`PeriodicIntegrals` of ``system`` at the run's k-mesh and
@@ -710,6 +725,9 @@ class CrystalTask:
         nao = int(np.asarray(batch.nao)[0])
         H_R = c.delta_scale * predict_hamiltonian(params, batch)
         dH = np.asarray(bloch_sum_batch(H_R, batch, jnp.asarray(kpts))[0][:, :nao, :nao])
+        if c.baseline == "sap":
+            blocks = self.sap_blocks(system)
+            return blocks.bloch(kpts) + dH, blocks.bloch(kpts, "overlap")
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=c.mesh)
         if c.baseline == "none":
             S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts), dtype=np.complex128).reshape(-1, nao, nao)
