@@ -20,9 +20,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import multiprocessing
 import os
+import shutil
 import warnings
 from typing import Callable, Sequence
 
@@ -177,12 +179,19 @@ def load_record(path: str, verify: bool = True) -> MoleculeRecord | None:
         return None
 
 
+DISK_RESERVE_BYTES = 5 * 10**9
+"""The disk cache never leaves less than this free on its file system (a QM9 record is
+~0.1 GB: 1,100 of them filled a 79 GB disk before the reserve existed)."""
+
+
 class RecordStore:
     """Records of molecules on disk (``directory``) or in memory (``directory=None``).
 
     The disk store holds at most ``max_bytes`` of records (files already in the
-    directory count); a record that does not fit is not written, and is rebuilt each
-    time it is needed. The in-memory store (no directory) keeps every record.
+    directory count) and never fills its file system beyond :data:`DISK_RESERVE_BYTES`
+    of free space (a full disk met while writing counts the same); a record that does not
+    fit is not written, and is rebuilt each time it is needed. The in-memory store (no
+    directory) keeps every record.
     """
 
     def __init__(self, directory: str | None, settings: RecordSettings, max_bytes: int | None = None):
@@ -193,6 +202,7 @@ class RecordStore:
         self.verified: set[str] = set()  # files whose checksum this process has checked (or written)
         self.written = self.rebuilt = self.read = 0
         self.used = 0
+        self.disk_full = False
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             self.used = sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".h5"))
@@ -234,11 +244,30 @@ class RecordStore:
             return True
         if self.max_bytes is not None and self.used + record.nbytes > self.max_bytes:
             return False
-        save_record(self.path(system), record)
+        if self.disk_full or shutil.disk_usage(self.directory).free - record.nbytes < DISK_RESERVE_BYTES:
+            self._stop_writing()
+            return False
+        try:
+            save_record(self.path(system), record)
+        except OSError as e:  # the temporary file is gone (atomic_output); the record is not lost, only not kept
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._stop_writing()
+            return False
         self.verified.add(self.path(system))
         self.used += os.path.getsize(self.path(system))
         self.written += 1
         return True
+
+    def _stop_writing(self) -> None:
+        if not self.disk_full:
+            warnings.warn(_stop_writing_message(self.directory), stacklevel=3)
+        self.disk_full = True
+
+
+def _stop_writing_message(directory: str) -> str:
+    return (f"record cache {directory}: keeping {DISK_RESERVE_BYTES / 1e9:g} GB of disk free, no more records "
+            "are written; the others are rebuilt when needed (--cache-gb bounds the cache, --cache none keeps none)")
 
 
 @contextlib.contextmanager

@@ -95,6 +95,39 @@ def test_damaged_record_is_rebuilt_and_bound_is_respected(water, tmp_path):
     assert sets[0].store.rebuilt == 2 and np.isfinite(np.asarray(data.h_base)).all()
 
 
+def test_cache_keeps_the_disk_reserve_and_survives_a_full_disk(water, tmp_path, monkeypatch):
+    """A QM9 run filled a 79 GB disk with records and died in the middle of a write: the
+    store now leaves DISK_RESERVE_BYTES free, and a full disk met while writing costs the
+    record (rebuilt when needed), not the run."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    config = _config()
+    task = MoleculeTask(config)
+    model = _model(config, water.train)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**9, stream.DISK_RESERVE_BYTES))
+    reserve = tmp_path / "reserve"
+    with pytest.warns(UserWarning, match="GB of disk free"):
+        sets = task.prepare(water.train[:2], model, IntegralCache(str(reserve)))
+    assert sets[0].store.written == 0 and not os.listdir(reserve)
+    assert np.isfinite(np.asarray(sets[0].take([0, 1]).h_base)).all()
+    monkeypatch.undo()
+
+    def no_space(path, record):
+        open(path + ".partial", "wb").close()  # what a write cut short leaves is not ours to keep
+        os.remove(path + ".partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stream, "save_record", no_space)
+    full = tmp_path / "full"
+    with pytest.warns(UserWarning, match="GB of disk free"):
+        sets = task.prepare(water.train[:2], model, IntegralCache(str(full)))
+    assert sets[0].store.written == 0 and sets[0].store.disk_full and not os.listdir(full)
+    assert np.isfinite(np.asarray(sets[0].take([0, 1]).h_base)).all()
+
+
 @pytest.mark.slow  # two trainings with compilation (~90 s on 2 cores); the batch test above covers the data
 def test_jax_backend_training_reproduces_host_losses(water, tmp_path):
     losses = {}
