@@ -186,6 +186,23 @@ class LatticeBlocks:
     def nao(self) -> int:
         return int(self.ao_offsets[-1])
 
+    def plus(self, pairs: np.ndarray, shifts: np.ndarray, blocks: np.ndarray) -> "LatticeBlocks":
+        """These blocks with ``blocks`` (P', m', m', m' ≤ m) added to H at pairs (i, j, n);
+        pairs not present yet are appended (with zero overlap)."""
+        natom = len(self.ao_offsets) - 1
+        lookup = _PairLookup(self.pairs, self.shifts, natom)
+        where = lookup.find(pairs[:, 0], pairs[:, 1], shifts)
+        new = where < 0
+        H = np.concatenate([self.hamiltonian, np.zeros((int(new.sum()),) + self.hamiltonian.shape[1:])])
+        S = np.concatenate([self.overlap, np.zeros((int(new.sum()),) + self.overlap.shape[1:])])
+        where[new] = len(self.pairs) + np.arange(int(new.sum()))
+        m = blocks.shape[1]
+        np.add.at(H, where, np.pad(blocks, ((0, 0), (0, H.shape[1] - m), (0, H.shape[2] - m))))
+        return dataclasses.replace(
+            self, pairs=np.concatenate([self.pairs, pairs[new]]), shifts=np.concatenate([self.shifts, shifts[new]]),
+            overlap=S, hamiltonian=H,
+        )
+
     def bloch(self, kpts: np.ndarray, which: str = "hamiltonian") -> np.ndarray:
         """Dense O(k) = Σ_n e^{ik·T_n} O(n), (nk, nao, nao) complex128, at Cartesian ``kpts`` (1/Bohr)."""
         blocks = getattr(self, which)

@@ -435,8 +435,10 @@ def _crystal_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> _
     return _Graph(species, pos, lattice, edges, slot_of[en], shifts, inverse, ao_atom, ao_slot)
 
 
-def _pad_graphs(graphs: Sequence[_Graph], config, layout: BlockLayout, batch_size, pad_to, periodic: bool) -> Batch:
-    """Pad graphs into one :class:`Batch`; crystals keep the shift axis R, molecules (R = 0 only) drop it."""
+def _pad_graphs(graphs: Sequence[_Graph], config, layout: BlockLayout, batch_size, pad_to, periodic: bool,
+                gather: bool = True) -> Batch:
+    """Pad graphs into one :class:`Batch`; crystals keep the shift axis R, molecules (R = 0 only) drop it.
+    ``gather=False``: no AO gather indices (``ao_gather`` (B, 1) zeros): for blocks only."""
     nc2 = layout.nc * layout.nc
     need = (
         max(len(g.species) for g in graphs),
@@ -467,7 +469,7 @@ def _pad_graphs(graphs: Sequence[_Graph], config, layout: BlockLayout, batch_siz
     edge_shift = np.zeros((b, e_max, 3), np.float64)
     edge_mask = np.zeros((b, e_max), bool)
     zero = (a_max + e_max) * nc2
-    ao_gather = np.full((b, r_max, n_max, n_max), zero, np.int64)
+    ao_gather = np.full((b, r_max, n_max, n_max) if gather else (b, 1), zero, np.int64)
     ao_mask = np.zeros((b, n_max), bool)
     nao = np.zeros((b,), np.int32)
     lattice_shift = np.zeros((b, r_max, 3), np.int32)
@@ -488,6 +490,8 @@ def _pad_graphs(graphs: Sequence[_Graph], config, layout: BlockLayout, batch_siz
         shift_inverse[k, :nr] = g.inverse
         shift_mask[k, :nr] = True
         lattice[k] = g.lattice
+        if not gather:
+            continue
         block_of = np.full((nr, natom, natom), -1, np.int64)
         block_of[0, np.arange(natom), np.arange(natom)] = np.arange(natom)
         block_of[g.edge_slot, g.edges[:, 0], g.edges[:, 1]] = a_max + np.arange(nedge)
@@ -519,6 +523,7 @@ def prepare_batch(
     *,
     batch_size: int | None = None,
     pad_to: tuple[int, ...] | None = None,
+    gather: bool = True,
 ) -> Batch:
     """Pad molecules (or crystals) into one fixed-shape :class:`Batch` (numpy; call outside jit).
 
@@ -530,6 +535,8 @@ def prepare_batch(
         pad_to: ``(atoms, edges, aos)`` slot counts, for crystals optionally
             ``(atoms, edges, aos, shifts)``; default: the bucket sizes
             (:func:`bucket_size`) of the largest molecule.
+        gather: build the AO gather indices (N² per shift); ``False`` for
+            :func:`vardft.model.predict_blocks` and :func:`real_space_blocks` only.
 
     Crystals (systems with a cell, all of them or none) give a periodic batch
     whose model output is H(R), (B, nR, N, N); see :class:`Batch`.
@@ -551,7 +558,43 @@ def prepare_batch(
     is_periodic = periodic.pop()
     make_graph = _crystal_graph if is_periodic else _molecule_graph
     graphs = [make_graph(s, layout, config.cutoff / BOHR_ANGSTROM) for s in systems]
-    return _pad_graphs(graphs, config, layout, batch_size, pad_to, is_periodic)
+    return _pad_graphs(graphs, config, layout, batch_size, pad_to, is_periodic, gather)
+
+
+def real_space_blocks(diag, edge, batch: Batch, index: int):
+    """The network's H(i, j, n) of crystal ``index`` as atom-pair blocks (numpy), symmetrised
+    as :func:`assemble` does: H(i, j, n) = (M(i, j, n) + M(j, i, −n)ᵀ) / 2.
+
+    Args:
+        diag, edge: :func:`vardft.model.predict_blocks` of ``batch``.
+
+    Returns:
+        ``(pairs (P, 2), shifts (P, 3) int, blocks (P, m, m))`` with ``m`` the largest AO
+        count of an element, each block in PySCF AO order (rows/columns beyond an atom's AO
+        count zero); the on-site blocks (i, i, 0) first.
+    """
+    layout = block_layout(batch.config.basis, tuple(batch.config.elements))
+    natom = int(np.asarray(batch.atom_mask)[index].sum())
+    nedge = int(np.asarray(batch.edge_mask)[index].sum())
+    species = np.asarray(batch.species)[index, :natom]
+    edges = np.asarray(batch.edge_index)[index, :nedge]
+    lattice = np.asarray(batch.lattice)[index]
+    shifts = np.rint(np.asarray(batch.edge_shift)[index, :nedge] @ np.linalg.inv(lattice)).astype(np.int64)
+    d = np.asarray(diag)[index, :natom]
+    e = np.asarray(edge)[index, :nedge]
+    key = {(int(i), int(j), tuple(n)): q for q, ((i, j), n) in enumerate(zip(edges, shifts))}
+    reverse = np.array([key[(int(j), int(i), tuple(-n))] for (i, j), n in zip(edges, shifts)], dtype=np.int64)
+    sym_diag = 0.5 * (d + np.swapaxes(d, 1, 2))
+    sym_edge = 0.5 * (e + np.swapaxes(e[reverse], 1, 2))
+    m = int(layout.element_nao.max())
+    out = np.zeros((natom + nedge, m, m))
+    atom_of = np.concatenate([np.arange(natom), edges[:, 0]]), np.concatenate([np.arange(natom), edges[:, 1]])
+    for q, (blk, i, j) in enumerate(zip(np.concatenate([sym_diag, sym_edge]), *atom_of)):
+        si, sj = layout.element_slots[species[i]], layout.element_slots[species[j]]
+        out[q, : len(si), : len(sj)] = blk[np.ix_(si, sj)]
+    pairs = np.stack(atom_of, axis=1)
+    all_shifts = np.concatenate([np.zeros((natom, 3), np.int64), shifts])
+    return pairs, all_shifts, out
 
 
 def assemble(diag_blocks, edge_blocks, ao_gather, shift_inverse=None):

@@ -393,6 +393,9 @@ class HamiltonianModel(nn.Module):
     """
 
     config: ModelConfig
+    blocks_only: bool = False
+    """Return ``(diag (B, A, nc, nc), edge (B, E, nc, nc))`` blocks instead of the AO
+    matrix: what :func:`predict_blocks` gives, for cells too large for dense H(R)."""
 
     @nn.compact
     def __call__(self, batch: Batch):
@@ -474,6 +477,9 @@ class HamiltonianModel(nn.Module):
         o = _BlockReadout(final, block_irreps, n_el * n_el, dt, name="offdiag")(f, pair_type)
         off = irreps_to_block(o * envelope[:, None], layout).reshape(b, e, layout.nc, layout.nc)
 
+        if self.blocks_only:
+            return diag.astype(jnp.float64), off.astype(jnp.float64)
+
         # ---- 5. AO matrix
         # crystals: H(R) per lattice shift, (B, nR, N, N), H(−R) = H(R)^T
         shift_inverse = None if batch.shift_inverse is None else jnp.asarray(batch.shift_inverse)
@@ -495,6 +501,16 @@ def predict_hamiltonian(params, batch: Batch):
         ``batch.lattice_shift`` (padding slots zero).
     """
     return HamiltonianModel(batch.config).apply(params, batch)
+
+
+@jax.jit
+def predict_blocks(params, batch: Batch):
+    """The network's blocks before they are placed into AO matrices (jitted): diagonal
+    blocks (B, A, nc, nc) and one block per edge (B, E, nc, nc), in the padded slots of
+    ``batch.config.layout`` (PySCF AO order within each element's slots), unsymmetrised:
+    :func:`predict_hamiltonian` gives H = (M + Mᵀ)/2 of them. ``batch`` may be prepared
+    without AO gather indices (``prepare_batch(..., gather=False)``)."""
+    return HamiltonianModel(batch.config, blocks_only=True).apply(params, batch)
 
 
 def _dummy_batch(config: ModelConfig) -> Batch:

@@ -79,9 +79,9 @@ from vardft import stream
 from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
                            TrainConfig)
 from vardft.data import IntegralCache, pad_integrals, size_buckets
-from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch
+from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch, real_space_blocks
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
-from vardft.model import ModelConfig, predict_hamiltonian
+from vardft.model import ModelConfig, predict_blocks, predict_hamiltonian
 from vardft.parallel import device_count
 
 
@@ -632,6 +632,18 @@ class CrystalTask:
             return None
         return lattice_blocks(system, c.basis, c.pseudo, c.xc)
 
+    def real_space(self, params, model_config: ModelConfig, system: System) -> LatticeBlocks:
+        """The predicted H(R) and S(R) of ``system`` as atom-pair blocks (``"sap"`` runs):
+        :meth:`sap_blocks` plus ``delta_scale`` × the network's blocks, never a dense N × N
+        matrix per shift, so memory and time grow linearly with the atoms."""
+        c = self.config
+        if c.baseline != "sap":
+            raise InputError(f"real-space blocks come from runs on the sap baseline; this run uses {c.baseline}")
+        batch = prepare_batch([system], model_config, gather=False)
+        diag, edge = predict_blocks(params, batch)
+        pairs, shifts, blocks = real_space_blocks(diag, edge, batch, 0)
+        return self.sap_blocks(system).plus(pairs, shifts, c.delta_scale * blocks)
+
     def baseline(self, ints, potential=None, blocks: LatticeBlocks | None = None) -> jax.Array:
         """H_base(k) at the k-points of ``ints`` (:class:`PeriodicIntegrals` or band
         integrals), (nk, nao, nao) complex128, Hartree: ``"minao"``: h(k) +
@@ -721,13 +733,13 @@ class CrystalTask:
         """
         c = self.config
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+        if c.baseline == "sap":
+            blocks = self.real_space(params, model_config, system)
+            return blocks.bloch(kpts), blocks.bloch(kpts, "overlap")
         batch = prepare_batch([system], model_config)
         nao = int(np.asarray(batch.nao)[0])
         H_R = c.delta_scale * predict_hamiltonian(params, batch)
         dH = np.asarray(bloch_sum_batch(H_R, batch, jnp.asarray(kpts))[0][:, :nao, :nao])
-        if c.baseline == "sap":
-            blocks = self.sap_blocks(system)
-            return blocks.bloch(kpts) + dH, blocks.bloch(kpts, "overlap")
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=c.mesh)
         if c.baseline == "none":
             S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts), dtype=np.complex128).reshape(-1, nao, nao)
