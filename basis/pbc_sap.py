@@ -32,7 +32,7 @@ Truncation (documented approximations, measured in ``tests/basis/test_pbc_sap.py
 pairs of atoms whose most diffuse primitives overlap by less than :data:`PAIR_TOLERANCE` get
 no block; an atom's grid integrates the functions of atoms whose most diffuse primitive
 reaches :data:`AO_TOLERANCE` on it. Against PySCF on silicon (gth-szv, PBE): S, T and V_nl
-to 1e-8, the electrostatic potential to 2e-5 and v_xc to 2e-4 Hartree (largest element).
+to 1e-8, the electrostatic potential to 2e-5 and v_xc to 1e-4 Hartree (largest element).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from basis.units import BOHR_ANGSTROM
 ATOM_GRID = (60, 194)
 """(radial, angular) points of each atom's quadrature grid (Treutler radii, Lebedev)."""
 
-GRID_RADIUS_BOHR = 10.0
+GRID_RADIUS_BOHR = 7.0
 """Quadrature points farther than this from their atom are dropped (its Hirshfeld share of
 the density there is negligible in a solid; in vacuum the density is)."""
 

@@ -50,7 +50,9 @@ def test_two_centre_parts_and_projectors_equal_pyscf(silicon):
 def test_potentials_equal_pyscf_kohn_sham_potential_of_superposed_atoms(silicon):
     """v_H + V_loc and v_xc of Σ_A ρ_A against PySCF's FFT-mesh potentials of the block-
     diagonal atomic density matrix (4×4×4 k-mesh: images of the density 4 cells away overlap
-    below 1e-9). Measured: electrostatic 1.8e-5, XC 1.8e-4 Hartree largest element."""
+    below 1e-9). Measured: XC 9e-5 Hartree largest element; electrostatic 1.2e-5 after a
+    constant 1.2e-4 Hartree (× S: a uniform shift of the bands) between PySCF's average
+    potential and the offset :func:`basis.pbc_sap.electrostatic_offset` gives it."""
     si, cell = silicon
     kpts = cell.make_kpts([4, 4, 4])
     mf = pbcdft.KRKS(cell, kpts, xc=XC)
@@ -63,8 +65,12 @@ def test_potentials_equal_pyscf_kohn_sham_potential_of_superposed_atoms(silicon)
     vj = np.asarray(mf.get_j(cell, dms, kpts=kpts))
     vxc = np.asarray(mf.get_veff(cell, dms)) - vj
     local_pp = np.asarray(mf.with_df.get_pp(kpts)) - np.asarray(pp_int.get_pp_nl(cell, kpts))
-    np.testing.assert_allclose(blocks.bloch(kpts), vxc, atol=1e-3)
-    np.testing.assert_allclose(_part(si, "electrostatic").bloch(kpts), local_pp + vj, atol=2e-4)
+    np.testing.assert_allclose(blocks.bloch(kpts), vxc, atol=3e-4)
+    diff = _part(si, "electrostatic").bloch(kpts) - (local_pp + vj)
+    S = np.asarray(mf.get_ovlp())
+    constant = np.real(np.sum(diff * S.conj()) / np.sum(np.abs(S) ** 2))
+    assert abs(constant) < 5e-4
+    np.testing.assert_allclose(diff - constant * S, 0.0, atol=5e-5)
 
 
 def test_supercell_blocks_are_the_primitive_cells():
