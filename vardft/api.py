@@ -26,6 +26,7 @@ from basis.errors import CheckpointError, InputError
 from basis.integrals import DEFAULT_GRID_LEVEL, build_integrals
 from basis.layout import ao_rotation
 from basis.pbc_integrals import build_periodic_integrals
+from basis.pbc_sap import LatticeBlocks
 from basis.sap import sap_hamiltonian
 from basis.system import System
 from solvers import periodic
@@ -240,6 +241,17 @@ class CrystalModel(Model):
     def hamiltonian(self, system, kpts, ints=None) -> tuple[np.ndarray, np.ndarray]:
         """``(H(k), S(k))``, (nk, nao, nao) complex, Hartree, at Cartesian ``kpts`` (nk, 3), 1/Bohr."""
         return self.task.hamiltonian(self.params, self.model_config, self._check(system), kpts, ints)
+
+    def real_space(self, system) -> LatticeBlocks:
+        """H(R) and S(R) of ``system`` (any cell of the model's elements, e.g. a supercell far
+        larger than the training cells) as atom-pair blocks, Hartree, PySCF AO order within
+        each atom: :class:`basis.pbc_sap.LatticeBlocks`. Cost and memory linear in the atoms.
+
+        Raises:
+            InputError: the run's baseline is not ``sap`` (the minao baseline needs a
+                whole-cell build), or the cell does not suit the model.
+        """
+        return self.task.real_space(self.params, self.model_config, self._check(system))
 
     def bands(self, system, kpts) -> np.ndarray:
         """Band energies (nk, nmo), Hartree, at Cartesian ``kpts`` (1/Bohr), solved with S(k)

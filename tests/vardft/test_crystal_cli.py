@@ -110,3 +110,37 @@ def test_load_gives_the_run_kind(crystal_run):
     assert isinstance(load(crystal_run), CrystalModel)
     with pytest.raises(CheckpointError, match="crystal model, not a molecule model"):
         load(crystal_run, "molecule")
+
+
+def test_sap_run_predicts_real_space_blocks_that_bloch_sum_to_its_k_mesh_prediction(tmp_path, capsys):
+    """``vardft predict --real-space`` (issue 13): H(R), S(R) as atom-pair blocks in the
+    documented layout; Σ_n e^{ik·T_n} of them is the H(k), S(k) the k-mesh prediction writes."""
+    import h5py
+
+    run_dir = str(tmp_path / "sap")
+    assert main(["train", "si", "--out", run_dir, "--baseline", "sap", *TINY]) == 0
+    blocks_file, kmesh_file = str(tmp_path / "rs.h5"), str(tmp_path / "k.h5")
+    assert main(["predict", run_dir, "si", "--real-space", "--out", blocks_file]) == 0
+    assert main(["predict", run_dir, "si", "--out", kmesh_file]) == 0
+    capsys.readouterr()
+    with h5py.File(blocks_file) as f, h5py.File(kmesh_file) as g:
+        blk, ref = f["0"], g["0"]
+        offsets, lattice = blk["ao_offsets"][()], blk["lattice_bohr"][()]
+        nao = int(offsets[-1])
+        kpts = ref["kpts"][()]
+        H = np.zeros((len(kpts), nao, nao), complex)
+        S = np.zeros_like(H)
+        for (i, j), n, h, s in zip(blk["pairs"][()], blk["shifts"][()], blk["hamiltonian"][()], blk["overlap"][()]):
+            a, b = offsets[i], offsets[j]
+            ni, nj = offsets[i + 1] - a, offsets[j + 1] - b
+            phase = np.exp(1j * kpts @ (n @ lattice))
+            H[:, a:a + ni, b:b + nj] += phase[:, None, None] * h[:ni, :nj]
+            S[:, a:a + ni, b:b + nj] += phase[:, None, None] * s[:ni, :nj]
+        np.testing.assert_allclose(H, ref["hamiltonian"][()], atol=1e-12)
+        np.testing.assert_allclose(S, ref["overlap"][()], atol=1e-12)
+    # a molecular model has no real-space blocks: one line, exit 2
+    mol_dir = str(tmp_path / "mol")
+    assert main(["train", "water", "--out", mol_dir, "--steps", "0", "--n-train", "1", "--quiet",
+                 "--basis", "sto-3g", "--cache", "none"]) == 0
+    assert main(["predict", mol_dir, "water", "--real-space", "--out", str(tmp_path / "m.h5")]) == 2
+    assert "--real-space is for crystal models" in capsys.readouterr().err

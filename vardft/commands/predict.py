@@ -8,7 +8,7 @@ import os
 import h5py
 import numpy as np
 
-from basis.errors import OutputPathError
+from basis.errors import InputError, OutputPathError
 from vardft.api import load
 from vardft.checkpoint import atomic_output
 from vardft.commands._common import print_json, read_input
@@ -31,7 +31,12 @@ def register(sub) -> None:
             "holds cells, and the datasets are at the run's k-mesh: kpts (nk, 3) 1/Bohr, "
             "hamiltonian, overlap and density_matrix (nk, nao, nao) complex H(k), S(k), P(k), "
             "mo_energy (nk, nmo) and the energy per cell; attributes also pseudo, kmesh, "
-            "cell_angstrom."
+            "cell_angstrom. --real-space (crystal models on the sap baseline) writes instead the "
+            "real-space matrices as atom-pair blocks, at a cost linear in the atoms (large supercells): "
+            "pairs (P, 2) atoms (i, j), shifts (P, 3) integer lattice shifts n of atom j, "
+            "hamiltonian and overlap (P, m, m) blocks <phi_i | O | phi_j(r - n.L)> (m the largest "
+            "AO count of an element, PySCF AO order within each atom, zero beyond an atom's AOs), "
+            "ao_offsets (natom + 1,) and lattice_bohr (3, 3) rows; H(k) = sum_P exp(i k.(n.L)) block."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -41,8 +46,32 @@ def register(sub) -> None:
     p.add_argument("--energy", action="store_true",
                    help="molecules: also the variational energy E[P] of the predicted density, on PySCF's grid "
                         "level 3 (builds a DF factor and an XC grid per molecule; crystals always have it)")
+    p.add_argument("--real-space", action="store_true",
+                   help="crystals (sap runs): write H(R), S(R) as atom-pair blocks instead of the k-mesh "
+                        "quantities and energy (any cell size: no whole-cell build)")
     p.add_argument("--json", action="store_true", help="also print a JSON summary per frame")
     p.set_defaults(func=run)
+
+
+def write_real_space(path: str, systems, blocks, model) -> None:
+    """pred.h5 of ``--real-space``: one group per cell with its atom-pair blocks."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for k, (system, b) in enumerate(zip(systems, blocks)):
+                g = f.create_group(str(k))
+                g.create_dataset("pairs", data=b.pairs)
+                g.create_dataset("shifts", data=b.shifts)
+                g.create_dataset("hamiltonian", data=b.hamiltonian, compression="gzip")
+                g.create_dataset("overlap", data=b.overlap, compression="gzip")
+                g.create_dataset("ao_offsets", data=b.ao_offsets)
+                g.create_dataset("lattice_bohr", data=b.lattice)
+                g.attrs["kind"] = "crystal"
+                g.attrs["basis"] = model.basis
+                g.attrs["xc"] = model.xc
+                g.attrs["pseudo"] = model.pseudo
+                g.attrs["symbols"] = list(system.symbols)
+                g.attrs["positions_angstrom"] = np.asarray(system.positions)
+                g.attrs["cell_angstrom"] = np.asarray(system.cell)
 
 
 def write_predictions(path: str, predictions, model) -> None:
@@ -93,6 +122,21 @@ def run(args) -> int:
     run_kind(args.run_dir)  # a one-line error for anything but a vardft run
     model = load(args.run_dir)
     systems = read_input(args.input)
+    if args.real_space:
+        if model.kind != "crystal":
+            raise InputError("--real-space is for crystal models; a molecule's H is one matrix (drop --real-space)")
+        blocks = [model.real_space(s) for s in systems]
+        write_real_space(args.out, systems, blocks, model)
+        for k, (system, b) in enumerate(zip(systems, blocks)):
+            summary = {"frame": k, "formula": system.formula, "atoms": len(system.symbols), "nao": b.nao,
+                       "pairs": len(b.pairs)}
+            if args.json:
+                print_json(summary)
+            else:
+                print(f"frame {k} {system.formula}: {b.nao} AOs, {len(b.pairs)} atom-pair blocks")
+        if not args.json:
+            print(f"wrote {len(blocks)} cell(s) to {args.out}")
+        return 0
     if model.kind == "molecule":
         preds = model.predict_many(systems, energy=args.energy)
     else:
