@@ -208,11 +208,14 @@ def test_cli_predict_writes_energy_only_with_the_flag(trained, water, tmp_path, 
     assert "E = " in capsys.readouterr().out
 
 
-def test_distillation_needs_the_sap_baseline_and_sap_is_for_molecules():
+def test_distillation_needs_the_sap_baseline_and_is_for_molecules():
     with pytest.raises(InputError, match="sap"):
         make_config("molecule", baseline="minao", distill_steps=10)
     with pytest.raises(InputError, match="molecules"):
-        make_config("crystal", baseline="sap")
+        make_config("crystal", baseline="sap", distill_steps=10)
+    crystal = make_config("crystal", baseline="sap")  # the SAD Kohn–Sham matrix: no distillation, minao's scale
+    assert crystal.n_distill == 0 and not crystal.frozen_distilled
+    assert crystal.delta_scale == make_config("crystal").delta_scale
     sap = make_config("molecule", baseline="sap", steps=300)
     assert sap.n_distill == 100 and sap.total_steps == 400 and sap.frozen_distilled
     assert sap.delta_scale == make_config("molecule", baseline="minao").delta_scale  # the correction: minao's scale
