@@ -208,13 +208,23 @@ class LatticeBlocks:
         blocks = getattr(self, which)
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
         phase = np.exp(1j * (kpts @ (self.shifts @ self.lattice).T))  # (nk, P)
-        out = np.zeros((len(kpts), self.nao, self.nao), dtype=np.complex128)
+        flat, mask = self._scatter_index()
+        out = np.empty((len(kpts), self.nao * self.nao), dtype=np.complex128)
+        for q in range(len(kpts)):
+            values = (phase[q][:, None, None] * blocks)[mask]
+            out[q] = np.bincount(flat, values.real, minlength=self.nao**2)
+            out[q] += 1j * np.bincount(flat, values.imag, minlength=self.nao**2)
+        return out.reshape(len(kpts), self.nao, self.nao)
+
+    def _scatter_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat AO-matrix index of every real element of the padded blocks, and their mask."""
+        m = self.overlap.shape[1]
         sizes = np.diff(self.ao_offsets)
-        for p, (i, j) in enumerate(self.pairs):
-            a, b = self.ao_offsets[i], self.ao_offsets[j]
-            ni, nj = sizes[i], sizes[j]
-            out[:, a:a + ni, b:b + nj] += phase[:, p, None, None] * blocks[p, :ni, :nj]
-        return out
+        slot = np.arange(m)
+        rows = self.ao_offsets[self.pairs[:, 0]][:, None] + slot
+        cols = self.ao_offsets[self.pairs[:, 1]][:, None] + slot
+        mask = (slot < sizes[self.pairs[:, 0]][:, None])[:, :, None] & (slot < sizes[self.pairs[:, 1]][:, None])[:, None, :]
+        return (rows[:, :, None] * self.nao + cols[:, None, :])[mask], mask
 
 
 
