@@ -75,10 +75,12 @@ def register(sub) -> None:
     p.add_argument("--baseline", default=None, choices=list(BASELINES),
                    help="H = baseline + network. minao: the Kohn-Sham matrix of the minao guess density (prediction "
                         "then builds a DF factor and an XC grid); sap: superposed atomic potentials, one-electron "
-                        "integrals only (prediction is a forward pass, S and one diagonalisation; molecules); none: "
+                        "integrals only (prediction is a forward pass, S and one diagonalisation); for crystals sap is the "
+                        "Kohn-Sham matrix of superposed atomic densities built atom by atom (linear cost; supercells "
+                        "consistent with their primitive cell; vardft predict --real-space); none: "
                         f"network only ({m.baseline})")
     p.add_argument("--distill-steps", type=int, default=None,
-                   help="--baseline sap: steps, before the label-free ones, that teach a network of their own "
+                   help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
                         f"label-free on top (default: {DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
