@@ -208,7 +208,7 @@ class LatticeBlocks:
         blocks = getattr(self, which)
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
         phase = np.exp(1j * (kpts @ (self.shifts @ self.lattice).T))  # (nk, P)
-        flat, mask = self._scatter_index()
+        flat, mask = self._scatter_index
         out = np.empty((len(kpts), self.nao * self.nao), dtype=np.complex128)
         for q in range(len(kpts)):
             values = (phase[q][:, None, None] * blocks)[mask]
@@ -216,6 +216,7 @@ class LatticeBlocks:
             out[q] += 1j * np.bincount(flat, values.imag, minlength=self.nao**2)
         return out.reshape(len(kpts), self.nao, self.nao)
 
+    @functools.cached_property
     def _scatter_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Flat AO-matrix index of every real element of the padded blocks, and their mask."""
         m = self.overlap.shape[1]

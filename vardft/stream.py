@@ -261,13 +261,11 @@ class RecordStore:
 
     def _stop_writing(self) -> None:
         if not self.disk_full:
-            warnings.warn(_stop_writing_message(self.directory), stacklevel=3)
+            warnings.warn(
+                f"record cache {self.directory}: keeping {DISK_RESERVE_BYTES / 1e9:g} GB of disk free, no more "
+                "records are written; the others are rebuilt when needed (--cache-gb bounds the cache, "
+                "--cache none keeps none)", stacklevel=3)
         self.disk_full = True
-
-
-def _stop_writing_message(directory: str) -> str:
-    return (f"record cache {directory}: keeping {DISK_RESERVE_BYTES / 1e9:g} GB of disk free, no more records "
-            "are written; the others are rebuilt when needed (--cache-gb bounds the cache, --cache none keeps none)")
 
 
 @contextlib.contextmanager
