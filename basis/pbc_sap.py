@@ -70,8 +70,10 @@ GRID_RADIUS_BOHR = 7.0
 """Quadrature points farther than this from their atom are dropped (its Hirshfeld share of
 the density there is negligible in a solid; in vacuum the density is)."""
 
-DENSITY_RADIUS_BOHR = 16.0
-"""The atomic density and neutral-atom electrostatic potential are taken as zero beyond this."""
+DENSITY_TOLERANCE = 1e-10
+"""An atom's density (electrons/Bohr³) and neutral electrostatic potential (Hartree) are
+taken as zero beyond the radius where both fall below this (:attr:`AtomTables.radius`;
+Si gth-szv: 13 Bohr)."""
 
 PARTITION_POWER = 10.0
 """Exponent p of the partition of space, f(r) = r^−p (:func:`partition_function`)."""
@@ -105,6 +107,8 @@ class AtomTables:
     electrostatic: CubicSpline
     second_moment: float
     """∫ r² ρ_A(r) d³r, Bohr² × electrons."""
+    radius: float
+    """Bohr; beyond it the density and potential are below :data:`DENSITY_TOLERANCE` (zero in the tables)."""
 
     @property
     def potential_integral(self) -> float:
@@ -143,19 +147,17 @@ def atom_tables(symbol: str, basis: str, pseudo: str) -> AtomTables:
     direction = np.array([1.0, 2.0, 3.0]) / math.sqrt(14.0)  # any direction: ρ is spherical
     ao = mol.eval_gto("GTOval_sph", r[:, None] * direction)
     rho = np.einsum("pi,ij,pj->p", ao, dm, ao)
-    shells = 4.0 * math.pi * r * r * rho
-    dr = np.diff(r)
-    inside = np.concatenate([[0.0], np.cumsum(0.5 * (shells[1:] + shells[:-1]) * dr)])
-    per_r = 4.0 * math.pi * r * rho
-    outside = np.concatenate([np.cumsum((0.5 * (per_r[1:] + per_r[:-1]) * dr)[::-1])[::-1], [0.0]])
-    v_hartree = inside / r + outside
+    inside = CubicSpline(r, 4.0 * math.pi * r * r * rho).antiderivative()(r)  # electrons within r
+    beyond = CubicSpline(r, 4.0 * math.pi * r * rho).antiderivative()(r)
+    v_hartree = inside / r + (beyond[-1] - beyond)
     u = gth_local_potential(mol._pseudo[mol.atom_pure_symbol(0)], r) + v_hartree
-    fade = r > DENSITY_RADIUS_BOHR
-    rho, u = np.where(fade, 0.0, rho), np.where(fade, 0.0, u)
-    second = float(np.trapezoid(4.0 * math.pi * r**4 * rho, r))
+    small = (np.abs(rho) < DENSITY_TOLERANCE) & (np.abs(u) < DENSITY_TOLERANCE)
+    radius = float(r[np.nonzero(~small)[0][-1] + 1])
+    rho, u = np.where(r > radius, 0.0, rho), np.where(r > radius, 0.0, u)
+    second = float(CubicSpline(r, 4.0 * math.pi * r**4 * rho).integrate(r[0], r[-1]))
     return AtomTables(
         symbol=mol.atom_pure_symbol(0), density=CubicSpline(r, rho), electrostatic=CubicSpline(r, u),
-        second_moment=second,
+        second_moment=second, radius=radius,
     )
 
 
@@ -367,10 +369,12 @@ def _atom_grid(atom: gto.Mole) -> _AtomGrid:
 def _superposition(grid: _AtomGrid, atoms_rel: np.ndarray, atom_symbols: Sequence[str], tables, gradient: bool):
     """Σ_A ρ_A, ∇Σ_A ρ_A (n, 3), Σ_A u_A (n,) and Σ_A f(|r − A|) (the partition's
     denominator, :func:`partition_function`) at the points of ``grid``, from the radial
-    tables of the atoms at ``atoms_rel`` (Bohr, in the grid's frame) within
-    :data:`DENSITY_RADIUS_BOHR` of each point."""
+    tables of the atoms at ``atoms_rel`` (Bohr, in the grid's frame) within their
+    :attr:`AtomTables.radius` of each point (the partition's sum runs over the same atoms)."""
     n = len(grid.points)
-    found = grid.tree.sparse_distance_matrix(cKDTree(atoms_rel), DENSITY_RADIUS_BOHR, output_type="ndarray")
+    radii = np.array([tables[s].radius for s in atom_symbols])
+    found = grid.tree.sparse_distance_matrix(cKDTree(atoms_rel), radii.max(), output_type="ndarray")
+    found = found[found["v"] < radii[found["j"]]]
     point, atom, r = found["i"], found["j"], np.maximum(found["v"], _RADIAL_GRID[0])
     total = np.bincount(point, partition_function(found["v"]), minlength=n)
     rho, v, grad = np.zeros(n), np.zeros(n), np.zeros((n, 3))
@@ -481,7 +485,7 @@ def lattice_blocks(system: System, basis: str, pseudo: str, xc: str, terms: Sequ
 
     # potential terms, one atom's quadrature grid (or projectors) at a time
     for c in range(natom):
-        near, near_n, _ = _images_within(pos, lattice, pos[c], GRID_RADIUS_BOHR + DENSITY_RADIUS_BOHR)
+        near, near_n, _ = _images_within(pos, lattice, pos[c], GRID_RADIUS_BOHR + max(t.radius for t in tables.values()))
         points, weights, v_xc, v_es, flux = _share_of_space(
             grids[symbols[c]], pos[near] + near_n @ lattice - pos[c], [symbols[j] for j in near], tables, functional
         )

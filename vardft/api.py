@@ -20,6 +20,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 from basis.crystal import make_kpts, to_cell
 from basis.errors import CheckpointError, InputError
@@ -253,12 +254,43 @@ class CrystalModel(Model):
         """
         return self.task.real_space(self.params, self.model_config, self._check(system))
 
-    def bands(self, system, kpts) -> np.ndarray:
-        """Band energies (nk, nmo), Hartree, at Cartesian ``kpts`` (1/Bohr), solved with S(k)
-        as PySCF's ``get_bands`` does (linearly dependent directions at 1e30)."""
-        H, S = self.hamiltonian(system, kpts)
-        e, _ = periodic.generalized_eigh(jnp.asarray(H), jnp.asarray(S))
-        return np.asarray(e)
+    def bands(self, system, kpts, nbands: int | None = None) -> np.ndarray:
+        """Band energies (nk, nb), Hartree, ascending, at Cartesian ``kpts`` (nk, 3), 1/Bohr.
+
+        Without ``nbands`` every band, solved with S(k) as PySCF's ``get_bands`` does
+        (linearly dependent directions at 1e30). With ``nbands`` only the bands of
+        :meth:`band_window` (the ``nbands`` nearest the Fermi level), from a dense solver
+        that computes no others. Runs on the sap baseline go one k-point at a time from the
+        real-space blocks, so memory holds one H(k), S(k) pair at a time.
+
+        Raises:
+            InputError: ``nbands`` < 1, or the cell does not suit the model.
+        """
+        system = self._check(system)
+        kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+        window = None if nbands is None else self.band_window(system, nbands)
+        if self.config.baseline == "sap":
+            blocks = self.real_space(system)
+            pairs = ((blocks.bloch(k[None])[0], blocks.bloch(k[None], "overlap")[0]) for k in kpts)
+        else:
+            pairs = zip(*self.hamiltonian(system, kpts))
+        if window is None:
+            return np.stack([np.asarray(periodic.generalized_eigh(jnp.asarray(h), jnp.asarray(s))[0]) for h, s in pairs])
+        return np.stack([scipy.linalg.eigh(h, s, eigvals_only=True, subset_by_index=window, driver="gvx") for h, s in pairs])
+
+    def band_window(self, system, nbands: int) -> tuple[int, int]:
+        """``(first, last)`` band indices (inclusive, from 0) of the ``nbands`` bands nearest
+        the Fermi level of an insulator: half occupied, half empty, within the AOs.
+
+        Raises:
+            InputError: ``nbands`` < 1.
+        """
+        if nbands < 1:
+            raise InputError(f"nbands must be at least 1, not {nbands}")
+        cell = to_cell(self._check(system), basis=self.basis, pseudo=self.pseudo, mesh=self.config.mesh)
+        nao, n_occ = int(cell.nao_nr()), int(cell.nelectron) // 2
+        first = max(0, min(n_occ - nbands // 2, nao - nbands))
+        return first, min(nao, first + nbands) - 1
 
     def kpts(self, system) -> np.ndarray:
         """The run's k-mesh for ``system``, Cartesian (nk, 3), 1/Bohr."""

@@ -112,13 +112,19 @@ def test_load_gives_the_run_kind(crystal_run):
         load(crystal_run, "molecule")
 
 
-def test_sap_run_predicts_real_space_blocks_that_bloch_sum_to_its_k_mesh_prediction(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sap_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("crystal") / "sap")
+    assert main(["train", "si", "--out", run_dir, "--baseline", "sap", *TINY]) == 0
+    return run_dir
+
+
+def test_sap_run_predicts_real_space_blocks_that_bloch_sum_to_its_k_mesh_prediction(sap_run, tmp_path, capsys):
     """``vardft predict --real-space`` (issue 13): H(R), S(R) as atom-pair blocks in the
     documented layout; Σ_n e^{ik·T_n} of them is the H(k), S(k) the k-mesh prediction writes."""
     import h5py
 
-    run_dir = str(tmp_path / "sap")
-    assert main(["train", "si", "--out", run_dir, "--baseline", "sap", *TINY]) == 0
+    run_dir = sap_run
     blocks_file, kmesh_file = str(tmp_path / "rs.h5"), str(tmp_path / "k.h5")
     assert main(["predict", run_dir, "si", "--real-space", "--out", blocks_file]) == 0
     assert main(["predict", run_dir, "si", "--out", kmesh_file]) == 0
@@ -144,3 +150,25 @@ def test_sap_run_predicts_real_space_blocks_that_bloch_sum_to_its_k_mesh_predict
                  "--basis", "sto-3g", "--cache", "none"]) == 0
     assert main(["predict", mol_dir, "water", "--real-space", "--out", str(tmp_path / "m.h5")]) == 2
     assert "--real-space is for crystal models" in capsys.readouterr().err
+
+
+def test_bands_nearest_the_fermi_level_equal_those_of_the_full_solve(sap_run, capsys):
+    """``vardft bands --model RUN --nbands N`` (issue 13): the N bands around the gap from
+    the solver that computes no others equal the same bands of the full solve (1e-8 Eh), and
+    the record says which bands they are."""
+    args = ["bands", "si", "--model", sap_run, "--path", "GX", "--npoints", "5", "--json"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main(args + ["--nbands", "4"]) == 0
+    window = json.loads(capsys.readouterr().out)
+    assert full["first_band"] == 0 and window["first_band"] == 2  # Si: 4 occupied bands of 8
+    some, every = np.asarray(window["bands_ev"]), np.asarray(full["bands_ev"])
+    assert some.shape == (5, 4)
+    np.testing.assert_allclose(some, every[:, 2:6], atol=1e-8 * 27.211386, rtol=0)
+    assert window["fermi_ev"] == pytest.approx(full["fermi_ev"], abs=1e-7)
+    for bad, says in ((["--nbands", "0"], "nbands must be at least 1"),):
+        assert main(args + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and says in err
+    assert main(["bands", "si", "--scf", "--nbands", "4"]) == 2
+    assert "--nbands works with --model" in capsys.readouterr().err

@@ -69,6 +69,9 @@ def register(subparsers) -> None:
                    help="SCF k-point mesh (default 3 per periodic direction, 1 along vacuum)")
     p.add_argument("--path", default=None, help="high-symmetry path, e.g. GXWKGL or GX,KL (default: ASE's for the lattice)")
     p.add_argument("--npoints", type=int, default=None, help="k-points along the path (default 60)")
+    p.add_argument("--nbands", type=int, default=None, metavar="N",
+                   help="with --model: only the N bands nearest the Fermi level (half below, half above the "
+                        "gap), from a solver that computes no others; for large cells (default: every band)")
     p.add_argument("--plot", metavar="FILE", default=None, help="write the band structure plot (png, pdf, svg)")
     p.add_argument("--compare-pyscf", action="store_true", help="also run PySCF's KRKS + get_bands and compare")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -92,11 +95,12 @@ def _band_record(system, xc, basis, pseudo, kmesh, bp, bands, fermi) -> dict:
     }
 
 
-def _pyscf_bands(mf, kpts_path, bands) -> tuple[np.ndarray, dict]:
-    """Converge PySCF's KRKS ``mf`` tightly, and its ``get_bands`` on the path compared with ``bands``."""
+def _pyscf_bands(mf, kpts_path, bands, first: int = 0) -> tuple[np.ndarray, dict]:
+    """Converge PySCF's KRKS ``mf`` tightly, and its ``get_bands`` on the path (bands
+    ``first …`` as many as ``bands`` has) compared with ``bands``."""
     mf.conv_tol = PYSCF_CONV_TOL
     mf.kernel()
-    ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)
+    ref_bands = np.asarray(mf.get_bands(kpts_path)[0], dtype=np.float64)[:, first: first + bands.shape[1]]
     return ref_bands, {
         "bands_ev": (ref_bands * HARTREE_TO_EV).tolist(),
         "fermi_ev": float(mf.get_fermi()) * HARTREE_TO_EV,
@@ -198,10 +202,13 @@ def model_band_structure(
     path: str | None = None,
     npoints: int | None = None,
     compare_pyscf: bool = False,
+    nbands: int | None = None,
 ) -> dict:
     """Band structure of ``system`` from the crystal model in ``run_dir``; the keys of
     :func:`scf_band_structure` (``energy_eh``, ``converged``, ``n_iter`` only with
     ``compare_pyscf``, from PySCF). ``fermi_ev`` is the highest occupied band on the path.
+    ``nbands``: only the bands nearest the Fermi level (:meth:`CrystalModel.band_window`);
+    ``first_band`` is the index of the first one.
 
     Raises:
         CheckpointError: no run directory or not a crystal model; InputError subclasses
@@ -219,18 +226,19 @@ def model_band_structure(
     kpts_path = absolute_kpts(cell, bp.kpts_frac)
     timings["setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bands = model.bands(system, kpts_path)
+    first = 0 if nbands is None else model.band_window(system, nbands)[0]
+    bands = model.bands(system, kpts_path, nbands)
     timings["model"] = time.perf_counter() - t0
     n_electrons = int(cell.nelectron)
     nocc = n_electrons // 2
-    out = _band_record(system, cfg.xc, cfg.basis, pseudo, cfg.kmesh, bp, bands, bands[:, nocc - 1].max())
-    out.update({"n_electrons": n_electrons, "model": run_dir})
+    out = _band_record(system, cfg.xc, cfg.basis, pseudo, cfg.kmesh, bp, bands, bands[:, nocc - 1 - first].max())
+    out.update({"n_electrons": n_electrons, "model": run_dir, "first_band": first})
     if compare_pyscf:
         t0 = time.perf_counter()
         mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh, mesh=cfg.mesh)
-        ref_bands, out["pyscf"] = _pyscf_bands(mf, kpts_path, bands)
+        ref_bands, out["pyscf"] = _pyscf_bands(mf, kpts_path, bands, first)
         timings["pyscf"] = time.perf_counter() - t0
-        nb = min(bands.shape[1], nocc + 4)
+        nb = min(bands.shape[1], nocc + 4 - first)
         out["energy_eh"] = float(mf.e_tot)
         out["converged"] = bool(mf.converged)
         out["n_iter"] = int(getattr(mf, "cycles", -1) or -1)
@@ -297,8 +305,8 @@ def plot_bands(data: dict, filename: str) -> None:
 
 def _gap(data: dict) -> tuple[float, float, float] | None:
     bands = np.asarray(data["bands_ev"])
-    nocc = data["n_electrons"] // 2
-    if bands.shape[1] <= nocc or bands[:, nocc:].min() > 1e20:
+    nocc = data["n_electrons"] // 2 - data.get("first_band", 0)
+    if not 0 < nocc < bands.shape[1] or bands[:, nocc:].min() > 1e20:
         return None
     vbm, cbm = bands[:, nocc - 1].max(), bands[:, nocc:].min()
     return float(vbm), float(cbm), float(cbm - vbm)
@@ -323,7 +331,9 @@ def _summary(data: dict, plot: str | None) -> str:
     if gap is not None:
         lines.append(f"band gap        {gap[2]:.4f} eV along the path (VBM {gap[0]:.4f}, CBM {gap[1]:.4f} eV)")
     names = " ".join(_pretty(item["label"]) for item in data["labels"])
-    lines.append(f"path            {data['path']} ({len(data['x'])} k-points: {names}), {len(data['bands_ev'][0])} bands")
+    first, count = data.get("first_band", 0), len(data["bands_ev"][0])
+    which = f"bands {first + 1}–{first + count} (nearest the Fermi level)" if first else f"{count} bands"
+    lines.append(f"path            {data['path']} ({len(data['x'])} k-points: {names}), {which}")
     if "pyscf" in data:
         ref = data["pyscf"]
         lines.append(
@@ -343,8 +353,10 @@ def run(args: argparse.Namespace) -> int:
     system = read_crystal(args.input)
     if args.model is not None:
         data = model_band_structure(system, args.model, path=args.path, npoints=args.npoints,
-                                    compare_pyscf=args.compare_pyscf)
+                                    compare_pyscf=args.compare_pyscf, nbands=args.nbands)
     else:
+        if args.nbands is not None:
+            raise InputError("--nbands works with --model (the SCF solves every band anyway)")
         data = scf_band_structure(
             system,
             xc=args.xc,
