@@ -21,6 +21,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 from ase.build import bulk
 from ase.dft.kpoints import parse_path_string
 from pyscf.pbc import gto as pbcgto
@@ -301,6 +302,41 @@ def default_kmesh(system: System, n: int = DEFAULT_KPOINTS_PER_DIRECTION) -> tup
     return tuple(1 if vac else n for vac in vacuum_directions(system))  # type: ignore[return-value]
 
 
+def lattice_neighbours(positions: np.ndarray, lattice: np.ndarray, radius: float):
+    """Every periodic image x_j + n·L within ``radius`` of x_i, for atoms i, j of the cell.
+
+    Args:
+        positions: (natom, 3) Cartesian positions; lattice: (3, 3) lattice vectors as rows;
+            radius: same length unit.
+
+    Returns:
+        ``(i, j, n, distance)``: atom indices (P,), integer shifts n (P, 3) and
+        |x_j + n·L − x_i| (P,), ordered by i, then j, then n lexicographically; each atom
+        is its own neighbour at n = 0 (distance 0). Time and memory grow with the number of
+        pairs (a KD-tree over the images near the cell), not with natom².
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    lattice = np.asarray(lattice, dtype=np.float64)
+    natom = len(pos)
+    inverse = np.linalg.inv(lattice)
+    home = np.floor(pos @ inverse)  # the cell each atom sits in
+    wrapped = pos - home @ lattice
+    # wrapped fractions differ by less than 1: |n_a| ≤ radius / (plane spacing of a) + 1
+    nmax = np.ceil(radius * np.linalg.norm(inverse.T, axis=1)).astype(np.int64) + 1
+    grid = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in nmax], indexing="ij"), axis=-1).reshape(-1, 3)
+    images = (wrapped[None, :, :] + (grid @ lattice)[:, None, :]).reshape(-1, 3)
+    found = cKDTree(images).query_ball_point(wrapped, r=radius * (1.0 + 1e-9) + 1e-12, return_sorted=False)
+    i = np.repeat(np.arange(natom), [len(f) for f in found])
+    image = np.concatenate([np.asarray(f, dtype=np.int64) for f in found]) if natom else np.zeros(0, np.int64)
+    j = image % natom
+    n = grid[image // natom] - home[j].astype(np.int64) + home[i].astype(np.int64)
+    distance = np.linalg.norm(pos[j] + n @ lattice - pos[i], axis=-1)
+    keep = distance < radius
+    i, j, n, distance = i[keep], j[keep], n[keep], distance[keep]
+    order = np.lexsort((n[:, 2], n[:, 1], n[:, 0], j, i))
+    return i[order], j[order], n[order], distance[order]
+
+
 def make_kpts(cell, kmesh: Sequence[int]) -> np.ndarray:
     """Γ-centred Monkhorst–Pack mesh, (nk, 3) Cartesian k-points in 1/Bohr.
 
@@ -399,6 +435,7 @@ def band_path(system: System, path: str | None = None, npoints: int = DEFAULT_PA
 
 
 __all__ = [
+    "lattice_neighbours",
     "BUILTIN_CRYSTALS",
     "BandPath",
     "absolute_kpts",

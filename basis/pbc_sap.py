@@ -50,7 +50,7 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial import cKDTree
 from scipy.special import erf, gamma
 
-from basis.crystal import as_crystal, check_pseudo
+from basis.crystal import as_crystal, check_pseudo, lattice_neighbours
 from basis.errors import InputError
 from basis.functional import parse_functional
 from basis.system import System, check_basis
@@ -289,17 +289,19 @@ def _cluster_mole(symbols: Sequence[str], coords: np.ndarray, basis: str) -> gto
     return mol.build(dump_input=False, parse_arg=False)
 
 
-def _images_within(pos: np.ndarray, lattice: np.ndarray, center: np.ndarray, radius: float):
-    """(atom index, integer shift n, distance) of every image x_j + n·L within ``radius`` of ``center``."""
-    recip = np.linalg.inv(lattice).T
-    spread = np.linalg.norm(pos - center, axis=1).max()
-    nmax = np.ceil((radius + spread) * np.linalg.norm(recip, axis=1)).astype(np.int64)
-    axes = [np.arange(-m, m + 1) for m in nmax]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    vec = pos[:, None, :] + (grid @ lattice)[None] - center  # (natom, n, 3)
-    dist = np.linalg.norm(vec, axis=-1)
-    j, q = np.nonzero(dist < radius)
-    return j, grid[q], dist[j, q]
+class _Neighbours:
+    """The images (j, n) around each atom of the cell within a radius, from one
+    :func:`basis.crystal.lattice_neighbours` list (ordered by j, then n)."""
+
+    def __init__(self, pos: np.ndarray, lattice: np.ndarray, radius: float):
+        i, self.j, self.n, self.distance = lattice_neighbours(pos, lattice, radius)
+        self.start = np.searchsorted(i, np.arange(len(pos) + 1))
+
+    def around(self, atom: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """(atom indices j, shifts n) of the images within ``radius`` of ``atom``."""
+        part = slice(self.start[atom], self.start[atom + 1])
+        keep = self.distance[part] < radius
+        return self.j[part][keep], self.n[part][keep]
 
 
 def _min_exponent(mol: gto.Mole, symbol: str) -> float:
@@ -467,15 +469,17 @@ def lattice_blocks(system: System, basis: str, pseudo: str, xc: str, terms: Sequ
     grids = {s: _atom_grid(atoms[s]) for s in elements}
 
     # pair list: every image (j, n) within r_pair of each atom i
-    found = [_images_within(pos, lattice, pos[i], r_pair) for i in range(natom)]
-    pairs = np.concatenate([np.stack([np.full(len(js), i), js], axis=1) for i, (js, _, _) in enumerate(found)])
-    shifts = np.concatenate([ns for _, ns, _ in found])
+    density_reach = GRID_RADIUS_BOHR + max(t.radius for t in tables.values())
+    neighbours = _Neighbours(pos, lattice, max(r_pair, density_reach, GRID_RADIUS_BOHR + ao_tail(a_min)))
+    found = [neighbours.around(i, r_pair) for i in range(natom)]
+    pairs = np.concatenate([np.stack([np.full(len(js), i), js], axis=1) for i, (js, _) in enumerate(found)])
+    shifts = np.concatenate([ns for _, ns in found])
     lookup = _PairLookup(pairs, shifts, natom)
     S = np.zeros((len(pairs), m, m))
     H = np.zeros((len(pairs), m, m))
 
     # two-centre terms, one row of atoms at a time
-    for i, (js, ns, _) in enumerate(found):
+    for i, (js, ns) in enumerate(found):
         home = _cluster_mole([symbols[i]], pos[i][None], basis)
         cluster = _cluster_mole([symbols[j] for j in js], pos[js] + ns @ lattice, basis)
         p = lookup.find(np.full(len(js), i), js, ns)
@@ -485,12 +489,12 @@ def lattice_blocks(system: System, basis: str, pseudo: str, xc: str, terms: Sequ
 
     # potential terms, one atom's quadrature grid (or projectors) at a time
     for c in range(natom):
-        near, near_n, _ = _images_within(pos, lattice, pos[c], GRID_RADIUS_BOHR + max(t.radius for t in tables.values()))
+        near, near_n = neighbours.around(c, density_reach)
         points, weights, v_xc, v_es, flux = _share_of_space(
             grids[symbols[c]], pos[near] + near_n @ lattice - pos[c], [symbols[j] for j in near], tables, functional
         )
         reach = np.linalg.norm(points, axis=1).max() + ao_tail(a_min)
-        js, ns, _ = _images_within(pos, lattice, pos[c], reach)
+        js, ns = neighbours.around(c, reach)
         cluster = _cluster_mole([symbols[j] for j in js], pos[js] + ns @ lattice, basis)
         v_local = (v_xc if "xc" in terms else 0.0) + (v_es if "electrostatic" in terms else 0.0)
         v = _grid_potential(points, weights, v_local + np.zeros(len(points)), flux if "xc" in terms else None, cluster, pos[c])

@@ -55,6 +55,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from basis.crystal import lattice_neighbours
 from basis.errors import BasisError
 from basis.layout import e3nn_to_pyscf, element_layout
 from basis.system import System, canonical_symbol
@@ -408,31 +409,20 @@ def _crystal_graph(system: System, layout: BlockLayout, cutoff_bohr: float) -> _
     species = layout.species_index(system.symbols)
     pos = np.asarray(system.positions, dtype=np.float64) / BOHR_ANGSTROM
     lattice = np.asarray(system.cell, dtype=np.float64) / BOHR_ANGSTROM
-    natom = len(species)
-    # |n_a| ≤ (cutoff + largest |x_j − x_i|) / (spacing of the lattice planes a)
-    spread = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1).max()
-    recip = np.linalg.inv(lattice).T  # rows b_a / 2π; plane spacing 1 / |b_a / 2π|
-    nmax = np.ceil((cutoff_bohr + spread) * np.linalg.norm(recip, axis=1)).astype(np.int64)
-    axes = [np.arange(-m, m + 1) for m in nmax]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    vec = pos[None, :, None, :] + (grid @ lattice)[None, None, :, :] - pos[:, None, None, :]  # (i, j, n, 3)
-    within = np.linalg.norm(vec, axis=-1) < cutoff_bohr
-    zero = int(np.flatnonzero((grid == 0).all(axis=1))[0])
-    within[np.arange(natom), np.arange(natom), zero] = False
-    ei, ej, en = np.nonzero(within)
-    used = np.union1d(en, [zero])
-    # order the shifts: zero first, then by |n|_1, then lexicographically (deterministic)
-    keys = [tuple(grid[u]) for u in used]
-    order = sorted(range(len(used)), key=lambda q: (sum(abs(v) for v in keys[q]), keys[q]))
-    used = used[order]
-    shifts = grid[used]
-    slot_of = np.full(len(grid), -1, np.int64)
-    slot_of[used] = np.arange(len(used))
+    ei, ej, en, _ = lattice_neighbours(pos, lattice, cutoff_bohr)
+    other = (ei != ej) | np.any(en != 0, axis=1)
+    ei, ej, en = ei[other], ej[other], en[other]
+    # the shifts in use and zero, ordered: zero first, then by |n|_1, then lexicographically
+    used, slot = np.unique(np.concatenate([en, np.zeros((1, 3), np.int64)]), axis=0, return_inverse=True)
+    order = np.lexsort((used[:, 2], used[:, 1], used[:, 0], np.abs(used).sum(axis=1)))
+    shifts = used[order]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
     lookup = {tuple(n): q for q, n in enumerate(shifts)}
     inverse = np.array([lookup[tuple(-n)] for n in shifts], dtype=np.int64)
     edges = np.stack([ei, ej], axis=1).astype(np.int32)
     ao_atom, ao_slot = _ao_map(species, layout)
-    return _Graph(species, pos, lattice, edges, slot_of[en], shifts, inverse, ao_atom, ao_slot)
+    return _Graph(species, pos, lattice, edges, rank[slot.ravel()[:len(en)]], shifts, inverse, ao_atom, ao_slot)
 
 
 def _pad_graphs(graphs: Sequence[_Graph], config, layout: BlockLayout, batch_size, pad_to, periodic: bool,

@@ -139,3 +139,25 @@ def test_bad_crystals(tmp_path):
         to_cell(si, "gth-nonsense", "gth-pade")
     with pytest.raises(BasisError, match="pseudopotential"):
         to_cell(si, "gth-szv", "gth-nonsense")
+
+
+def test_lattice_neighbours_equal_a_brute_force_search():
+    """Every image within the radius, once, in (i, j, n) order, for atoms outside the home
+    cell of a skewed lattice (against a direct search over a wide block of shifts)."""
+    from basis.crystal import lattice_neighbours
+
+    rng = np.random.default_rng(0)
+    lattice = np.array([[4.0, 0.3, 0.0], [1.9, 3.5, 0.2], [0.4, -0.7, 6.0]])
+    pos = rng.uniform(-1.0, 2.0, (5, 3)) @ lattice  # fractions outside [0, 1)
+    radius = 7.5
+    i, j, n, d = lattice_neighbours(pos, lattice, radius)
+    span = np.arange(-8, 9)
+    shifts = np.stack(np.meshgrid(span, span, span, indexing="ij"), axis=-1).reshape(-1, 3)
+    want = []
+    for a in range(len(pos)):
+        for b in range(len(pos)):
+            dist = np.linalg.norm(pos[b] + shifts @ lattice - pos[a], axis=1)
+            want += [(a, b, *s) for s in shifts[dist < radius]]
+    got = [(a, b, *s) for a, b, s in zip(i.tolist(), j.tolist(), n.tolist())]
+    assert got == sorted(want)
+    np.testing.assert_allclose(d, np.linalg.norm(pos[j] + n @ lattice - pos[i], axis=1))
