@@ -396,6 +396,11 @@ class HamiltonianModel(nn.Module):
     blocks_only: bool = False
     """Return ``(diag (B, A, nc, nc), edge (B, E, nc, nc))`` blocks instead of the AO
     matrix: what :func:`predict_blocks` gives, for cells too large for dense H(R)."""
+    edge_chunk: int | None = None
+    """Edges per chunk of the per-edge work (messages, pair blocks), the chunks computed one
+    after the other in a loop, so that memory holds one chunk's intermediates instead of all
+    edges' (the same function up to summation order; for inference on large cells; applying
+    only, never initialising). None: all edges at once, as in training."""
 
     @nn.compact
     def __call__(self, batch: Batch):
@@ -429,11 +434,53 @@ class HamiltonianModel(nn.Module):
             e3nn.Irreps.spherical_harmonics(max(lmax_out, cfg.lmax_hidden)), vec, normalize=True, normalization="component"
         ).array  # (E, (max(lmax_out, lmax_hidden) + 1)^2), e3nn basis; hidden layers may exceed 2·lmax(basis)
 
-        def sh_product(layout_in, lmax, layout_out, x, name):
-            """x ⊗ Y(r̂), weighted per channel and harmonic degree by a radial MLP."""
-            coeff = _RadialMLP(cfg.radial_hidden, c, lmax + 1, dt, name=f"{name}_radial")(radial)
-            tp = _TensorProduct(layout_in, _layout(lmax, False), layout_out, True, dt, name=name)
-            return tp(x, sh[:, : (lmax + 1) ** 2], coeff)
+        chunked = self.edge_chunk is not None and not self.is_initializing()
+        params = self.variables["params"] if chunked else None
+
+        def sub(cls, name, *fields):
+            """Submodule ``name``: bound as usual, or (chunked edges) a pure function of its
+            parameters, callable inside the loop over chunks."""
+            if not chunked:
+                return cls(*fields, name=name)
+            return functools.partial(cls(*fields, parent=None).apply, {"params": params[name]})
+
+        def edge_arrays(ids):
+            """src, dst, radial, sh, envelope of the edges ``ids`` (None: all edges)."""
+            if ids is None:
+                return src, dst, radial, sh, envelope
+            return tuple(a[ids] for a in padded_edges)
+
+        if chunked:  # one more, null edge (zero radial basis and envelope) fills the last chunk
+            total = e * b
+            n_chunks = -(-total // self.edge_chunk)
+            chunk_ids = jnp.minimum(jnp.arange(n_chunks * self.edge_chunk).reshape(n_chunks, -1), total)
+            padded_edges = tuple(
+                jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)]) for a in (src, dst, radial, sh, envelope)
+            )
+
+        def edge_sum(f, shape):
+            """Σ over edges of f(edge ids) summed into each edge's receiving atom, (n, *shape)."""
+            if not chunked:
+                return jax.ops.segment_sum(f(None), dst, num_segments=n)
+
+            def step(acc, ids):
+                return acc + jax.ops.segment_sum(f(ids), padded_edges[1][ids], num_segments=n), None
+
+            return jax.lax.scan(step, jnp.zeros((n,) + shape, dt), chunk_ids)[0]
+
+        def edge_map(f):
+            """f(edge ids) of every edge, in edge order."""
+            if not chunked:
+                return f(None)
+            out = jax.lax.map(f, chunk_ids)
+            return out.reshape((-1,) + out.shape[2:])[: e * b]
+
+        def sh_product(layout_in, lmax, layout_out, name):
+            """(x per edge, radial, sh) → x ⊗ Y(r̂), weighted per channel and harmonic degree
+            by a radial MLP."""
+            mlp = sub(_RadialMLP, f"{name}_radial", cfg.radial_hidden, c, lmax + 1, dt)
+            tp = sub(_TensorProduct, name, layout_in, _layout(lmax, False), layout_out, True, dt)
+            return lambda x, rad, harmonics: tp(x, harmonics[:, : (lmax + 1) ** 2], mlp(rad))
 
         hidden = _layout(cfg.lmax_hidden, True)
         final = _layout(lmax_out, True)
@@ -445,8 +492,13 @@ class HamiltonianModel(nn.Module):
             target = final if t == cfg.num_layers - 1 else hidden
             lsh = lmax_out if t == cfg.num_layers - 1 else cfg.lmax_hidden
             x = _Linear(h_layout, h_layout, c, dtype=dt, name=f"pre_{t}")(h)
-            msg = sh_product(h_layout, lsh, target, x[src], f"tp_{t}")
-            agg = jax.ops.segment_sum(msg, dst, num_segments=n) / math.sqrt(cfg.avg_neighbors)
+            message = sh_product(h_layout, lsh, target, f"tp_{t}")
+
+            def messages(ids, x=x, message=message):
+                j, _, rad, harmonics, _ = edge_arrays(ids)
+                return message(x[j], rad, harmonics)
+
+            agg = edge_sum(messages, (c, target.dim)) / math.sqrt(cfg.avg_neighbors)
             u = _Linear(target, target, c, dtype=dt, name=f"post_{t}")(agg)
             u = u + _Linear(h_layout, target, c, n_el, dt, name=f"self_{t}")(h, species)
             h, h_layout = _Gate(target, dt, name=f"gate_{t}")(u), target
@@ -464,18 +516,27 @@ class HamiltonianModel(nn.Module):
         left = _Linear(final, hidden, c, dtype=dt, name="pair_left")(h)
         heads = max(2, c // 4)
         right = _Linear(final, hidden, heads, dtype=dt, name="pair_right")(h)
-        coeff = _RadialMLP(cfg.radial_hidden, c, heads, dt, name="pair_tp_nodes_radial")(radial)
-        f1 = _TensorProduct(hidden, hidden, final, False, dt, name="pair_tp_nodes")(left[dst], right[src], coeff)
-        s = _Linear(final, hidden, c, dtype=dt, name="pair_i")(h)[dst]
-        s = s + _Linear(final, hidden, c, dtype=dt, name="pair_j")(h)[src]
-        f2 = sh_product(hidden, lmax_out, final, s, "pair_tp_sh")
-        f = _Linear(final, final, c, dtype=dt, name="pair_mix_nodes")(f1)
-        f = f + _Linear(final, final, c, dtype=dt, name="pair_mix_sh")(f2)
-        w = _RadialMLP(cfg.radial_hidden, c, len(final.irreps), dt, name="pair_radial")(radial)
-        f = _Gate(final, dt, name="pair_gate")(f * (w @ jnp.asarray(final.expand, dt)))
-        pair_type = species[dst] * n_el + species[src]
-        o = _BlockReadout(final, block_irreps, n_el * n_el, dt, name="offdiag")(f, pair_type)
-        off = irreps_to_block(o * envelope[:, None], layout).reshape(b, e, layout.nc, layout.nc)
+        node_coeff = sub(_RadialMLP, "pair_tp_nodes_radial", cfg.radial_hidden, c, heads, dt)
+        node_tp = sub(_TensorProduct, "pair_tp_nodes", hidden, hidden, final, False, dt)
+        s_i = _Linear(final, hidden, c, dtype=dt, name="pair_i")(h)
+        s_j = _Linear(final, hidden, c, dtype=dt, name="pair_j")(h)
+        sh_tp = sh_product(hidden, lmax_out, final, "pair_tp_sh")
+        mix_nodes = sub(_Linear, "pair_mix_nodes", final, final, c, 0, dt)
+        mix_sh = sub(_Linear, "pair_mix_sh", final, final, c, 0, dt)
+        pair_radial = sub(_RadialMLP, "pair_radial", cfg.radial_hidden, c, len(final.irreps), dt)
+        pair_gate = sub(_Gate, "pair_gate", final, dt)
+        readout = sub(_BlockReadout, "offdiag", final, block_irreps, n_el * n_el, dt)
+
+        def pair_blocks(ids):
+            j, i, rad, harmonics, env = edge_arrays(ids)
+            f1 = node_tp(left[i], right[j], node_coeff(rad))
+            f2 = sh_tp(s_i[i] + s_j[j], rad, harmonics)
+            f = mix_nodes(f1) + mix_sh(f2)
+            f = pair_gate(f * (pair_radial(rad) @ jnp.asarray(final.expand, dt)))
+            o = readout(f, species[i] * n_el + species[j])
+            return irreps_to_block(o * env[:, None], layout)
+
+        off = edge_map(pair_blocks).reshape(b, e, layout.nc, layout.nc)
 
         if self.blocks_only:
             return diag.astype(jnp.float64), off.astype(jnp.float64)
@@ -503,14 +564,15 @@ def predict_hamiltonian(params, batch: Batch):
     return HamiltonianModel(batch.config).apply(params, batch)
 
 
-@jax.jit
-def predict_blocks(params, batch: Batch):
+@functools.partial(jax.jit, static_argnames=("edge_chunk",))
+def predict_blocks(params, batch: Batch, edge_chunk: int | None = None):
     """The network's blocks before they are placed into AO matrices (jitted): diagonal
     blocks (B, A, nc, nc) and one block per edge (B, E, nc, nc), in the padded slots of
     ``batch.config.layout`` (PySCF AO order within each element's slots), unsymmetrised:
     :func:`predict_hamiltonian` gives H = (M + Mᵀ)/2 of them. ``batch`` may be prepared
-    without AO gather indices (``prepare_batch(..., gather=False)``)."""
-    return HamiltonianModel(batch.config, blocks_only=True).apply(params, batch)
+    without AO gather indices (``prepare_batch(..., gather=False)``). ``edge_chunk``:
+    :attr:`HamiltonianModel.edge_chunk` (memory of large cells)."""
+    return HamiltonianModel(batch.config, blocks_only=True, edge_chunk=edge_chunk).apply(params, batch)
 
 
 def _dummy_batch(config: ModelConfig) -> Batch:

@@ -125,3 +125,24 @@ def test_sap_real_space_blocks_equal_the_dense_prediction():
     np.testing.assert_allclose(H, base.bloch(kpts) + dense[:, : base.nao, : base.nao], atol=1e-12)
     np.testing.assert_allclose(S, base.bloch(kpts, "overlap"), atol=1e-14)
     assert np.abs(dense).max() > 1e-4  # the network part is really there
+
+
+def test_network_blocks_by_chunks_of_edges_equal_all_at_once():
+    """Large cells run the network's per-edge work in chunks, one after the other (memory of
+    one chunk): the blocks equal those of all edges at once, for chunks that do not divide
+    the edge count, with parameters far from their initial values."""
+    from vardft.hamiltonian import prepare_batch
+    from vardft.model import predict_blocks
+
+    cfg = make_config("crystal", baseline="sap", xc="pbe", pseudo="gth-pbe", kmesh=(2, 2, 2))
+    model_cfg = model_config_for(cfg, ("Si",))
+    params = init_params(jax.random.PRNGKey(5), model_cfg)
+    noise = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * noise.normal(size=p.shape), params)
+    batch = prepare_batch([_supercell_along_c(crystal_structures("si", 1, seed=3)[0], 2)], model_cfg, gather=False)
+    whole = [np.asarray(x) for x in predict_blocks(params, batch)]
+    assert np.abs(whole[1]).max() > 1e-6
+    for chunk in (37, 1000):
+        parts = [np.asarray(x) for x in predict_blocks(params, batch, edge_chunk=chunk)]
+        for a, b in zip(parts, whole):
+            np.testing.assert_allclose(a, b, atol=1e-12 * np.abs(b).max(), rtol=0)
