@@ -226,6 +226,20 @@ class LatticeBlocks:
             out[q] += 1j * np.bincount(flat, values.imag, minlength=self.nao**2)
         return out.reshape(len(kpts), self.nao, self.nao)
 
+    def bloch_pair(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(H(k), S(k))`` dense (nao, nao) complex128 at one Cartesian k-point (1/Bohr),
+        sharing the phases and the scatter (what a band solver needs per k-point)."""
+        phase = np.exp(1j * (self.shifts @ self.lattice @ np.asarray(k, dtype=np.float64).reshape(3)))
+        flat, mask = self._scatter_index
+        out = []
+        for blocks in (self.hamiltonian, self.overlap):
+            values = (phase[:, None, None] * blocks)[mask]
+            matrix = np.bincount(flat, values.real, minlength=self.nao**2) + 1j * np.bincount(
+                flat, values.imag, minlength=self.nao**2
+            )
+            out.append(matrix.reshape(self.nao, self.nao))
+        return out[0], out[1]
+
     @functools.cached_property
     def _scatter_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Flat AO-matrix index of every real element of the padded blocks, and their mask."""

@@ -36,14 +36,23 @@ TARGET_GB = 8.0
 TARGET_ATOMS = 1000
 
 
+def displaced_supercell(n: int, sigma: float):
+    """The n×n×n supercell of the 2-atom Si cell with Gaussian displacements (Å, seed 0), ASE Atoms."""
+    import numpy as np
+    from ase.build import bulk
+
+    from basis.crystal import SI_LATTICE_ANGSTROM
+
+    atoms = bulk("Si", "diamond", a=SI_LATTICE_ANGSTROM) * (n, n, n)
+    atoms.positions += np.random.default_rng(0).normal(0.0, sigma, atoms.positions.shape)
+    return atoms
+
+
 def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: int) -> dict:
     """One size, in this process."""
     import jax
     import numpy as np
     import scipy.linalg
-    from ase.build import bulk
-
-    from basis.crystal import SI_LATTICE_ANGSTROM
     from basis.system import System
     from basis.units import BOHR_ANGSTROM
     from vardft.config import make_config
@@ -51,9 +60,7 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     from vardft.model import init_params, predict_blocks
     from vardft.tasks import CrystalTask, model_config_for
 
-    atoms = bulk("Si", "diamond", a=SI_LATTICE_ANGSTROM) * (n, n, n)
-    atoms.positions += np.random.default_rng(0).normal(0.0, sigma, atoms.positions.shape)
-    system = System.from_atoms(atoms)
+    system = System.from_atoms(displaced_supercell(n, sigma))
     if model_dir:
         from vardft.api import load
 
@@ -78,8 +85,9 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     lo, hi = max(0, n_occ - nbands // 2), min(full.nao, n_occ + nbands // 2) - 1
     gap = []
     for k in kpts:
-        H, S = full.bloch(k[None])[0], full.bloch(k[None], "overlap")[0]
-        e = scipy.linalg.eigh(H, S, eigvals_only=True, subset_by_index=(lo, hi))
+        H, S = full.bloch_pair(k)
+        e = scipy.linalg.eigh(H, S, eigvals_only=True, subset_by_index=(lo, hi), driver="gvx",
+                              overwrite_a=True, overwrite_b=True, check_finite=False)
         gap.append(e[n_occ - lo] - e[n_occ - lo - 1])
     t3 = time.perf_counter()
     return {
@@ -109,8 +117,15 @@ def main(argv=None) -> int:
     p.add_argument("--kpoints", type=int, default=20)
     p.add_argument("--nbands", type=int, default=16, help="bands nearest the gap kept per k-point")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a single size, in this process
+    p.add_argument("--write-cell", metavar="FILE", default=None,
+                   help="write the cell of the first --sizes (extxyz) for `vardft bands FILE --model RUN` and stop")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.write_cell:
+        import ase.io
+
+        ase.io.write(args.write_cell, displaced_supercell(args.sizes[0], args.sigma), format="extxyz")
+        return 0
     if args.one is not None:
         print(json.dumps(measure(args.one, args.model, args.sigma, args.kpoints, args.nbands)))
         return 0

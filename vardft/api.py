@@ -271,12 +271,16 @@ class CrystalModel(Model):
         window = None if nbands is None else self.band_window(system, nbands)
         if self.config.baseline == "sap":
             blocks = self.real_space(system)
-            pairs = ((blocks.bloch(k[None])[0], blocks.bloch(k[None], "overlap")[0]) for k in kpts)
+            pairs = (blocks.bloch_pair(k) for k in kpts)
         else:
             pairs = zip(*self.hamiltonian(system, kpts))
         if window is None:
             return np.stack([np.asarray(periodic.generalized_eigh(jnp.asarray(h), jnp.asarray(s))[0]) for h, s in pairs])
-        return np.stack([scipy.linalg.eigh(h, s, eigvals_only=True, subset_by_index=window, driver="gvx") for h, s in pairs])
+        return np.stack([
+            scipy.linalg.eigh(h, s, eigvals_only=True, subset_by_index=window, driver="gvx",
+                              overwrite_a=True, overwrite_b=True, check_finite=False)
+            for h, s in pairs
+        ])
 
     def band_window(self, system, nbands: int) -> tuple[int, int]:
         """``(first, last)`` band indices (inclusive, from 0) of the ``nbands`` bands nearest
