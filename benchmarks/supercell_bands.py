@@ -58,7 +58,7 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     from vardft.config import make_config
     from vardft.hamiltonian import prepare_batch, real_space_blocks
     from vardft.model import init_params, predict_blocks
-    from vardft.tasks import CrystalTask, model_config_for
+    from vardft.tasks import REAL_SPACE_EDGE_CHUNK, CrystalTask, model_config_for
 
     system = System.from_atoms(displaced_supercell(n, sigma))
     if model_dir:
@@ -74,7 +74,7 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     base = task.sap_blocks(system)
     t1 = time.perf_counter()
     batch = prepare_batch([system], model_cfg, gather=False)
-    diag, edge = predict_blocks(params, batch)
+    diag, edge = predict_blocks(params, batch, edge_chunk=REAL_SPACE_EDGE_CHUNK)  # as CrystalTask.real_space
     pairs, shifts, blocks = real_space_blocks(diag, edge, batch, 0)
     full = base.plus(pairs, shifts, task.config.delta_scale * blocks)
     t2 = time.perf_counter()
