@@ -276,11 +276,7 @@ class CrystalModel(Model):
             pairs = zip(*self.hamiltonian(system, kpts))
         if window is None:
             return np.stack([np.asarray(periodic.generalized_eigh(jnp.asarray(h), jnp.asarray(s))[0]) for h, s in pairs])
-        return np.stack([
-            scipy.linalg.eigh(h, s, eigvals_only=True, subset_by_index=window, driver="gvx",
-                              overwrite_a=True, overwrite_b=True, check_finite=False)
-            for h, s in pairs
-        ])
+        return np.stack([_window_eigenvalues(h, s, window) for h, s in pairs])
 
     def band_window(self, system, nbands: int) -> tuple[int, int]:
         """``(first, last)`` band indices (inclusive, from 0) of the ``nbands`` bands nearest
@@ -318,6 +314,16 @@ class CrystalModel(Model):
             n_electrons=int(ints.n_electrons),
             system=system,
         )
+
+
+def _window_eigenvalues(h: np.ndarray, s: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Eigenvalues ``window[0] … window[1]`` of H c = ε S c (LAPACK's subset solver); at a
+    time-reversal-invariant k-point (every phase ±1: H, S real to round-off) in real
+    arithmetic, about 4× cheaper."""
+    if np.abs(h.imag).max() <= 1e-13 * np.abs(h).max() and np.abs(s.imag).max() <= 1e-13 * np.abs(s).max():
+        h, s = np.ascontiguousarray(h.real), np.ascontiguousarray(s.real)
+    return scipy.linalg.eigh(h, s, eigvals_only=True, subset_by_index=window, driver="gvx",
+                             overwrite_a=True, overwrite_b=True, check_finite=False)
 
 
 MODELS = {"molecule": MoleculeModel, "crystal": CrystalModel}
