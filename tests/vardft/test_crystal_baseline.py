@@ -126,8 +126,8 @@ def test_sap_real_space_blocks_equal_the_dense_prediction():
     np.testing.assert_allclose(S, base.bloch(kpts, "overlap"), atol=1e-14)
     assert np.abs(dense).max() > 1e-4  # the network part is really there
     H1, S1 = base.bloch_pair(kpts[1])  # one k-point, both matrices (the band solver's path)
-    np.testing.assert_array_equal(H1, base.bloch(kpts)[1])
-    np.testing.assert_array_equal(S1, base.bloch(kpts, "overlap")[1])
+    np.testing.assert_allclose(H1, base.bloch(kpts)[1], atol=1e-14, rtol=0)
+    np.testing.assert_allclose(S1, base.bloch(kpts, "overlap")[1], atol=1e-14, rtol=0)
 
 
 def test_network_blocks_by_chunks_of_edges_equal_all_at_once():
