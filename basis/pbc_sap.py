@@ -511,7 +511,7 @@ def lattice_blocks(system: System, basis: str, pseudo: str, xc: str, terms: Sequ
         js, ns = neighbours.around(c, reach)
         cluster = _cluster_mole([symbols[j] for j in js], pos[js] + ns @ lattice, basis)
         v_local = (v_xc if "xc" in terms else 0.0) + (v_es if "electrostatic" in terms else 0.0)
-        v = _grid_potential(points, weights, v_local + np.zeros(len(points)), flux if "xc" in terms else None, cluster, pos[c])
+        v = _grid_potential(points, weights, v_local, flux if "xc" in terms else None, cluster, pos[c])
         pp_mol = atoms[symbols[c]].copy()
         pp_mol.set_geom_(pos[c][None], unit="Bohr", symmetry=False)
         for proj, h in _projector_overlaps(pp_mol, cluster, pp_mol._pseudo[symbols[c]]) if "nonlocal" in terms else ():
