@@ -186,6 +186,8 @@ DISK_RESERVE_BYTES = 5 * 10**9
 
 class RecordStore:
     """Records of molecules on disk (``directory``) or in memory (``directory=None``).
+    Subclasses store other records (:class:`vardft.crystal_stream.BlochStore`) by
+    overriding :attr:`prefix`, :meth:`write_file` and :meth:`read_file`.
 
     The disk store holds at most ``max_bytes`` of records (files already in the
     directory count) and never fills its file system beyond :data:`DISK_RESERVE_BYTES`
@@ -194,7 +196,11 @@ class RecordStore:
     directory) keeps every record.
     """
 
-    def __init__(self, directory: str | None, settings: RecordSettings, max_bytes: int | None = None):
+    prefix = "rec"
+    """File names are ``{prefix}-{key}.h5`` (every ``.h5`` file of the directory counts
+    towards ``max_bytes``)."""
+
+    def __init__(self, directory: str | None, settings, max_bytes: int | None = None):
         self.directory = directory
         self.settings = settings
         self.max_bytes = max_bytes
@@ -207,10 +213,16 @@ class RecordStore:
             os.makedirs(directory, exist_ok=True)
             self.used = sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".h5"))
 
+    def write_file(self, path: str, record) -> None:
+        save_record(path, record)
+
+    def read_file(self, path: str, verify: bool):
+        return load_record(path, verify=verify)
+
     def path(self, system: System) -> str | None:
         if self.directory is None:
             return None
-        return os.path.join(self.directory, f"rec-{self.settings.key(system)}.h5")
+        return os.path.join(self.directory, f"{self.prefix}-{self.settings.key(system)}.h5")
 
     def lookup(self, system: System) -> MoleculeRecord | None:
         if self.directory is None:
@@ -218,7 +230,7 @@ class RecordStore:
         path = self.path(system)
         if not os.path.exists(path):
             return None
-        record = load_record(path, verify=path not in self.verified)
+        record = self.read_file(path, verify=path not in self.verified)
         if record is not None:
             self.read += 1
             self.verified.add(path)
@@ -248,7 +260,7 @@ class RecordStore:
             self._stop_writing()
             return False
         try:
-            save_record(self.path(system), record)
+            self.write_file(self.path(system), record)
         except OSError as e:  # the temporary file is gone (atomic_output); the record is not lost, only not kept
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

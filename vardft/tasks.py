@@ -78,6 +78,7 @@ from solvers.energy import energy_and_fock
 from vardft import stream
 from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
                            TrainConfig)
+from vardft.crystal_stream import AO_FIELD, OFFMESH_AO_FIELD, BlochRecord, BlochSettings, BlochStore, CrystalSet
 from vardft.data import IntegralCache, pad_integrals, size_buckets
 from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch, real_space_blocks
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
@@ -672,34 +673,67 @@ class CrystalTask:
             h_base=self.baseline(band, potential, blocks),
         )
 
-    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None) -> list[PreparedSet]:
-        """One bucket of all ``systems`` (they must have the same atoms); integrals at the
-        config's k-mesh and FFT mesh (:meth:`resolve` first)."""
+    def bloch_settings(self) -> BlochSettings:
+        """What the Bloch AOs of a training cell depend on besides the cell."""
         c = self.config
+        return BlochSettings(c.xc, c.basis, c.pseudo, tuple(c.mesh), tuple(c.kmesh), bool(c.offmesh_self_consistency))
+
+    def _cell(self, system: System, n_pad: int):
+        """Everything training needs of one cell: its integrals, real orthogonalizers,
+        baseline H_base(k) and off-mesh data (Bloch AOs included)."""
+        c = self.config
+        ints = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
+        if ints.nao != n_pad:
+            raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
+        X, mask = real_orthogonalizers(np.asarray(ints.overlap), n_pad)
+        v = self.baseline_potential(ints)
+        blocks = self.sap_blocks(system)
+        base = np.asarray(self.baseline(ints, v, blocks))
+        offmesh = self._offmesh(system, ints, n_pad, v, blocks) if c.offmesh_self_consistency else None
+        return ints, X, mask, base, offmesh
+
+    @staticmethod
+    def _bloch_record(ints: PeriodicIntegrals, offmesh: OffMesh | None) -> BlochRecord:
+        arrays = {AO_FIELD: np.asarray(ints.ao)}
+        if offmesh is not None:
+            arrays[OFFMESH_AO_FIELD] = np.asarray(offmesh.ao)
+        return BlochRecord(arrays)
+
+    def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None) -> list[CrystalSet]:
+        """One :class:`~vardft.crystal_stream.CrystalSet` of all ``systems`` (they must have
+        the same atoms); integrals at the config's k-mesh and FFT mesh (:meth:`resolve`
+        first). The Bloch AOs go to a store in ``cache``'s directory (read back per batch)
+        or, without one, stay in memory."""
         systems = [System.from_any(s) for s in systems]
         batch = prepare_batch(systems, model_config)
         n_pad = batch.ao_mask.shape[1]
-        ints, XM, bases, offmesh = [], [], [], []
+        cache = cache or IntegralCache(None)
+        store = BlochStore(cache.directory, self.bloch_settings(), cache.max_bytes)
+        ints, Xs, masks, bases, offmesh = [], [], [], [], []
         for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
-            i = build_periodic_integrals(s, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
-            if i.nao != n_pad:
-                raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
-            ints.append(i)
-            XM.append(real_orthogonalizers(np.asarray(i.overlap), n_pad))
-            v = self.baseline_potential(i)
-            blocks = self.sap_blocks(s)
-            bases.append(np.asarray(self.baseline(i, v, blocks)))
-            if c.offmesh_self_consistency:
-                offmesh.append(self._offmesh(s, i, n_pad, v, blocks))
+            i, X, mask, base, off = self._cell(s, n_pad)
+            store.keep(s, self._bloch_record(i, off))
+            ints.append(i.replace(ao=None))
+            Xs.append(X)
+            masks.append(mask)
+            bases.append(base)
+            if off is not None:
+                offmesh.append(off.replace(ao=None))
+            del i, off
         arrays = CrystalArrays(
             batch=batch,
             ints=_stack(ints),
-            X=jnp.asarray(np.stack([x for x, _ in XM])),
-            mo_mask=jnp.asarray(np.stack([m for _, m in XM])),
+            X=jnp.asarray(np.stack(Xs)),
+            mo_mask=jnp.asarray(np.stack(masks)),
             h_base=jnp.asarray(np.stack(bases)),
             offmesh=_stack(offmesh) if offmesh else None,
         )
-        return [PreparedSet(systems=tuple(systems), arrays=arrays)]
+
+        def rebuild(system: System) -> BlochRecord:
+            i, _, _, _, off = self._cell(system, n_pad)
+            return self._bloch_record(i, off)
+
+        return [CrystalSet(systems=tuple(systems), arrays=arrays, store=store, rebuild=rebuild)]
 
     def batch_terms(self, params, data: CrystalArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""

@@ -311,7 +311,8 @@ def train(
         config: settings of the dataset's kind (default: :func:`default_config`); with
             ``resume``, ``None`` means the run's own, and anything else must agree with it.
         resume: continue the run in ``run_dir`` from its checkpoint.
-        cache: integral cache (molecules); default none.
+        cache: integral cache (molecules) and Bloch AO store (crystals); default none
+            (crystals: every cell's Bloch AOs in memory).
 
     Raises:
         CheckpointError: a new run into a directory holding a run, a resume without a

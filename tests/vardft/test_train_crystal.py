@@ -17,7 +17,7 @@ from basis.errors import InputError
 from vardft.api import load
 from vardft.cli import main
 from vardft.config import make_config
-from vardft.data import Dataset, crystal_structures
+from vardft.data import Dataset, IntegralCache, crystal_structures
 from vardft.losses import hermitian_density, orthonormal_mse
 from vardft.tasks import CrystalTask, offmesh_kpts, real_orthogonalizers
 from vardft.train import train
@@ -195,3 +195,35 @@ def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(trained
     cfg = load(run_dir).config
     assert (cfg.self_consistency_basis, cfg.offmesh_self_consistency, cfg.batch_size) == ("ao", False, None)
     assert cfg.loss.self_consistency == 3000.0 and cfg.kind == "crystal"
+
+
+def test_bloch_aos_are_read_from_the_cache_one_batch_at_a_time(trained_si, tmp_path):
+    """With a cache directory the prepared set holds no Bloch AOs: a batch reads exactly
+    its cells' arrays (or recomputes them when the cache has no room), equal to the
+    integrals' own, and training is the in-memory run's bit for bit."""
+    systems = si_set(3, 1).train
+    task = CrystalTask(CrystalTask(CONFIG).resolve(systems))
+    model_config = trained_si[1].model_config
+    (stored,) = task.prepare(systems, model_config, IntegralCache(str(tmp_path / "cache")))
+    assert stored.arrays.ints.ao is None and stored.arrays.offmesh.ao is None and not stored.store.memory
+    assert len([f for f in os.listdir(tmp_path / "cache") if f.startswith("bloch-")]) == len(systems)
+    batch = stored.take([2, 0])
+    assert (stored.store.read, stored.store.rebuilt) == (2, 0)
+    c = task.config
+    own = build_periodic_integrals(systems[2], c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
+    np.testing.assert_array_equal(np.asarray(batch.ints.ao[0]), np.asarray(own.ao))
+    assert batch.offmesh.ao.shape[:2] == (2, own.ao.shape[0])
+
+    (bounded,) = task.prepare(systems[:1], model_config, IntegralCache(str(tmp_path / "small"), max_bytes=1000))
+    assert not os.listdir(tmp_path / "small")
+    again = bounded.take([0, 0])
+    assert bounded.store.rebuilt == 1
+    np.testing.assert_array_equal(np.asarray(again.ints.ao[1]), np.asarray(stored.take([0]).ints.ao[0]))
+
+    (in_memory,) = task.prepare(systems, model_config)
+    assert len(in_memory.store.memory) == len(systems)
+    for a, b in zip(jax.tree.leaves(in_memory.take([1, 2])), jax.tree.leaves(stored.take([1, 2]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    cached = train(si_set(2, 0), None, CONFIG, cache=IntegralCache(str(tmp_path / "cache")), progress=False)
+    assert [h["loss"] for h in cached.history] == [h["loss"] for h in trained_si[1].history]

@@ -109,10 +109,12 @@ def register(sub) -> None:
                         "index from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster "
                         "scheduler); start the same command on every host, RUN_DIR on a shared file system")
     p.add_argument("--cache", default=None,
-                   help="molecules: integral cache directory (default: $VARDFT_CACHE or ~/.cache/vardft; 'none' disables)")
+                   help="cache directory of integrals (molecules) and of Bloch AO values (crystals: read back one "
+                        "batch at a time, so memory does not grow with the number of cells) (default: $VARDFT_CACHE "
+                        "or ~/.cache/vardft; 'none': keep nothing on disk, crystals' Bloch AOs all in memory)")
     p.add_argument("--cache-gb", type=float, default=None,
-                   help="molecules, --backend jax: most disk the records may take, GB; past it they are recomputed "
-                        "when needed (default: no bound)")
+                   help="molecules with --backend jax, and crystals: most disk the cache may take, GB; past it "
+                        "records are recomputed when needed (default: no bound; 5 GB of disk are always left free)")
     p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
                    help="crystals: training k-mesh (default 2 per periodic direction, 1 along vacuum)")
     p.add_argument("--pseudo", default=None, help="crystals: GTH pseudopotential (default: matches --xc)")
@@ -161,9 +163,7 @@ def run(args) -> int:
         _, saved, _ = read_run(args.out)
         seed = saved.seed
     dataset = load_dataset(args.data, seed=seed or 0, n_train=args.n_train)
-    if (args.cache is not None or args.cache_gb is not None) and dataset.kind == "crystal":
-        raise InputError("--cache and --cache-gb apply to molecules, not to crystals")
-    cache = make_cache(args.cache, args.cache_gb) if dataset.kind == "molecule" else None
+    cache = make_cache(args.cache, args.cache_gb)
     if args.resume:
         config = with_overrides(saved, **given)
     else:
