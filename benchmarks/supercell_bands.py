@@ -52,9 +52,9 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     """One size, in this process."""
     import jax
     import numpy as np
-    import scipy.linalg
     from basis.system import System
     from basis.units import BOHR_ANGSTROM
+    from vardft.api import _window_eigenvalues, band_window
     from vardft.config import make_config
     from vardft.hamiltonian import prepare_batch, real_space_blocks
     from vardft.model import init_params, predict_blocks
@@ -82,12 +82,10 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     x_point = 0.5 * (recip[0] + recip[1])  # the supercell zone's X (the primitive X folded by n)
     kpts = np.linspace(0.0, 1.0, kpoints)[:, None] * x_point[None, :]
     n_occ = 2 * len(system.symbols)  # 4 valence electrons per Si: 2 per atom occupied bands
-    lo, hi = max(0, n_occ - nbands // 2), min(full.nao, n_occ + nbands // 2) - 1
+    lo, hi = band_window(full.nao, n_occ, nbands)
     gap = []
-    for k in kpts:
-        H, S = full.bloch_pair(k)
-        e = scipy.linalg.eigh(H, S, eigvals_only=True, subset_by_index=(lo, hi), driver="gvx",
-                              overwrite_a=True, overwrite_b=True, check_finite=False)
+    for k in kpts:  # as CrystalModel.bands: one H(k), S(k) at a time, real arithmetic at Γ and X
+        e = _window_eigenvalues(*full.bloch_pair(k), (lo, hi))
         gap.append(e[n_occ - lo] - e[n_occ - lo - 1])
     t3 = time.perf_counter()
     return {

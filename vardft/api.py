@@ -254,7 +254,7 @@ class CrystalModel(Model):
         """
         return self.task.real_space(self.params, self.model_config, self._check(system))
 
-    def bands(self, system, kpts, nbands: int | None = None) -> np.ndarray:
+    def bands(self, system, kpts, nbands: int | None = None, window: tuple[int, int] | None = None) -> np.ndarray:
         """Band energies (nk, nb), Hartree, ascending, at Cartesian ``kpts`` (nk, 3), 1/Bohr.
 
         Without ``nbands`` every band, solved with S(k) as PySCF's ``get_bands`` does
@@ -263,12 +263,18 @@ class CrystalModel(Model):
         that computes no others. Runs on the sap baseline go one k-point at a time from the
         real-space blocks, so memory holds one H(k), S(k) pair at a time.
 
+        Args:
+            window: the bands to solve for, ``(first, last)`` (inclusive, from 0), instead
+                of ``nbands``; from :func:`band_window` when the caller already has the
+                counts (a 1,000-atom PySCF cell takes a second to build).
+
         Raises:
             InputError: ``nbands`` < 1, or the cell does not suit the model.
         """
         system = self._check(system)
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
-        window = None if nbands is None else self.band_window(system, nbands)
+        if window is None and nbands is not None:
+            window = self.band_window(system, nbands)
         if self.config.baseline == "sap":
             blocks = self.real_space(system)
             pairs = (blocks.bloch_pair(k) for k in kpts)
@@ -285,12 +291,8 @@ class CrystalModel(Model):
         Raises:
             InputError: ``nbands`` < 1.
         """
-        if nbands < 1:
-            raise InputError(f"nbands must be at least 1, not {nbands}")
         cell = to_cell(self._check(system), basis=self.basis, pseudo=self.pseudo, mesh=self.config.mesh)
-        nao, n_occ = int(cell.nao_nr()), int(cell.nelectron) // 2
-        first = max(0, min(n_occ - nbands // 2, nao - nbands))
-        return first, min(nao, first + nbands) - 1
+        return band_window(int(cell.nao_nr()), int(cell.nelectron) // 2, nbands)
 
     def kpts(self, system) -> np.ndarray:
         """The run's k-mesh for ``system``, Cartesian (nk, 3), 1/Bohr."""
@@ -314,6 +316,19 @@ class CrystalModel(Model):
             n_electrons=int(ints.n_electrons),
             system=system,
         )
+
+
+def band_window(nao: int, n_occupied: int, nbands: int) -> tuple[int, int]:
+    """``(first, last)`` indices (inclusive, from 0) of the ``nbands`` bands nearest the
+    Fermi level among ``nao``, ``n_occupied`` of them occupied: half below, half above.
+
+    Raises:
+        InputError: ``nbands`` < 1.
+    """
+    if nbands < 1:
+        raise InputError(f"nbands must be at least 1, not {nbands}")
+    first = max(0, min(n_occupied - nbands // 2, nao - nbands))
+    return first, min(nao, first + nbands) - 1
 
 
 def _window_eigenvalues(h: np.ndarray, s: np.ndarray, window: tuple[int, int]) -> np.ndarray:

@@ -38,7 +38,7 @@ from basis.pbc_integrals import (
 from basis.units import HARTREE_TO_EV
 from solvers.bands import band_structure
 from solvers.periodic import run_periodic_scf
-from vardft.api import load
+from vardft.api import band_window, load
 from vardft.config import CRYSTAL_BASIS, DEFAULT_XC
 
 BAND_CHUNK_BYTES = 512 * 2**20
@@ -229,8 +229,9 @@ def model_band_structure(
     kpts_path = absolute_kpts(cell, bp.kpts_frac)
     timings["setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    first = 0 if nbands is None else model.band_window(system, nbands)[0]
-    bands = model.bands(system, kpts_path, nbands)
+    window = None if nbands is None else band_window(int(cell.nao_nr()), int(cell.nelectron) // 2, nbands)
+    first = 0 if window is None else window[0]
+    bands = model.bands(system, kpts_path, window=window)
     timings["model"] = time.perf_counter() - t0
     n_electrons = int(cell.nelectron)
     nocc = n_electrons // 2
