@@ -350,6 +350,19 @@ def scaled_kpts(cell, kpts: np.ndarray) -> np.ndarray:
     return np.asarray(cell.get_scaled_kpts(np.asarray(kpts, dtype=np.float64)), dtype=np.float64)
 
 
+TRIM_TOLERANCE = 1e-9
+"""|2k − G| (in fractions of the reciprocal lattice vectors) below which k counts as
+time-reversal invariant."""
+
+
+def time_reversal_invariant(frac: np.ndarray) -> np.ndarray:
+    """(nk,) bool: is each k-point (fractions of the reciprocal vectors, (nk, 3)) equal to
+    −k up to a reciprocal lattice vector (2k ∈ G)? There every phase e^{ik·T} is ±1, so
+    Bloch AOs, and H(k) and S(k) from real H(T), S(T), are real."""
+    twice = 2.0 * np.asarray(frac, dtype=np.float64).reshape(-1, 3)
+    return np.all(np.abs(twice - np.round(twice)) < TRIM_TOLERANCE, axis=1)
+
+
 def absolute_kpts(cell, frac: np.ndarray) -> np.ndarray:
     """Fractions of the reciprocal lattice vectors → Cartesian k-points (1/Bohr)."""
     return np.asarray(cell.get_abs_kpts(np.asarray(frac, dtype=np.float64)), dtype=np.float64)

@@ -34,7 +34,8 @@ from pyscf.pbc import dft as pbcdft
 from pyscf.pbc import tools
 from pyscf.pbc.dft import numint
 
-from basis.crystal import check_kmesh, default_kmesh, default_pseudo, make_kpts, to_cell
+from basis.crystal import (check_kmesh, default_kmesh, default_pseudo, make_kpts, scaled_kpts,
+                           time_reversal_invariant, to_cell)
 from basis.errors import FunctionalError, InputError
 from basis.functional import Functional, parse_functional
 from basis.system import System
@@ -52,8 +53,11 @@ class PeriodicIntegrals:
     Array fields (pytree leaves):
         overlap: (nk, nao, nao) complex128 S(k).
         hcore: (nk, nao, nao) complex128 kinetic + GTH pseudopotential h(k).
-        ao: (nk, nderiv, ngrid, nao) complex128 Bloch AO values on the FFT
-            mesh; nderiv = 1 (values) or 4 (values, d/dx, d/dy, d/dz).
+        ao: (nk, nderiv, ngrid, nao) Bloch AO values on the FFT mesh; nderiv = 1
+            (values) or 4 (values, d/dx, d/dy, d/dz). complex128, or float64 when every
+            k-point is time-reversal invariant (a Γ-centred mesh of 1 or 2 points per
+            direction, the training default): the values are real there, and half the
+            memory and arithmetic.
         weights: (ngrid,) float64 quadrature weights, all equal to V / ngrid.
         coulG: (ngrid,) float64 Coulomb kernel 4π/|G|² in FFT order of
             ``mesh`` (0 at G = 0).
@@ -222,6 +226,8 @@ def periodic_integrals_from_mean_field(mf, budget_bytes: int = BLOCH_AO_BUDGET_B
         )
     coords = np.asarray(cell.get_uniform_grids(mesh), dtype=np.float64)
     ao = bloch_ao(cell, coords, kpts, functional.ao_deriv)
+    if np.all(time_reversal_invariant(scaled_kpts(cell, kpts))):
+        ao = np.ascontiguousarray(ao.real)  # phases ±1: the imaginary part is round-off
     coulG = np.asarray(tools.get_coulG(cell, mesh=np.asarray(mesh)), dtype=np.float64)
     nk, nao = len(kpts), cell.nao_nr()
     kmesh = getattr(mf, "kmesh", None)

@@ -103,6 +103,10 @@ def density_on_mesh(P: jax.Array, ao: jax.Array, kweights: jax.Array) -> jax.Arr
     """
     P = hermitian_part(P)
 
+    # real Bloch AOs (time-reversal-invariant k): the imaginary part of a Hermitian P(k)
+    # is antisymmetric and adds nothing to ρ, so Re P(k) gives the same density
+    P = P.real if not jnp.iscomplexobj(ao) else P
+
     @jax.checkpoint
     def body(acc, inputs):
         Pk, aok, wk = inputs

@@ -54,7 +54,7 @@ import numpy as np
 from pyscf.df.addons import make_auxbasis
 from tqdm.auto import tqdm
 
-from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, to_cell
+from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, time_reversal_invariant, to_cell
 from basis.errors import InputError
 from basis.frame import MolecularFrame, frame_covariant, from_frame_matrix, molecular_frame, to_frame
 from basis.functional import parse_functional
@@ -589,10 +589,17 @@ def offmesh_kpts(cell, kmesh: Sequence[int]) -> np.ndarray:
 
     Fractions (n + ½)/N_d for N_d > 1 (0 along an unsampled direction, e.g. vacuum),
     as Cartesian k-points (nq, 3), 1/Bohr, of a PySCF ``cell``: none of them lies on
-    the training mesh.
+    the training mesh. When every point has a distinct partner −q (no N_d odd and > 1)
+    only one of each pair is returned: H(−q) and F(−q) are the complex conjugates of
+    H(q) and F(q), so the self-consistency residual there is the same, and the mean over
+    the half equals the mean over all.
     """
     axes = [(np.arange(n) + (0.5 if n > 1 else 0.0)) / n for n in kmesh]
     frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    if not np.any(time_reversal_invariant(frac)):
+        index = np.stack(np.meshgrid(*[np.arange(n) for n in kmesh], indexing="ij"), axis=-1).reshape(-1, 3)
+        partner = np.where(np.asarray(kmesh) > 1, np.asarray(kmesh) - 1 - index, index)
+        frac = frac[[tuple(a) < tuple(b) for a, b in zip(index, partner)]]
     return absolute_kpts(cell, frac)
 
 

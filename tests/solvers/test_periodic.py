@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pyscf.pbc.scf.addons import smearing_
 
-from basis.crystal import read_crystal
+from basis.crystal import read_crystal, time_reversal_invariant
 from basis.errors import FunctionalError
 from basis.pbc_integrals import (
     check_periodic_functional,
@@ -65,6 +65,7 @@ def test_integrals_shapes(si):
     nk, nao, ngrid = 8, 8, int(np.prod(TEST_MESH))
     nderiv = 4 if ints.functional.family == "gga" else 1
     assert ints.ao.shape == (nk, nderiv, ngrid, nao)
+    assert ints.ao.dtype == np.float64  # every k of a 2x2x2 mesh is time-reversal invariant: real Bloch AOs
     assert ints.overlap.shape == ints.hcore.shape == (nk, nao, nao)
     assert ints.n_electrons == 8 and ints.kmesh == KMESH and ints.mesh == TEST_MESH
     assert ints.pseudo == ("gth-pade" if ints.functional.family == "lda" else "gth-pbe")
@@ -141,6 +142,20 @@ def test_smearing_matches_pyscf(si_lda):
     assert abs(float(result.entropy) - mf.entropy) < 1e-6
     assert np.abs(np.asarray(result.mo_occ) - np.asarray(mf.mo_occ)).max() < OCC_TOL
     assert float(result.entropy) > 0.1  # σ large enough that occupations are fractional
+
+
+def test_complex_bloch_aos_off_the_time_reversal_invariant_points():
+    """Real Bloch AOs only where every k is ±k (2x2x2 above); a 3x1x1 mesh (k = ±1/3) keeps
+    them complex, and its energy and Fock still equal PySCF's."""
+    assert list(time_reversal_invariant([[0, 0.5, 0.5], [0.5, 0, 0], [1 / 3, 0, 0], [0.25, 0.5, 0]])) == [
+        True, True, False, False]
+    mf = make_periodic_mean_field(read_crystal("si"), xc="lda,vwn", basis="gth-szv", kmesh=(3, 1, 1), mesh=TEST_MESH)
+    ints = periodic_integrals_from_mean_field(mf)
+    assert ints.ao.dtype == np.complex128
+    dm = _perturbed_guess(mf)
+    e, _, F = pe.energy_and_fock(jnp.asarray(dm), ints)
+    assert abs(float(e) - mf.energy_tot(dm=dm)) < ENERGY_TOL
+    assert np.abs(np.asarray(F) - np.asarray(mf.get_fock(dm=dm))).max() < FOCK_TOL
 
 
 def test_occupations_insulator_and_smearing():

@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 
 from basis.crystal import read_crystal
-from basis.pbc_integrals import build_periodic_integrals
+from basis.pbc_integrals import build_band_integrals, build_periodic_integrals
 from basis.errors import InputError
 from vardft.api import load
 from vardft.cli import main
@@ -164,7 +164,10 @@ def test_offmesh_fock_is_the_fock_of_pyscf_get_bands():
     ints = periodic_integrals_from_mean_field(mf)
     q = offmesh_kpts(cell, cfg.kmesh)
     frac = scaled_kpts(cell, q)
-    assert np.allclose(np.sort(np.unique(np.round(frac, 12))), [0.25, 0.75]) and len(q) == 8
+    # one of each pair q, −q: with their partners, the whole half-shifted 2×2×2 mesh
+    both = np.round(np.concatenate([frac, (-frac) % 1.0]), 12)
+    assert len(q) == 4 and len(np.unique(both, axis=0)) == 8
+    assert np.allclose(np.sort(np.unique(both)), [0.25, 0.75])
     task = CrystalTask(cfg)
     off = task._offmesh(system, ints, ints.nao, task.baseline_potential(ints))
     F = np.asarray(offmesh_fock(jnp.asarray(np.asarray(mf.make_rdm1())), ints, off))
@@ -212,7 +215,7 @@ def test_bloch_aos_are_read_from_the_cache_one_batch_at_a_time(trained_si, tmp_p
     c = task.config
     own = build_periodic_integrals(systems[2], c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
     np.testing.assert_array_equal(np.asarray(batch.ints.ao[0]), np.asarray(own.ao))
-    assert batch.offmesh.ao.shape[:2] == (2, own.ao.shape[0])
+    assert batch.offmesh.ao.shape[:2] == (2, 4)  # 8 half-shifted points, one of each ±q pair
 
     (bounded,) = task.prepare(systems[:1], model_config, IntegralCache(str(tmp_path / "small"), max_bytes=1000))
     assert not os.listdir(tmp_path / "small")
@@ -227,3 +230,42 @@ def test_bloch_aos_are_read_from_the_cache_one_batch_at_a_time(trained_si, tmp_p
 
     cached = train(si_set(2, 0), None, CONFIG, cache=IntegralCache(str(tmp_path / "cache")), progress=False)
     assert [h["loss"] for h in cached.history] == [h["loss"] for h in trained_si[1].history]
+
+
+def test_the_loss_on_half_of_the_offmesh_points_is_the_loss_on_all(si_ints):
+    """Off-mesh self-consistency keeps one of each ±q pair (issue 13: half the Bloch AOs
+    and the work): the loss and its gradient equal those over all 8 half-shifted points."""
+    from basis.crystal import absolute_kpts, scaled_kpts, to_cell
+    from vardft.losses import LossWeights, crystal_loss
+
+    ints = si_ints
+    task = CrystalTask(dataclasses.replace(CONFIG, kmesh=(2, 2, 2), pseudo="gth-pade"))
+    system = read_crystal("si")
+    cell = to_cell(system, basis="gth-szv", pseudo="gth-pade", mesh=SMALL_MESH)
+    half = offmesh_kpts(cell, (2, 2, 2))
+    frac = scaled_kpts(cell, half)
+    every = absolute_kpts(cell, np.concatenate([frac, (-frac) % 1.0]))
+    v = task.baseline_potential(ints)
+
+    def offmesh(q):
+        off = task._offmesh(system, ints, ints.nao, v)
+        band = build_band_integrals(cell, q, ints.functional, mesh=ints.mesh)
+        X, mask = real_orthogonalizers(np.asarray(band.overlap), ints.nao)
+        return off.replace(kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask),
+                           h_base=task.baseline(band, v))
+
+    X, mask = real_orthogonalizers(np.asarray(ints.overlap), ints.nao)
+    rng = np.random.default_rng(5)
+    dH = rng.normal(scale=0.02, size=(ints.nao, ints.nao))
+    dH = jnp.asarray(dH + dH.T)
+
+    def loss(scale, off):
+        Hk = task.baseline(ints, v) + scale * dH
+        Hq = off.h_base + scale * dH
+        return crystal_loss(Hk, ints, jnp.asarray(X), jnp.asarray(mask), LossWeights(self_consistency=3000.0),
+                            "orthonormal", Hq, off).loss
+
+    a, b = offmesh(half), offmesh(every)
+    assert a.kpts.shape[0] == 4 and b.kpts.shape[0] == 8
+    assert float(loss(1.0, a)) == pytest.approx(float(loss(1.0, b)), rel=1e-13)
+    assert float(jax.grad(loss)(1.0, a)) == pytest.approx(float(jax.grad(loss)(1.0, b)), rel=1e-10)
