@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -61,11 +62,15 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default=None, choices=["S", "M", "L"])
     p.add_argument("--path-points", type=int, default=30, help="k-points on the band path (0: skip the path)")
     p.add_argument("--out", default=None, help="run directory (default: a temporary one)")
+    p.add_argument("--cache", default=None,
+                   help="Bloch AO store directory, as `vardft train --cache` (default: $VARDFT_CACHE or "
+                        "~/.cache/vardft; 'none': every cell's in memory)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     from vardft.api import load
     from vardft.config import make_config
+    from vardft.commands.train import make_cache
     from vardft.data import load_dataset
     from vardft.train import train
     from vardft.validate import crystal_metrics, summarize_crystals
@@ -80,7 +85,9 @@ def main(argv=None) -> int:
         overrides["offmesh_self_consistency"] = False
     cfg = make_config("crystal", args.crystal, **overrides)
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.crystal}-")
-    result = train(dataclasses.replace(dataset, validation=()), run_dir, cfg, progress=not args.json)
+    result = train(dataclasses.replace(dataset, validation=()), run_dir, cfg, cache=make_cache(args.cache),
+                   progress=not args.json)
+    train_peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # before PySCF's validation
     model = load(run_dir)
     t0 = time.perf_counter()
     path = "" if args.path_points > 0 else None
@@ -95,6 +102,7 @@ def main(argv=None) -> int:
         "train_structures": len(train_set),
         "held_out_structures": len(held_out),
         "train_wall_time_s": result.seconds,
+        "train_peak_rss_gb": train_peak_gb,
         "validate_wall_time_s": time.perf_counter() - t0,
         "final_train_energy_eh": last.get("energy"),
         "final_train_sc_rmse_eh": last.get("sc_rmse"),
@@ -113,7 +121,8 @@ def main(argv=None) -> int:
     c = result.config
     print(f"{args.crystal}: {c.xc}/{c.basis}/{c.pseudo}, k-mesh {'x'.join(map(str, c.kmesh))}, FFT mesh "
           f"{'x'.join(map(str, c.mesh))}, baseline {c.baseline}, preset {c.preset}, "
-          f"{result.step} steps on {len(train_set)} structures in {result.seconds / 60:.1f} min")
+          f"{result.step} steps on {len(train_set)} structures in {result.seconds / 60:.1f} min, "
+          f"peak memory {train_peak_gb:.2f} GB")
     print(f"held-out structures: {len(held_out)} (never used in training), vs PySCF KRKS")
     print(f"{'metric':<42} {'measured':>12}  target")
     rows = [

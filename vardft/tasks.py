@@ -719,7 +719,10 @@ class CrystalTask:
         ints, Xs, masks, bases, offmesh = [], [], [], [], []
         for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
             i, X, mask, base, off = self._cell(s, n_pad)
-            store.keep(s, self._bloch_record(i, off))
+            record = self._bloch_record(i, off)
+            if store.directory is None:  # kept in memory: moved to the device once, not per batch
+                record = BlochRecord(jax.device_put(record.arrays))
+            store.keep(s, record)
             ints.append(i.replace(ao=None))
             Xs.append(X)
             masks.append(mask)
