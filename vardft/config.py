@@ -145,7 +145,7 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
             (``None``: none, and they are not prepared; the crystal default, since a
-            crystal's Bloch AOs take 0.35–2.6 GB each).
+            crystal's Bloch AOs take 0.19–2.8 GB each).
         max_minutes: stop (with a checkpoint) after this much wall time; None: no limit.
         devices: devices the batch is sharded over (data parallel, parameters
             replicated: :mod:`vardft.parallel`); ``None``: every device of every process.
