@@ -19,18 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import warnings
 from typing import Any, Callable, Sequence
 
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from basis.system import System
-from vardft.checkpoint import atomic_output
-from vardft.data import arrays_checksum
-from vardft.stream import RecordStore
+from vardft.stream import RecordStore, read_arrays, write_arrays
 
 BLOCH_VERSION = 1
 """Bump when the content or layout of a Bloch record file changes."""
@@ -85,30 +81,14 @@ def _fields(arrays) -> tuple[str, ...]:
 
 def save_bloch_record(path: str, record: BlochRecord) -> None:
     """Write ``record`` atomically (temporary file + rename) with its checksum."""
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            fields = _fields(record.arrays)
-            for name in fields:
-                f.create_dataset(name, data=record.arrays[name])
-            f.attrs["bloch_version"] = BLOCH_VERSION
-            f.attrs["checksum"] = arrays_checksum(record.arrays, fields)
+    write_arrays(path, record.arrays, _fields(record.arrays), ("bloch_version", BLOCH_VERSION))
 
 
 def load_bloch_record(path: str, verify: bool = True) -> BlochRecord | None:
     """The record in ``path``; ``None`` if missing, of another version, unreadable or
     damaged (then with a warning): it is recomputed."""
-    try:
-        with h5py.File(path, "r") as f:
-            if int(f.attrs.get("bloch_version", -1)) != BLOCH_VERSION:
-                return None
-            arrays = {name: f[name][()] for name in _fields(f)}
-            if verify and str(f.attrs.get("checksum", "")) != arrays_checksum(arrays, _fields(arrays)):
-                warnings.warn(f"{path}: cached Bloch AOs fail their checksum (damaged file); recomputing them",
-                              stacklevel=2)
-                return None
-            return BlochRecord(arrays)
-    except (OSError, KeyError):
-        return None
+    found = read_arrays(path, _fields, ("bloch_version", BLOCH_VERSION), verify, "Bloch AOs")
+    return None if found is None else BlochRecord(found[0])
 
 
 class BlochStore(RecordStore):

@@ -149,34 +149,51 @@ def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
 
 
 # ------------------------------------------------------------------ disk store
-def save_record(path: str, record: MoleculeRecord) -> None:
-    """Write ``record`` atomically (temporary file + rename) with its checksum."""
+def write_arrays(path: str, arrays: dict, fields: Sequence[str], version: tuple[str, int], attrs: dict | None = None) -> None:
+    """Write ``arrays[fields]`` to the HDF5 file ``path`` atomically (temporary file +
+    rename) with their checksum, the ``version`` attribute ``(name, value)`` and ``attrs``."""
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            fields = record_fields(record.arrays)
             for name in fields:
-                f.create_dataset(name, data=record.arrays[name])
-            f.attrs["record_version"] = RECORD_VERSION
-            f.attrs["checksum"] = arrays_checksum(record.arrays, fields)
-            f.attrs["n_electrons"] = record.n_electrons
-            f.attrs["auxbasis"] = record.auxbasis
+                f.create_dataset(name, data=arrays[name])
+            f.attrs[version[0]] = version[1]
+            f.attrs["checksum"] = arrays_checksum(arrays, fields)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+
+
+def read_arrays(path: str, fields: Callable, version: tuple[str, int], verify: bool, what: str):
+    """``(arrays, attrs)`` of a file written by :func:`write_arrays` (``fields(file)``: the
+    names to read); ``None`` if missing, of another version, unreadable or damaged (then
+    with a warning naming ``what``). ``verify=False`` skips the checksum (for a file this
+    process has already verified or written)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get(version[0], -1)) != version[1]:
+                return None
+            arrays = {name: f[name][()] for name in fields(f)}
+            if verify and str(f.attrs.get("checksum", "")) != arrays_checksum(arrays, fields(arrays)):
+                warnings.warn(f"{path}: cached {what} fails its checksum (damaged file); recomputing it", stacklevel=3)
+                return None
+            return arrays, dict(f.attrs)
+    except (OSError, KeyError):
+        return None
+
+
+def save_record(path: str, record: MoleculeRecord) -> None:
+    """Write ``record`` atomically with its checksum."""
+    write_arrays(path, record.arrays, record_fields(record.arrays), ("record_version", RECORD_VERSION),
+                 {"n_electrons": record.n_electrons, "auxbasis": record.auxbasis})
 
 
 def load_record(path: str, verify: bool = True) -> MoleculeRecord | None:
     """The record in ``path``; ``None`` if missing, of another version, unreadable or
-    damaged (then with a warning): it is rebuilt. ``verify=False`` skips the checksum
-    (for a file this process has already verified or written)."""
-    try:
-        with h5py.File(path, "r") as f:
-            if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
-                return None
-            arrays = {name: f[name][()] for name in record_fields(f)}
-            if verify and str(f.attrs.get("checksum", "")) != arrays_checksum(arrays, record_fields(arrays)):
-                warnings.warn(f"{path}: cached record fails its checksum (damaged file); rebuilding it", stacklevel=2)
-                return None
-            return MoleculeRecord(arrays, int(f.attrs["n_electrons"]), str(f.attrs["auxbasis"]))
-    except (OSError, KeyError):
+    damaged (then with a warning): it is rebuilt. ``verify=False`` skips the checksum."""
+    found = read_arrays(path, record_fields, ("record_version", RECORD_VERSION), verify, "record")
+    if found is None:
         return None
+    arrays, attrs = found
+    return MoleculeRecord(arrays, int(attrs["n_electrons"]), str(attrs["auxbasis"]))
 
 
 DISK_RESERVE_BYTES = 5 * 10**9
