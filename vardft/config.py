@@ -264,6 +264,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "crystal": dict(
         kind="crystal",
         basis=CRYSTAL_BASIS,
+        baseline="sap",
         preset="S",
         cutoff=10.0,
         steps=500,

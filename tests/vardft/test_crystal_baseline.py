@@ -29,7 +29,7 @@ def guess_case(request):
 
 def test_baseline_equals_fock_of_guess_density(guess_case):
     _, mf, ints = guess_case
-    task = CrystalTask(make_config("crystal"))
+    task = CrystalTask(make_config("crystal", baseline="minao"))
     H = np.asarray(task.baseline(ints, task.baseline_potential(ints)))
     F = np.asarray(fock(ints.dm_guess, ints))
     assert np.abs(H - F).max() < BASELINE_TOL
@@ -41,7 +41,8 @@ def test_baseline_equals_fock_of_guess_density(guess_case):
 
 def test_baseline_at_new_kpoints_matches_pyscf_get_bands(guess_case):
     system, mf, ints = guess_case
-    cfg = make_config("crystal", xc=mf.xc, kmesh=(2, 2, 2), mesh=SMALL_MESH, pseudo=mf.cell.pseudo, output_scale=0.0)
+    cfg = make_config("crystal", xc=mf.xc, kmesh=(2, 2, 2), mesh=SMALL_MESH, pseudo=mf.cell.pseudo, output_scale=0.0,
+                      baseline="minao")
     task = CrystalTask(cfg)
     model_cfg = model_config_for(cfg, ("Si",))
     params = init_params(jax.random.PRNGKey(0), model_cfg)

@@ -22,7 +22,7 @@ def crystal_run(tmp_path_factory):
 def test_train_writes_a_crystal_run(crystal_run):
     with open(os.path.join(crystal_run, "config.json")) as f:
         conf = json.load(f)
-    assert conf["kind"] == "crystal" and conf["baseline"] == "minao"
+    assert conf["kind"] == "crystal" and conf["baseline"] == "sap"  # the crystal default
     train = conf["train"]
     assert (train["xc"], train["basis"], train["pseudo"]) == ("lda,vwn", "gth-szv", "gth-pade")
     assert train["kmesh"] == [1, 1, 1] and train["mesh"] == [9, 9, 9] and conf["dataset"] == "si"
@@ -36,7 +36,7 @@ def test_train_writes_a_crystal_run(crystal_run):
 def test_validate_gives_finite_metrics(crystal_run, capsys):
     assert main(["validate", crystal_run, "si", "--max-frames", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["baseline"] == "minao" and result["kmesh"] == [1, 1, 1]
+    assert result["baseline"] == "sap" and result["kmesh"] == [1, 1, 1]
     (frame,) = result["frames"]
     for key in ("energy_error_per_cell", "band_mae_mev", "band_max_mev"):
         assert np.isfinite(frame[key]) and result["mean"][key] == pytest.approx(frame[key])

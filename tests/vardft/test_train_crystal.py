@@ -26,7 +26,7 @@ DENSITY_TOL = 1e-10
 FD_STEP = 1e-6
 FD_RTOL = 1e-5
 SMALL_MESH = (9, 9, 9)
-CONFIG = make_config("crystal", xc="lda,vwn", mesh=SMALL_MESH, steps=4, learning_rate=1e-2)
+CONFIG = make_config("crystal", xc="lda,vwn", mesh=SMALL_MESH, steps=4, learning_rate=1e-2, baseline="minao")
 
 
 def si_set(n, seed):

@@ -78,7 +78,7 @@ def register(sub) -> None:
                         "integrals only (prediction is a forward pass, S and one diagonalisation); for crystals sap is the "
                         "Kohn-Sham matrix of superposed atomic densities built atom by atom (linear cost; supercells "
                         "consistent with their primitive cell; vardft predict --real-space); none: "
-                        f"network only ({m.baseline})")
+                        f"network only ({m.baseline}; {c.baseline})")
     p.add_argument("--distill-steps", type=int, default=None,
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
