@@ -670,10 +670,14 @@ class CrystalTask:
             return jnp.zeros_like(ints.overlap)
         return ints.hcore + _potential_matrices(potential, ints.ao)
 
-    def _offmesh(self, system: System, ints: PeriodicIntegrals, n_pad: int, potential, blocks=None) -> OffMesh:
+    def _offmesh_band(self, system: System, ints: PeriodicIntegrals):
+        """Band integrals (S, h, Bloch AOs) of ``system`` at the half-shifted k-points."""
         c = self.config
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=ints.mesh)
-        band = build_band_integrals(cell, offmesh_kpts(cell, c.kmesh), ints.functional, mesh=ints.mesh)
+        return build_band_integrals(cell, offmesh_kpts(cell, c.kmesh), ints.functional, mesh=ints.mesh)
+
+    def _offmesh(self, system: System, ints: PeriodicIntegrals, n_pad: int, potential, blocks=None) -> OffMesh:
+        band = self._offmesh_band(system, ints)
         X, mask = real_orthogonalizers(np.asarray(band.overlap), n_pad)
         return OffMesh(
             kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask),
@@ -700,7 +704,8 @@ class CrystalTask:
         return ints, X, mask, base, offmesh
 
     @staticmethod
-    def _bloch_record(ints: PeriodicIntegrals, offmesh: OffMesh | None) -> BlochRecord:
+    def _bloch_record(ints: PeriodicIntegrals, offmesh) -> BlochRecord:
+        """The Bloch AOs of ``ints`` and of ``offmesh`` (:class:`OffMesh`, band integrals or ``None``)."""
         arrays = {AO_FIELD: np.asarray(ints.ao)}
         if offmesh is not None:
             arrays[OFFMESH_AO_FIELD] = np.asarray(offmesh.ao)
@@ -739,9 +744,10 @@ class CrystalTask:
             offmesh=_stack(offmesh) if offmesh else None,
         )
 
-        def rebuild(system: System) -> BlochRecord:
-            i, _, _, _, off = self._cell(system, n_pad)
-            return self._bloch_record(i, off)
+        def rebuild(system: System) -> BlochRecord:  # the AOs only: no baseline, no orthogonalizers
+            c = self.config
+            i = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
+            return self._bloch_record(i, self._offmesh_band(system, i) if c.offmesh_self_consistency else None)
 
         return [CrystalSet(systems=tuple(systems), arrays=arrays, store=store, rebuild=rebuild)]
 
