@@ -676,9 +676,9 @@ class CrystalTask:
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=ints.mesh)
         return build_band_integrals(cell, offmesh_kpts(cell, c.kmesh), ints.functional, mesh=ints.mesh)
 
-    def _offmesh(self, system: System, ints: PeriodicIntegrals, n_pad: int, potential, blocks=None) -> OffMesh:
+    def _offmesh(self, system: System, ints: PeriodicIntegrals, nao: int, potential, blocks=None) -> OffMesh:
         band = self._offmesh_band(system, ints)
-        X, mask = real_orthogonalizers(np.asarray(band.overlap), n_pad)
+        X, mask = real_orthogonalizers(np.asarray(band.overlap), nao)
         return OffMesh(
             kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask),
             h_base=self.baseline(band, potential, blocks),
@@ -689,18 +689,18 @@ class CrystalTask:
         c = self.config
         return BlochSettings(c.xc, c.basis, c.pseudo, tuple(c.mesh), tuple(c.kmesh), bool(c.offmesh_self_consistency))
 
-    def _cell(self, system: System, n_pad: int):
+    def _cell(self, system: System, nao: int):
         """Everything training needs of one cell: its integrals, real orthogonalizers,
         baseline H_base(k) and off-mesh data (Bloch AOs included)."""
         c = self.config
         ints = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
-        if ints.nao != n_pad:
+        if ints.nao != nao:
             raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
-        X, mask = real_orthogonalizers(np.asarray(ints.overlap), n_pad)
+        X, mask = real_orthogonalizers(np.asarray(ints.overlap), nao)
         v = self.baseline_potential(ints)
         blocks = self.sap_blocks(system)
         base = np.asarray(self.baseline(ints, v, blocks))
-        offmesh = self._offmesh(system, ints, n_pad, v, blocks) if c.offmesh_self_consistency else None
+        offmesh = self._offmesh(system, ints, nao, v, blocks) if c.offmesh_self_consistency else None
         return ints, X, mask, base, offmesh
 
     @staticmethod
@@ -718,12 +718,15 @@ class CrystalTask:
         or, without one, stay in memory."""
         systems = [System.from_any(s) for s in systems]
         batch = prepare_batch(systems, model_config)
-        n_pad = batch.ao_mask.shape[1]
+        n_aos = {int(n) for n in np.asarray(batch.nao)}
+        if len(n_aos) > 1:
+            raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
+        nao = n_aos.pop()  # the batch's AO slots may be more (bucketed); the loss uses these
         cache = cache or IntegralCache(None)
         store = BlochStore(cache.directory, self.bloch_settings(), cache.max_bytes)
         ints, Xs, masks, bases, offmesh = [], [], [], [], []
         for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
-            i, X, mask, base, off = self._cell(s, n_pad)
+            i, X, mask, base, off = self._cell(s, nao)
             record = self._bloch_record(i, off)
             if store.directory is None:  # kept in memory: moved to the device once, not per batch
                 record = BlochRecord(jax.device_put(record.arrays))
@@ -751,19 +754,30 @@ class CrystalTask:
 
         return [CrystalSet(systems=tuple(systems), arrays=arrays, store=store, rebuild=rebuild)]
 
+    def training_hamiltonians(self, params, data: CrystalArrays):
+        """H(k) (B, nk, nao, nao) at the training k-points and, with off-mesh self-consistency,
+        H(q) (B, nq, nao, nao) at the off-mesh ones (else ``None``): H_base + the network's
+        Bloch sum, complex, Hartree — what the loss sees."""
+        H_R = self.config.delta_scale * predict_hamiltonian(params, data.batch)
+        nao = data.h_base.shape[-1]  # AO slots beyond it are bucket padding (zero rows and columns)
+
+        def at(h_base, kpts):
+            return h_base + bloch_sum_batch(H_R, data.batch, kpts)[..., :nao, :nao]
+
+        Hk = at(data.h_base, data.ints.kpts)
+        return Hk, None if data.offmesh is None else at(data.offmesh.h_base, data.offmesh.kpts)
+
     def batch_terms(self, params, data: CrystalArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""
         c = self.config
-        H_R = c.delta_scale * predict_hamiltonian(params, data.batch)
-        Hk = data.h_base + bloch_sum_batch(H_R, data.batch, data.ints.kpts)
+        Hk, Hq = self.training_hamiltonians(params, data)
 
         def one(h, i, x, m, hq=None, o=None):
             return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o)
 
-        if data.offmesh is None:
+        if Hq is None:
             terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask)
         else:
-            Hq = data.offmesh.h_base + bloch_sum_batch(H_R, data.batch, data.offmesh.kpts)
             terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, Hq, data.offmesh)
         metrics = {
             "energy": terms.energy,

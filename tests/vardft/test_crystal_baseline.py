@@ -150,3 +150,25 @@ def test_network_blocks_by_chunks_of_edges_equal_all_at_once():
         parts = [np.asarray(x) for x in predict_blocks(params, batch, edge_chunk=chunk)]
         for a, b in zip(parts, whole):
             np.testing.assert_allclose(a, b, atol=1e-12 * np.abs(b).max(), rtol=0)
+
+
+def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
+    """gth-dzvp Si has 13 AOs per atom: a 2-atom cell's 26 AOs sit in 28 bucketed slots.
+    The H(k) and H(q) the training loss sees (prepared cell, off-mesh points included) equal
+    what prediction returns at those k-points, and the loss is finite."""
+    cfg = make_config("crystal", basis="gth-dzvp", xc="lda,vwn", pseudo="gth-pade", kmesh=(2, 1, 1), mesh=SMALL_MESH,
+                      baseline="sap")
+    task = CrystalTask(cfg)
+    model_cfg = model_config_for(cfg, ("Si",))
+    params = init_params(jax.random.PRNGKey(2), model_cfg)
+    system = crystal_structures("si", 1, seed=3)[0]
+    (cells,) = task.prepare([system], model_cfg)
+    assert cells.arrays.batch.ao_mask.shape[-1] > 26  # the case under test: padded AO slots
+    data = cells.take([0])
+    Hk, Hq = task.training_hamiltonians(params, data)
+    for H_train, kpts in ((Hk, data.ints.kpts), (Hq, data.offmesh.kpts)):
+        H, _ = task.hamiltonian(params, model_cfg, system, np.asarray(kpts[0]))
+        assert H.shape[-1] == 26
+        np.testing.assert_allclose(np.asarray(H_train[0]), H, atol=1e-12, rtol=0)
+    loss, _ = task.batch_terms(params, data)
+    assert np.isfinite(np.asarray(loss)).all()
