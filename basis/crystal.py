@@ -465,3 +465,77 @@ __all__ = [
     "to_cell",
     "vacuum_directions",
 ]
+
+
+SUPERCELL_MATCH_ANGSTROM = 0.5
+"""Largest distance between a supercell atom and the primitive-cell site it is matched to
+(:func:`supercell_map`): displaced supercells (thermal displacements of ~0.05–0.1 Å) map,
+a vacancy or a substituted atom does not."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SupercellMap:
+    """How the atoms of a supercell sit on the sites of a primitive cell.
+
+    Attributes:
+        matrix: (3, 3) int M with supercell lattice = M @ primitive lattice (rows);
+            ``size = |det M|`` primitive cells per supercell.
+        site: (natom_s,) int, the primitive atom each supercell atom sits on.
+        translation: (natom_s, 3) int, the primitive lattice vector (in primitive lattice
+            units) from that atom's primitive position to the supercell atom's site.
+    """
+
+    matrix: np.ndarray
+    site: np.ndarray
+    translation: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(round(abs(np.linalg.det(self.matrix))))
+
+
+def supercell_map(primitive: System, supercell: System, tolerance: float = SUPERCELL_MATCH_ANGSTROM) -> SupercellMap:
+    """Match each atom of ``supercell`` to a site x_a + n·L of ``primitive`` (same element).
+
+    Args:
+        primitive, supercell: crystals (positions and cells in Å); the supercell lattice must
+            be an integer combination of the primitive one.
+        tolerance: largest atom-to-site distance, Å.
+
+    Raises:
+        GeometryError: a molecule, lattices that are not integer multiples (to 1e-3 Å per
+            vector: a strained supercell), an atom farther than ``tolerance`` from every site
+            of its element, or two atoms on one site (each site of the supercell must be
+            taken once: no vacancies or substitutions).
+    """
+    prim, sup = as_crystal(primitive), as_crystal(supercell)
+    lp, ls = np.asarray(prim.cell, dtype=np.float64), np.asarray(sup.cell, dtype=np.float64)
+    matrix = np.rint(ls @ np.linalg.inv(lp)).astype(np.int64)
+    size = int(round(abs(np.linalg.det(matrix))))
+    if size == 0 or np.abs(matrix @ lp - ls).max() > 1e-3:
+        raise GeometryError(f"the cell of {sup.formula} is not an integer multiple of the cell of {prim.formula} "
+                            "(unfolding needs a supercell of the primitive cell, unstrained)")
+    if len(sup.symbols) != size * len(prim.symbols):
+        raise GeometryError(f"{sup.formula} has {len(sup.symbols)} atoms; a {size}-fold supercell of {prim.formula} "
+                            f"has {size * len(prim.symbols)}")
+    frac_p = np.asarray(prim.positions) @ np.linalg.inv(lp)
+    frac = np.asarray(sup.positions) @ np.linalg.inv(lp)
+    site = np.empty(len(sup.symbols), np.int64)
+    translation = np.empty((len(sup.symbols), 3), np.int64)
+    for i, (symbol, f) in enumerate(zip(sup.symbols, frac)):
+        candidates = [a for a, s in enumerate(prim.symbols) if s == symbol]
+        shifts = np.rint(f[None, :] - frac_p[candidates])
+        distance = np.linalg.norm((f[None, :] - frac_p[candidates] - shifts) @ lp, axis=1)
+        best = int(np.argmin(distance)) if candidates else -1
+        if best < 0 or distance[best] > tolerance:
+            raise GeometryError(f"atom {i} ({symbol}) of {sup.formula} is farther than {tolerance} Å from every "
+                                f"{symbol} site of {prim.formula}")
+        site[i], translation[i] = candidates[best], shifts[best].astype(np.int64)
+    # a site taken twice: same primitive atom, translations equal modulo the supercell lattice
+    reduced = np.floor(translation @ np.linalg.inv(matrix) + 1e-9)  # supercell lattice units
+    home = np.rint(translation - reduced @ matrix).astype(np.int64)
+    keys = {(int(a), *map(int, n)) for a, n in zip(site, home)}
+    if len(keys) != len(site):
+        raise GeometryError(f"two atoms of {sup.formula} sit on one site of {prim.formula} (a vacancy or an "
+                            "interstitial: the supercell must hold every site once)")
+    return SupercellMap(matrix=matrix, site=site, translation=translation)

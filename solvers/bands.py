@@ -125,3 +125,41 @@ __all__ = [
     "inverse_bloch_sum",
     "supercell_shifts",
 ]
+
+
+def unfolding_weights(C: np.ndarray, SC: np.ndarray, orbital: np.ndarray, translation: np.ndarray,
+                      k: np.ndarray, n_primitive_orbitals: int) -> np.ndarray:
+    """Spectral weight of supercell states at the primitive-cell wavevector ``k`` (band unfolding).
+
+    A supercell of N primitive cells has, at each k, the primitive bands of N wavevectors
+    k + G (G of the supercell's reciprocal lattice). For a state ψ = Σ_μ C_μ φ^k_μ of the
+    supercell H(k), S(k) (PySCF's Bloch AOs, each centred on its atom), the weight of
+    wavevector k is the Mulliken-type projection onto primitive Bloch functions
+    χ_m = Σ_l e^{ik·t_l} φ^k_(m,l):
+
+        W(k) = (1/N) Re Σ_m conj(A_m) B_m,   A_m = Σ_l e^{−ik·t_l} C_(m,l),
+                                             B_m = Σ_l e^{−ik·t_l} (S C)_(m,l),
+
+    where supercell AO μ = (m, l) is primitive orbital m translated by t_l. Over the N
+    wavevectors k + G a state's weights sum to C†SC = 1; over all states at k they sum to
+    the number of primitive orbitals. A perfect supercell gives weights 0 and 1.
+
+    Args:
+        C: (nao_s, nb) eigenvectors of the supercell at ``k``, normalised C†SC = 1.
+        SC: (nao_s, nb) S(k) @ C.
+        orbital: (nao_s,) int, the primitive orbital m of each supercell AO.
+        translation: (nao_s, 3) Cartesian t_l of each supercell AO, Bohr.
+        k: (3,) Cartesian wavevector, 1/Bohr (the supercell matrices taken at this k).
+        n_primitive_orbitals: number of primitive-cell AOs.
+
+    Returns:
+        (nb,) weights, float64.
+    """
+    C, SC = np.asarray(C), np.asarray(SC)
+    phase = np.exp(-1j * (np.asarray(translation, dtype=np.float64) @ np.asarray(k, dtype=np.float64)))[:, None]
+    A = np.zeros((n_primitive_orbitals, C.shape[1]), dtype=np.complex128)
+    B = np.zeros_like(A)
+    np.add.at(A, orbital, phase * C)
+    np.add.at(B, orbital, phase * SC)
+    n_cells = len(orbital) // n_primitive_orbitals
+    return np.real(np.sum(A.conj() * B, axis=0)) / n_cells

@@ -284,6 +284,60 @@ class CrystalModel(Model):
             return np.stack([np.asarray(periodic.generalized_eigh(jnp.asarray(h), jnp.asarray(s))[0]) for h, s in pairs])
         return np.stack([_window_eigenvalues(h, s, window) for h, s in pairs])
 
+    def unfolded_bands(self, supercell, primitive, kpts, nbands: int | None = None,
+                       window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Bands of ``supercell`` unfolded onto the Brillouin zone of ``primitive``: at each
+        primitive wavevector k, the supercell's states and their spectral weight at k
+        (:func:`solvers.bands.unfolding_weights`; a perfect supercell gives the primitive
+        bands with weight 1 and the folded-in ones with weight 0).
+
+        Args:
+            supercell: the cell to solve (for example displaced or strained-free defect-free
+                N×M×L copies of ``primitive``); each atom matched to a primitive site by
+                :func:`basis.crystal.supercell_map`.
+            primitive: the cell whose Brillouin zone the bands unfold onto.
+            kpts: (nk, 3) Cartesian wavevectors of the primitive cell (its band path), 1/Bohr.
+            nbands, window: as :meth:`bands`.
+
+        Returns:
+            ``(energies (nk, nb) Hartree ascending, weights (nk, nb) in [0, 1])``.
+
+        Raises:
+            GeometryError: ``supercell`` is not a supercell of ``primitive``.
+        """
+        from basis.crystal import supercell_map
+        from basis.layout import ao_offsets
+        from basis.units import BOHR_ANGSTROM
+        from solvers.bands import unfolding_weights
+
+        supercell, primitive = self._check(supercell), self._check(primitive)
+        mapping = supercell_map(primitive, supercell)
+        offsets_p = ao_offsets(self.basis, primitive.symbols)
+        offsets_s = ao_offsets(self.basis, supercell.symbols)
+        sizes = np.diff(offsets_s)
+        atom = np.repeat(np.arange(len(sizes)), sizes)
+        local = np.arange(offsets_s[-1]) - offsets_s[atom]
+        orbital = offsets_p[mapping.site[atom]] + local
+        translation = mapping.translation[atom] @ np.asarray(primitive.cell, dtype=np.float64) / BOHR_ANGSTROM
+        kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+        if window is None and nbands is not None:
+            window = self.band_window(supercell, nbands)
+        if self.config.baseline == "sap":
+            blocks = self.real_space(supercell)
+            pairs = (blocks.bloch_pair(k) for k in kpts)
+        else:
+            pairs = zip(*self.hamiltonian(supercell, kpts))
+        energies, weights = [], []
+        for k, (h, s) in zip(kpts, pairs):
+            X = canonical_orthogonalizer(s)
+            e, c = np.linalg.eigh(X.conj().T @ h @ X)
+            C = X @ c
+            if window is not None:
+                e, C = e[window[0]: window[1] + 1], C[:, window[0]: window[1] + 1]
+            energies.append(e)
+            weights.append(unfolding_weights(C, s @ C, orbital, translation, k, int(offsets_p[-1])))
+        return np.stack(energies), np.stack(weights)
+
     def band_window(self, system, nbands: int) -> tuple[int, int]:
         """``(first, last)`` band indices (inclusive, from 0) of the ``nbands`` bands nearest
         the Fermi level of an insulator: half occupied, half empty, within the AOs.

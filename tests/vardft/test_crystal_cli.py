@@ -172,3 +172,73 @@ def test_bands_nearest_the_fermi_level_equal_those_of_the_full_solve(sap_run, ca
         assert "\n" not in err and says in err
     assert main(["bands", "si", "--scf", "--nbands", "4"]) == 2
     assert "--nbands works with --model" in capsys.readouterr().err
+
+
+def _supercell_file(path, repeat, rattle=0.0):
+    import ase
+    from ase.build import make_supercell
+
+    from basis.crystal import read_crystal
+
+    p = read_crystal("si")
+    atoms = make_supercell(ase.Atoms(p.symbols, positions=p.positions, cell=p.cell, pbc=True), np.diag(repeat))
+    if rattle:
+        atoms.rattle(rattle, seed=3)
+    atoms.write(path, format="extxyz")
+    return str(path)
+
+
+def test_unfolded_supercell_bands_are_the_primitive_bands_with_weight_one(sap_run, tmp_path, capsys):
+    """``vardft bands SUPERCELL --model RUN --unfold PRIMITIVE`` (issue 13): on a perfect
+    2×1×1 Si supercell every state has weight 0 or 1 at each primitive k, the weight-1
+    states are the primitive cell's own model bands (1e-8 Eh), and at every k the weights
+    add up to the primitive cell's 8 orbitals; on a displaced supercell they still add up
+    to 8 and lie in [0, 1] to round-off, spread over more states."""
+    common = ["--model", sap_run, "--path", "GXW", "--npoints", "5", "--json"]
+    assert main(["bands", "si", *common]) == 0
+    primitive = np.asarray(json.loads(capsys.readouterr().out)["bands_ev"])
+    plot = tmp_path / "unfolded.png"
+    assert main(["bands", _supercell_file(tmp_path / "sc.xyz", (2, 1, 1)), *common, "--unfold", "si",
+                 "--plot", str(plot)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    bands, weights = np.asarray(data["bands_ev"]), np.asarray(data["weights"])
+    assert bands.shape == weights.shape == (5, 16)
+    assert np.abs(weights * (1 - weights)).max() < 1e-6  # 0 or 1 (weights written to 6 decimals)
+    np.testing.assert_allclose(weights.sum(axis=1), 8.0, atol=1e-5)
+    picked = np.stack([np.sort(b[w > 0.5]) for b, w in zip(bands, weights)])
+    np.testing.assert_allclose(picked, primitive, atol=1e-8 * 27.211386, rtol=0)
+    assert plot.stat().st_size > 0 and data["unfolded_onto"] == "Si2"
+
+    assert main(["bands", _supercell_file(tmp_path / "rattled.xyz", (2, 1, 1), rattle=0.05), *common,
+                 "--unfold", "si"]) == 0
+    weights = np.asarray(json.loads(capsys.readouterr().out)["weights"])
+    np.testing.assert_allclose(weights.sum(axis=1), 8.0, atol=1e-5)
+    assert weights.min() > -1e-3 and weights.max() < 1 + 1e-3
+    assert np.abs(weights * (1 - weights)).max() > 1e-3  # displacements mix k and k + G
+
+    assert main(["bands", "si", *common, "--unfold", str(tmp_path / "sc.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not an integer multiple" in err
+    assert main(["bands", "si", "--scf", "--unfold", "si"]) == 2
+    assert "--unfold works with --model" in capsys.readouterr().err
+
+
+def test_unfolding_weights_of_a_state_add_up_to_one_over_the_folded_wavevectors():
+    """The N primitive wavevectors k + G that fold onto one supercell k share its states; the
+    weights (:func:`solvers.bands.unfolding_weights`) of any normalised state over them add
+    up to one — here a random state of a random 3-cell supercell."""
+    from solvers.bands import unfolding_weights
+
+    rng = np.random.default_rng(0)
+    n_orb, n_cells = 3, 3
+    lattice = np.eye(3) * 4.0  # primitive; the supercell is 3 × 1 × 1
+    orbital = np.tile(np.arange(n_orb), n_cells)
+    translation = np.repeat(np.arange(n_cells), n_orb)[:, None] * lattice[0][None, :]
+    A = rng.normal(size=(9, 9)) + 1j * rng.normal(size=(9, 9))
+    S = A @ A.conj().T + 9 * np.eye(9)
+    C = rng.normal(size=(9, 2)) + 1j * rng.normal(size=(9, 2))
+    C /= np.sqrt(np.einsum("mi,mn,ni->i", C.conj(), S, C).real)
+    k = np.array([0.3, 0.1, -0.2])
+    G = 2 * np.pi / (3 * 4.0) * np.array([1.0, 0.0, 0.0])  # the supercell's reciprocal vector
+    total = sum(unfolding_weights(C, S @ C, orbital, translation, k + j * G, n_orb) for j in range(n_cells))
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)

@@ -25,7 +25,15 @@ import time
 
 import numpy as np
 
-from basis.crystal import DEFAULT_PATH_POINTS, absolute_kpts, band_path, default_pseudo, read_crystal, to_cell
+from basis.crystal import (
+    DEFAULT_PATH_POINTS,
+    absolute_kpts,
+    band_path,
+    default_pseudo,
+    read_crystal,
+    supercell_map,
+    to_cell,
+)
 from basis.errors import InputError, ResourceLimitError
 from basis.pbc_integrals import (
     BLOCH_AO_BUDGET_BYTES,
@@ -43,6 +51,9 @@ from vardft.config import CRYSTAL_BASIS, DEFAULT_XC
 
 BAND_CHUNK_BYTES = 512 * 2**20
 """Bloch AO memory per chunk of path k-points."""
+
+UNFOLD_WEIGHT_SHOWN = 0.02
+"""Unfolded states with less spectral weight than this are not drawn."""
 
 PYSCF_CONV_TOL = 1e-10
 """Energy convergence of the PySCF reference SCF for ``--compare-pyscf``."""
@@ -72,6 +83,11 @@ def register(subparsers) -> None:
     p.add_argument("--nbands", type=int, default=None, metavar="N",
                    help="with --model: only the N bands nearest the Fermi level (half below, half above the "
                         "gap), from a solver that computes no others; for large cells (default: every band)")
+    p.add_argument("--unfold", metavar="PRIMITIVE", default=None,
+                   help="with --model: unfold the bands of INPUT (a supercell, displaced or not) onto the "
+                        "Brillouin zone of PRIMITIVE (file or built-in name): the path is PRIMITIVE's and each "
+                        "state gets its spectral weight there (1: a primitive band, 0: folded in); the plot "
+                        "draws states by weight")
     p.add_argument("--plot", metavar="FILE", default=None, help="write the band structure plot (png, pdf, svg)")
     p.add_argument("--compare-pyscf", action="store_true", help="also run PySCF's KRKS + get_bands and compare")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -203,12 +219,16 @@ def model_band_structure(
     npoints: int | None = None,
     compare_pyscf: bool = False,
     nbands: int | None = None,
+    unfold=None,
 ) -> dict:
     """Band structure of ``system`` from the crystal model in ``run_dir``; the keys of
     :func:`scf_band_structure` (``energy_eh``, ``converged``, ``n_iter`` only with
     ``compare_pyscf``, from PySCF). ``fermi_ev`` is the highest occupied band on the path.
     ``nbands``: only the bands nearest the Fermi level (:meth:`CrystalModel.band_window`);
-    ``first_band`` is the index of the first one.
+    ``first_band`` is the index of the first one. ``unfold``: a primitive cell of which
+    ``system`` is a supercell; the path is the primitive cell's and ``weights`` (nk × nbands)
+    the spectral weight of each state there (:meth:`CrystalModel.unfolded_bands`);
+    ``unfolded_onto`` its formula.
 
     Raises:
         CheckpointError: no run directory or not a crystal model; InputError subclasses
@@ -218,7 +238,9 @@ def model_band_structure(
     npoints = DEFAULT_PATH_POINTS if npoints is None else npoints
     timings = {}
     t0 = time.perf_counter()
-    bp = band_path(system, path, npoints)
+    if unfold is not None:
+        supercell_map(unfold, system)  # not a supercell of it: said before any work
+    bp = band_path(system if unfold is None else unfold, path, npoints)
     model = load(run_dir, "crystal")
     cfg = model.config
     pseudo = cfg.pseudo or default_pseudo(cfg.xc)
@@ -226,17 +248,24 @@ def model_band_structure(
     # reference gets its own default mesh for this cell (a supercell needs a finer one)
     mesh = None if cfg.baseline == "sap" else cfg.mesh
     cell = to_cell(system, basis=cfg.basis, pseudo=pseudo, mesh=mesh)
-    kpts_path = absolute_kpts(cell, bp.kpts_frac)
+    path_cell = cell if unfold is None else to_cell(unfold, basis=cfg.basis, pseudo=pseudo, mesh=mesh)
+    kpts_path = absolute_kpts(path_cell, bp.kpts_frac)
     timings["setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     window = None if nbands is None else band_window(int(cell.nao_nr()), int(cell.nelectron) // 2, nbands)
     first = 0 if window is None else window[0]
-    bands = model.bands(system, kpts_path, window=window)
+    weights = None
+    if unfold is None:
+        bands = model.bands(system, kpts_path, window=window)
+    else:
+        bands, weights = model.unfolded_bands(system, unfold, kpts_path, window=window)
     timings["model"] = time.perf_counter() - t0
     n_electrons = int(cell.nelectron)
     nocc = n_electrons // 2
     out = _band_record(system, cfg.xc, cfg.basis, pseudo, cfg.kmesh, bp, bands, bands[:, nocc - 1 - first].max())
     out.update({"n_electrons": n_electrons, "model": run_dir, "first_band": first})
+    if weights is not None:
+        out.update({"weights": np.round(weights, 6).tolist(), "unfolded_onto": unfold.formula})
     if compare_pyscf:
         t0 = time.perf_counter()
         mf = make_periodic_mean_field(system, xc=cfg.xc, basis=cfg.basis, pseudo=pseudo, kmesh=cfg.kmesh, mesh=mesh)
@@ -274,8 +303,17 @@ def plot_bands(data: dict, filename: str) -> None:
     bands = np.where(bands > 1e20, np.nan, bands)  # directions removed as linearly dependent
     fermi = data["fermi_ev"]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    ax.plot(x, bands, color="tab:blue", lw=1.4)
-    ax.plot([], [], color="tab:blue", lw=1.4, label="vardft (model)" if "model" in data else "vardft (JAX SCF)")
+    if "weights" in data:  # unfolded: each state a dot, its size and darkness its weight
+        weights = np.clip(np.asarray(data["weights"]), 0.0, 1.0)
+        xs = np.broadcast_to(x[:, None], bands.shape)
+        keep = weights > UNFOLD_WEIGHT_SHOWN
+        ax.scatter(xs[keep], bands[keep], s=14.0 * weights[keep], c=weights[keep], cmap="Blues", vmin=-0.3,
+                   vmax=1.0, linewidths=0)
+        ax.plot([], [], ls="none", marker="o", ms=4, color="tab:blue",
+                label=f"vardft (model), unfolded onto {data['unfolded_onto']}")
+    else:
+        ax.plot(x, bands, color="tab:blue", lw=1.4)
+        ax.plot([], [], color="tab:blue", lw=1.4, label="vardft (model)" if "model" in data else "vardft (JAX SCF)")
     if "pyscf" in data:
         ref = np.asarray(data["pyscf"]["bands_ev"])
         ref = np.where(ref > 1e20, np.nan, ref)
@@ -338,6 +376,10 @@ def _summary(data: dict, plot: str | None) -> str:
     first, count = data.get("first_band", 0), len(data["bands_ev"][0])
     which = f"bands {first + 1}–{first + count} (nearest the Fermi level)" if first else f"{count} bands"
     lines.append(f"path            {data['path']} ({len(data['x'])} k-points: {names}), {which}")
+    if "weights" in data:
+        w = np.asarray(data["weights"])
+        lines.append(f"unfolded onto   {data['unfolded_onto']}: {int((w > 0.5).sum(axis=1).mean())} states per "
+                     f"k-point with weight > 0.5 (mean weight {w.mean():.3f})")
     if "pyscf" in data:
         ref = data["pyscf"]
         lines.append(
@@ -356,11 +398,14 @@ def run(args: argparse.Namespace) -> int:
 
     system = read_crystal(args.input)
     if args.model is not None:
+        primitive = None if args.unfold is None else read_crystal(args.unfold)
         data = model_band_structure(system, args.model, path=args.path, npoints=args.npoints,
-                                    compare_pyscf=args.compare_pyscf, nbands=args.nbands)
+                                    compare_pyscf=args.compare_pyscf, nbands=args.nbands, unfold=primitive)
     else:
         if args.nbands is not None:
             raise InputError("--nbands works with --model (the SCF solves every band anyway)")
+        if args.unfold is not None:
+            raise InputError("--unfold works with --model")
         data = scf_band_structure(
             system,
             xc=args.xc,
