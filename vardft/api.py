@@ -292,12 +292,13 @@ class CrystalModel(Model):
         bands with weight 1 and the folded-in ones with weight 0).
 
         Args:
-            supercell: the cell to solve (for example displaced or strained-free defect-free
-                N×M×L copies of ``primitive``); each atom matched to a primitive site by
-                :func:`basis.crystal.supercell_map`.
+            supercell: the cell to solve: an unstrained supercell of ``primitive``, atoms
+                displaced or not, every site taken once; each atom matched to a primitive
+                site by :func:`basis.crystal.supercell_map`.
             primitive: the cell whose Brillouin zone the bands unfold onto.
             kpts: (nk, 3) Cartesian wavevectors of the primitive cell (its band path), 1/Bohr.
-            nbands, window: as :meth:`bands`.
+            nbands, window: as :meth:`bands` (the eigenvectors come from a full dense
+                solve at each k either way).
 
         Returns:
             ``(energies (nk, nb) Hartree ascending, weights (nk, nb) in [0, 1])``.
