@@ -399,7 +399,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
 HOST_MEMORY_FRACTION = 0.25
 """The automatic backend keeps molecules in memory (``"host"``) on a CPU while their AO
-values and DF factors are estimated to take at most this fraction of the machine's memory."""
+values and DF factors are estimated to take at most this fraction of the machine's memory;
+crystal training holds Bloch AO records from the cache in memory up to this fraction of the
+machine's (or the accelerator's) memory."""
 
 GRID_POINTS_PER_ATOM = {0: 900, 1: 3900, 2: 8300, 3: 12000, 4: 22200, 5: 33300}
 """PySCF grid points per atom by grid level (measured on benzene at def2-SVP, rounded up;

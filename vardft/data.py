@@ -349,12 +349,16 @@ class IntegralCache:
 
     ``directory=None`` disables the disk cache (integrals are computed each time).
     ``max_bytes`` bounds the records of the ``"jax"`` backend (:mod:`vardft.stream`):
-    past it they are recomputed when needed instead of being written.
+    past it they are recomputed when needed instead of being written. ``memory_bytes``:
+    how much of the crystals' Bloch AO records is also held in memory
+    (:class:`vardft.crystal_stream.BlochStore`); ``None``, the default, is
+    :data:`vardft.config.HOST_MEMORY_FRACTION` of the machine's memory.
     """
 
-    def __init__(self, directory: str | None = None, max_bytes: int | None = None):
+    def __init__(self, directory: str | None = None, max_bytes: int | None = None, memory_bytes: int | None = None):
         self.directory = directory
         self.max_bytes = max_bytes
+        self.memory_bytes = memory_bytes
         self.hits = 0
         self.misses = 0
 

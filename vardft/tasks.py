@@ -231,6 +231,22 @@ def in_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
     return total
 
 
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine, bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget(requested: int | None) -> int:
+    """Bytes of training records held in memory: ``requested``, or by default
+    :data:`HOST_MEMORY_FRACTION` of the machine's memory (on a CPU) or of the device's."""
+    if requested is not None:
+        return int(requested)
+    if jax.default_backend() == "cpu":
+        return int(HOST_MEMORY_FRACTION * machine_memory_bytes())
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(HOST_MEMORY_FRACTION * stats.get("bytes_limit", 0))
+
+
 def choose_backend(systems: Sequence[System], config: TrainConfig) -> str:
     """``"jax"`` on a GPU or TPU (a host callback cannot run there) or over several
     devices (:meth:`MoleculeTask.resolve`), or on a CPU when the
@@ -238,8 +254,7 @@ def choose_backend(systems: Sequence[System], config: TrainConfig) -> str:
     memory; ``"host"`` otherwise (as fast or faster on a CPU: docs/results.md)."""
     if jax.default_backend() != "cpu" or device_count(config.devices) > 1:
         return "jax"
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return "host" if in_memory_bytes(systems, config) <= HOST_MEMORY_FRACTION * memory else "jax"
+    return "host" if in_memory_bytes(systems, config) <= HOST_MEMORY_FRACTION * machine_memory_bytes() else "jax"
 
 
 def _static_electrons(counts) -> int:
@@ -723,7 +738,7 @@ class CrystalTask:
             raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
         nao = n_aos.pop()  # the batch's AO slots may be more (bucketed); the loss uses these
         cache = cache or IntegralCache(None)
-        store = BlochStore(cache.directory, self.bloch_settings(), cache.max_bytes)
+        store = BlochStore(cache.directory, self.bloch_settings(), cache.max_bytes, memory_budget(cache.memory_bytes))
         ints, Xs, masks, bases, offmesh = [], [], [], [], []
         for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
             i, X, mask, base, off = self._cell(s, nao)

@@ -203,11 +203,12 @@ def test_runs_saved_before_the_new_loss_options_load_with_their_old_loss(trained
 def test_bloch_aos_are_read_from_the_cache_one_batch_at_a_time(trained_si, tmp_path):
     """With a cache directory the prepared set holds no Bloch AOs: a batch reads exactly
     its cells' arrays (or recomputes them when the cache has no room), equal to the
-    integrals' own, and training is the in-memory run's bit for bit."""
+    integrals' own, and training is the in-memory run's bit for bit; a memory budget holds
+    the records that fit in it, which are then never read from disk again."""
     systems = si_set(3, 1).train
     task = CrystalTask(CrystalTask(CONFIG).resolve(systems))
     model_config = trained_si[1].model_config
-    (stored,) = task.prepare(systems, model_config, IntegralCache(str(tmp_path / "cache")))
+    (stored,) = task.prepare(systems, model_config, IntegralCache(str(tmp_path / "cache"), memory_bytes=0))
     assert stored.arrays.ints.ao is None and stored.arrays.offmesh.ao is None and not stored.store.memory
     assert len([f for f in os.listdir(tmp_path / "cache") if f.startswith("bloch-")]) == len(systems)
     batch = stored.take([2, 0])
@@ -217,11 +218,21 @@ def test_bloch_aos_are_read_from_the_cache_one_batch_at_a_time(trained_si, tmp_p
     np.testing.assert_array_equal(np.asarray(batch.ints.ao[0]), np.asarray(own.ao))
     assert batch.offmesh.ao.shape[:2] == (2, 4)  # 8 half-shifted points, one of each ±q pair
 
-    (bounded,) = task.prepare(systems[:1], model_config, IntegralCache(str(tmp_path / "small"), max_bytes=1000))
+    (bounded,) = task.prepare(systems[:1], model_config, IntegralCache(str(tmp_path / "small"), max_bytes=1000,
+                                                                   memory_bytes=0))
     assert not os.listdir(tmp_path / "small")
     again = bounded.take([0, 0])
     assert bounded.store.rebuilt == 1
     np.testing.assert_array_equal(np.asarray(again.ints.ao[1]), np.asarray(stored.take([0]).ints.ao[0]))
+
+    # a memory budget for two of the three records: those two are never read from disk again
+    budget = 2 * stored.records([0])[0].nbytes
+    (held,) = task.prepare(systems, model_config, IntegralCache(str(tmp_path / "cache"), memory_bytes=budget))
+    assert len(held.store.memory) == 2 and held.store.held_bytes <= budget
+    for a, b in zip(jax.tree.leaves(held.take([2, 0, 1])), jax.tree.leaves(stored.take([2, 0, 1]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    held.take([1, 2])
+    assert held.store.read == 2  # cell 2, twice
 
     (in_memory,) = task.prepare(systems, model_config)
     assert len(in_memory.store.memory) == len(systems)

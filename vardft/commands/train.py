@@ -109,9 +109,10 @@ def register(sub) -> None:
                         "index from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster "
                         "scheduler); start the same command on every host, RUN_DIR on a shared file system")
     p.add_argument("--cache", default=None,
-                   help="cache directory of integrals (molecules) and of Bloch AO values (crystals: read back one "
-                        "batch at a time, so memory does not grow with the number of cells) (default: $VARDFT_CACHE "
-                        "or ~/.cache/vardft; 'none': keep nothing on disk, crystals' Bloch AOs all in memory)")
+                   help="cache directory of integrals (molecules) and of Bloch AO values (crystals: held in memory "
+                        "up to a quarter of it, the rest read back one batch at a time, so memory does not grow "
+                        "with the number of cells) (default: $VARDFT_CACHE or ~/.cache/vardft; 'none': keep "
+                        "nothing on disk, crystals' Bloch AOs all in memory)")
     p.add_argument("--cache-gb", type=float, default=None,
                    help="molecules with --backend jax, and crystals: most disk the cache may take, GB; past it "
                         "records are recomputed when needed (default: no bound; 5 GB of disk are always left free)")
