@@ -141,7 +141,8 @@ class BlochStore(RecordStore):
         raise NotImplementedError("Bloch records have no padded sizes")
 
 
-def _gather(tree, idx):
+def gather_rows(tree, idx):
+    """Rows ``idx`` of every array of ``tree`` (stacked structures: a batch of them)."""
     return jax.tree.map(lambda a: a[idx], tree)
 
 
@@ -170,17 +171,12 @@ class CrystalSet:
 
     def records(self, idx: Sequence[int]) -> list[BlochRecord]:
         """Bloch records of cells ``idx`` (each distinct cell read or rebuilt once)."""
-        found = {i: self.store.lookup(self.systems[i]) for i in dict.fromkeys(idx)}
-        for i, record in found.items():
-            if record is None:
-                self.store.rebuilt += 1
-                found[i] = self.rebuild(self.systems[i])
-        return [found[i] for i in idx]
+        return self.store.fetch(self.systems, idx, lambda missing: [self.rebuild(self.systems[i]) for i in missing])
 
     def take(self, idx):
         """The stacked arrays of cells ``idx`` (a batch, rows in the order of ``idx``)."""
         idx = [int(i) for i in np.asarray(idx)]
-        arrays = _gather(self.arrays, jnp.asarray(idx, dtype=jnp.int32))
+        arrays = gather_rows(self.arrays, jnp.asarray(idx, dtype=jnp.int32))
         records = self.records(idx)
 
         def stacked(field):  # each record moved once, stacked by XLA (half the time of np.stack + asarray)

@@ -266,6 +266,16 @@ class RecordStore:
         except (OSError, KeyError):
             return None
 
+    def fetch(self, systems: Sequence[System], idx: Sequence[int], rebuild) -> list:
+        """Records of ``systems[i]`` for ``i`` in ``idx`` (in that order): each distinct one
+        looked up once, the missing ones made by ``rebuild(indices) -> records`` (counted)."""
+        found = {i: self.lookup(systems[i]) for i in dict.fromkeys(idx)}
+        missing = [i for i, record in found.items() if record is None]
+        if missing:
+            self.rebuilt += len(missing)
+            found.update(zip(missing, rebuild(missing)))
+        return [found[i] for i in idx]
+
     def keep(self, system: System, record: MoleculeRecord) -> bool:
         """Store a complete record; False when the size bound leaves no room."""
         if self.directory is None:
@@ -437,12 +447,7 @@ class StreamedSet:
         return len(self.systems)
 
     def records(self, idx: Sequence[int]) -> list[MoleculeRecord]:
-        found = {i: self.store.lookup(self.systems[i]) for i in idx}
-        missing = [i for i in dict.fromkeys(idx) if found[i] is None]
-        if missing:
-            self.store.rebuilt += len(missing)
-            found.update(zip(missing, self.rebuild(missing)))
-        return [found[i] for i in idx]
+        return self.store.fetch(self.systems, idx, self.rebuild)
 
     def padded_shells(self, k: int) -> AOShells:
         """The AO shells of molecule ``k`` padded to the bucket (padded once: a few kB each)."""

@@ -78,7 +78,8 @@ from solvers.energy import energy_and_fock
 from vardft import stream
 from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
                            TrainConfig)
-from vardft.crystal_stream import AO_FIELD, OFFMESH_AO_FIELD, BlochRecord, BlochSettings, BlochStore, CrystalSet
+from vardft.crystal_stream import (AO_FIELD, OFFMESH_AO_FIELD, BlochRecord, BlochSettings, BlochStore, CrystalSet,
+                                   gather_rows)
 from vardft.data import IntegralCache, pad_integrals, size_buckets
 from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch, real_space_blocks
 from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
@@ -98,7 +99,7 @@ class PreparedSet:
 
     def take(self, idx):
         """The stacked arrays of structures ``idx`` (a batch, rows in the order of ``idx``)."""
-        return _gather(self.arrays, jnp.asarray(idx))
+        return gather_rows(self.arrays, jnp.asarray(idx))
 
 
 def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfig:
@@ -110,10 +111,6 @@ def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfi
         elements=tuple(sorted(set(elements), key=atomic_number)),
         cutoff=config.cutoff,
     )
-
-
-def _gather(tree, idx):
-    return jax.tree.map(lambda a: a[idx], tree)
 
 
 def _stack(trees):
