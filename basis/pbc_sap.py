@@ -240,6 +240,19 @@ class LatticeBlocks:
             out.append(matrix.reshape(self.nao, self.nao))
         return out[0], out[1]
 
+    def bloch_pair_sparse(self, k: np.ndarray):
+        """``(H(k), S(k))`` as scipy CSR matrices (nao, nao) complex128 at one Cartesian
+        k-point (1/Bohr): memory linear in the atoms (an atom's neighbours, not all atoms)."""
+        import scipy.sparse as sp
+
+        phase = np.exp(1j * (self.shifts @ self.lattice @ np.asarray(k, dtype=np.float64).reshape(3)))
+        flat, mask = self._scatter_index
+        rows, cols = np.divmod(flat, self.nao)
+        return tuple(
+            sp.csr_matrix(((phase[:, None, None] * blocks)[mask], (rows, cols)), shape=(self.nao, self.nao))
+            for blocks in (self.hamiltonian, self.overlap)
+        )
+
     @functools.cached_property
     def _scatter_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Flat AO-matrix index of every real element of the padded blocks, and their mask."""

@@ -254,7 +254,8 @@ class CrystalModel(Model):
         """
         return self.task.real_space(self.params, self.model_config, self._check(system))
 
-    def bands(self, system, kpts, nbands: int | None = None, window: tuple[int, int] | None = None) -> np.ndarray:
+    def bands(self, system, kpts, nbands: int | None = None, window: tuple[int, int] | None = None,
+              solver: str = "auto") -> np.ndarray:
         """Band energies (nk, nb), Hartree, ascending, at Cartesian ``kpts`` (nk, 3), 1/Bohr.
 
         Without ``nbands`` every band, solved with S(k) as PySCF's ``get_bands`` does
@@ -267,16 +268,28 @@ class CrystalModel(Model):
             window: the bands to solve for, ``(first, last)`` (inclusive, from 0), instead
                 of ``nbands``; from :func:`band_window` when the caller already has the
                 counts (a 1,000-atom PySCF cell takes a second to build).
+            solver: for a window of bands on a sap run, ``"dense"`` (LAPACK's subset
+                solver on dense H(k), S(k)), ``"sparse"`` (sparse H(k), S(k), shift-invert
+                Lanczos: :mod:`solvers.sparse_bands`) or ``"auto"``: sparse from
+                :data:`SPARSE_MIN_AOS` AOs.
 
         Raises:
-            InputError: ``nbands`` < 1, or the cell does not suit the model.
+            InputError: ``nbands`` < 1, an unknown ``solver``, ``"sparse"`` without a
+                window or on a minao run, or the cell does not suit the model.
         """
         system = self._check(system)
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+        if solver not in ("auto", "dense", "sparse"):
+            raise InputError(f"unknown band solver {solver!r}; use auto, dense or sparse")
         if window is None and nbands is not None:
             window = self.band_window(system, nbands)
+        if solver == "sparse" and (window is None or self.config.baseline != "sap"):
+            raise InputError("the sparse band solver finds the bands nearest the Fermi level (give nbands) of a "
+                             "model on the sap baseline")
         if self.config.baseline == "sap":
             blocks = self.real_space(system)
+            if window is not None and (solver == "sparse" or (solver == "auto" and blocks.nao >= SPARSE_MIN_AOS)):
+                return _sparse_window_bands(blocks, kpts, window)
             pairs = (blocks.bloch_pair(k) for k in kpts)
         else:
             pairs = zip(*self.hamiltonian(system, kpts))
@@ -384,6 +397,26 @@ def band_window(nao: int, n_occupied: int, nbands: int) -> tuple[int, int]:
         raise InputError(f"nbands must be at least 1, not {nbands}")
     first = max(0, min(n_occupied - nbands // 2, nao - nbands))
     return first, min(nao, first + nbands) - 1
+
+
+SPARSE_MIN_AOS = 4000
+"""``CrystalModel.bands(solver="auto")`` solves a window of bands with the sparse solver
+from this many AOs (Si gth-szv: 1,000 atoms), the dense one below
+(``benchmarks/supercell_bands.py --solver``, docs/results.md)."""
+
+
+def _sparse_window_bands(blocks: LatticeBlocks, kpts: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Bands ``window`` at each k-point from sparse H(k), S(k), shifted into the gap found at
+    the first k-point (between the window's lower and upper halves)."""
+    from solvers.sparse_bands import gap_shift, window_eigenvalues_sparse
+
+    out, sigma = [], None
+    for k in kpts:
+        H, S = blocks.bloch_pair_sparse(k)
+        if sigma is None:
+            sigma = gap_shift(H, S, (window[0] + window[1] + 1) // 2)
+        out.append(window_eigenvalues_sparse(H, S, window, sigma))
+    return np.stack(out)
 
 
 def _window_eigenvalues(h: np.ndarray, s: np.ndarray, window: tuple[int, int]) -> np.ndarray:

@@ -46,7 +46,7 @@ from basis.pbc_integrals import (
 from basis.units import HARTREE_TO_EV
 from solvers.bands import band_structure
 from solvers.periodic import run_periodic_scf
-from vardft.api import band_window, load
+from vardft.api import SPARSE_MIN_AOS, band_window, load
 from vardft.config import CRYSTAL_BASIS, DEFAULT_XC
 
 BAND_CHUNK_BYTES = 512 * 2**20
@@ -83,6 +83,10 @@ def register(subparsers) -> None:
     p.add_argument("--nbands", type=int, default=None, metavar="N",
                    help="with --model: only the N bands nearest the Fermi level (half below, half above the "
                         "gap), from a solver that computes no others; for large cells (default: every band)")
+    p.add_argument("--solver", default="auto", choices=["auto", "dense", "sparse"],
+                   help="with --model and --nbands on a sap run: dense H(k), S(k) and LAPACK's subset solver, or "
+                        "sparse ones and shift-invert Lanczos (memory and time that grow slower with the cell); "
+                        f"auto: sparse from {SPARSE_MIN_AOS:,} AOs (default auto)")
     p.add_argument("--unfold", metavar="PRIMITIVE", default=None,
                    help="with --model: unfold the bands of INPUT (a supercell, displaced or not) onto the "
                         "Brillouin zone of PRIMITIVE (file or built-in name): the path is PRIMITIVE's and each "
@@ -220,6 +224,7 @@ def model_band_structure(
     compare_pyscf: bool = False,
     nbands: int | None = None,
     unfold=None,
+    solver: str = "auto",
 ) -> dict:
     """Band structure of ``system`` from the crystal model in ``run_dir``; the keys of
     :func:`scf_band_structure` (``energy_eh``, ``converged``, ``n_iter`` only with
@@ -228,7 +233,7 @@ def model_band_structure(
     ``first_band`` is the index of the first one. ``unfold``: a primitive cell of which
     ``system`` is a supercell; the path is the primitive cell's and ``weights`` (nk × nbands)
     the spectral weight of each state there (:meth:`CrystalModel.unfolded_bands`);
-    ``unfolded_onto`` its formula.
+    ``unfolded_onto`` its formula. ``solver``: :meth:`CrystalModel.bands`'s.
 
     Raises:
         CheckpointError: no run directory or not a crystal model; InputError subclasses
@@ -256,7 +261,7 @@ def model_band_structure(
     first = 0 if window is None else window[0]
     weights = None
     if unfold is None:
-        bands = model.bands(system, kpts_path, window=window)
+        bands = model.bands(system, kpts_path, window=window, solver=solver)
     else:
         bands, weights = model.unfolded_bands(system, unfold, kpts_path, window=window)
     timings["model"] = time.perf_counter() - t0
@@ -400,7 +405,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         primitive = None if args.unfold is None else read_crystal(args.unfold)
         data = model_band_structure(system, args.model, path=args.path, npoints=args.npoints,
-                                    compare_pyscf=args.compare_pyscf, nbands=args.nbands, unfold=primitive)
+                                    compare_pyscf=args.compare_pyscf, nbands=args.nbands, unfold=primitive,
+                                    solver=args.solver)
     else:
         if args.nbands is not None:
             raise InputError("--nbands works with --model (the SCF solves every band anyway)")
