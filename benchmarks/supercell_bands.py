@@ -6,8 +6,9 @@ baseline in a fresh process (so each peak memory is its own):
 
 - ``baseline_s``: S(R), H_base(R) blocks (:func:`basis.pbc_sap.lattice_blocks`);
 - ``network_s``: the network's blocks (one forward pass, ``predict_blocks``) and their sum;
-- ``bands_s``: H(k), S(k) at ``--kpoints`` k-points along Γ–X and the dense generalized
-  eigenproblem at each, keeping the ``--nbands`` bands nearest the gap;
+- ``bands_s``: H(k), S(k) at ``--kpoints`` k-points along Γ–X and the ``--nbands`` bands
+  nearest the gap at each (``--solver dense``: LAPACK's subset solver; ``sparse``: sparse
+  matrices and shift-invert Lanczos);
 - ``peak_gb``: the process's peak resident memory.
 
 ``--model RUN`` uses a trained sap run (elements must cover Si); without it an untrained
@@ -48,13 +49,13 @@ def displaced_supercell(n: int, sigma: float):
     return atoms
 
 
-def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: int) -> dict:
+def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: int, solver: str = "dense") -> dict:
     """One size, in this process."""
     import jax
     import numpy as np
     from basis.system import System
     from basis.units import BOHR_ANGSTROM
-    from vardft.api import _window_eigenvalues, band_window
+    from vardft.api import _sparse_window_bands, _window_eigenvalues, band_window
     from vardft.config import make_config
     from vardft.hamiltonian import prepare_batch, real_space_blocks
     from vardft.model import init_params, predict_blocks
@@ -83,13 +84,15 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
     kpts = np.linspace(0.0, 1.0, kpoints)[:, None] * x_point[None, :]
     n_occ = 2 * len(system.symbols)  # 4 valence electrons per Si: 2 per atom occupied bands
     lo, hi = band_window(full.nao, n_occ, nbands)
-    gap = []
-    for k in kpts:  # as CrystalModel.bands: one H(k), S(k) at a time, real arithmetic at Γ and X
-        e = _window_eigenvalues(*full.bloch_pair(k), (lo, hi))
-        gap.append(e[n_occ - lo] - e[n_occ - lo - 1])
+    if solver == "sparse":  # as CrystalModel.bands(solver="sparse")
+        bands = _sparse_window_bands(full, kpts, (lo, hi))
+    else:  # as CrystalModel.bands: one H(k), S(k) at a time, real arithmetic at Γ and X
+        bands = np.stack([_window_eigenvalues(*full.bloch_pair(k), (lo, hi)) for k in kpts])
+    gap = bands[:, n_occ - lo] - bands[:, n_occ - lo - 1]
     t3 = time.perf_counter()
     return {
-        "cells": n, "atoms": len(system.symbols), "nao": full.nao, "blocks": len(full.pairs),
+        "cells": n, "atoms": len(system.symbols), "nao": full.nao, "blocks": len(full.pairs), "solver": solver,
+        "pair_fraction": len(full.pairs) / len(system.symbols) ** 2,
         "baseline_s": t1 - t0, "network_s": t2 - t1, "bands_s": t3 - t2, "total_s": t3 - t0,
         "kpoints": kpoints, "nbands": hi - lo + 1, "min_gap_ev": float(min(gap)) * 27.211386,
         "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
@@ -97,11 +100,11 @@ def measure(n: int, model_dir: str | None, sigma: float, kpoints: int, nbands: i
 
 
 def table(rows: list[dict]) -> str:
-    head = "| atoms | AOs | blocks | baseline s | network s | bands s | total min | peak GB | min gap eV |"
+    head = "| atoms | AOs | blocks | solver | baseline s | network s | bands s | total min | peak GB | min gap eV |"
     lines = [head, "| " + " | ".join("---" for _ in head.split("|")[1:-1]) + " |"]
     for r in rows:
         lines.append(
-            f"| {r['atoms']} | {r['nao']} | {r['blocks']} | {r['baseline_s']:.1f} | {r['network_s']:.1f} | "
+            f"| {r['atoms']} | {r['nao']} | {r['blocks']} | {r['solver']} | {r['baseline_s']:.1f} | {r['network_s']:.1f} | "
             f"{r['bands_s']:.1f} | {r['total_s'] / 60:.2f} | {r['peak_gb']:.2f} | {r['min_gap_ev']:.3f} |"
         )
     return "\n".join(lines)
@@ -114,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", type=float, default=0.04, help="displacement width, Å")
     p.add_argument("--kpoints", type=int, default=20)
     p.add_argument("--nbands", type=int, default=16, help="bands nearest the gap kept per k-point")
+    p.add_argument("--solver", default="dense", choices=["dense", "sparse"],
+                   help="the band solver: dense H(k), S(k) and LAPACK's subset solver, or sparse ones and "
+                        "shift-invert Lanczos (solvers/sparse_bands.py)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a single size, in this process
     p.add_argument("--write-cell", metavar="FILE", default=None,
                    help="write the cell of the first --sizes (extxyz) for `vardft bands FILE --model RUN` and stop")
@@ -125,12 +131,12 @@ def main(argv=None) -> int:
         ase.io.write(args.write_cell, displaced_supercell(args.sizes[0], args.sigma), format="extxyz")
         return 0
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.model, args.sigma, args.kpoints, args.nbands)))
+        print(json.dumps(measure(args.one, args.model, args.sigma, args.kpoints, args.nbands, args.solver)))
         return 0
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--sigma", str(args.sigma),
-               "--kpoints", str(args.kpoints), "--nbands", str(args.nbands)]
+               "--kpoints", str(args.kpoints), "--nbands", str(args.nbands), "--solver", args.solver]
         if args.model:
             cmd += ["--model", args.model]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
