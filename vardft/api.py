@@ -399,10 +399,12 @@ def band_window(nao: int, n_occupied: int, nbands: int) -> tuple[int, int]:
     return first, min(nao, first + nbands) - 1
 
 
-SPARSE_MIN_AOS = 4000
+SPARSE_MIN_AOS = 8192
 """``CrystalModel.bands(solver="auto")`` solves a window of bands with the sparse solver
-from this many AOs (Si gth-szv: 1,000 atoms), the dense one below
-(``benchmarks/supercell_bands.py --solver``, docs/results.md)."""
+from this many AOs (Si gth-szv: 2,048 atoms), the dense one below. At 4,096 AOs the dense
+subset solver was faster (17 against 21 s per k-point, docs/results.md); the dense path
+holds a few nao × nao complex matrices (~4.3 GB at 8,192 AOs, growing as nao²), the sparse
+one the blocks' nonzeros and an LU factor."""
 
 
 def _sparse_window_bands(blocks: LatticeBlocks, kpts: np.ndarray, window: tuple[int, int]) -> np.ndarray:
