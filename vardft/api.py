@@ -22,17 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from basis.crystal import make_kpts, to_cell
+from basis.crystal import make_kpts, supercell_map, to_cell
 from basis.errors import CheckpointError, InputError
 from basis.integrals import DEFAULT_GRID_LEVEL, build_integrals
-from basis.layout import ao_rotation
+from basis.layout import ao_offsets, ao_rotation
 from basis.pbc_integrals import build_periodic_integrals
 from basis.pbc_sap import LatticeBlocks
 from basis.sap import sap_hamiltonian
 from basis.system import System
+from basis.units import BOHR_ANGSTROM
 from solvers import periodic
+from solvers.bands import unfolding_weights
 from solvers.eigen import aufbau_orbitals, canonical_orthogonalizer
 from solvers.energy import total_energy
+from solvers.sparse_bands import gap_shift, window_eigenvalues_sparse
 from vardft.tasks import CrystalTask, MoleculeTask
 from vardft.train import load_params, read_run
 
@@ -319,11 +322,6 @@ class CrystalModel(Model):
         Raises:
             GeometryError: ``supercell`` is not a supercell of ``primitive``.
         """
-        from basis.crystal import supercell_map
-        from basis.layout import ao_offsets
-        from basis.units import BOHR_ANGSTROM
-        from solvers.bands import unfolding_weights
-
         supercell, primitive = self._check(supercell), self._check(primitive)
         mapping = supercell_map(primitive, supercell)
         offsets_p = ao_offsets(self.basis, primitive.symbols)
@@ -402,7 +400,8 @@ def band_window(nao: int, n_occupied: int, nbands: int) -> tuple[int, int]:
 SPARSE_MIN_AOS = 8192
 """``CrystalModel.bands(solver="auto")`` solves a window of bands with the sparse solver
 from this many AOs (Si gth-szv: 2,048 atoms), the dense one below. At 4,096 AOs the dense
-subset solver was faster (17 against 21 s per k-point, docs/results.md); the dense path
+subset solver was faster than a prototype of the sparse one (17 against 21 s per k-point,
+docs/results.md; the crossover above that is not measured yet); the dense path
 holds a few nao × nao complex matrices (~4.3 GB at 8,192 AOs, growing as nao²), the sparse
 one the blocks' nonzeros and an LU factor."""
 
@@ -410,8 +409,6 @@ one the blocks' nonzeros and an LU factor."""
 def _sparse_window_bands(blocks: LatticeBlocks, kpts: np.ndarray, window: tuple[int, int]) -> np.ndarray:
     """Bands ``window`` at each k-point from sparse H(k), S(k), shifted into the gap found at
     the first k-point (between the window's lower and upper halves)."""
-    from solvers.sparse_bands import gap_shift, window_eigenvalues_sparse
-
     out, sigma = [], None
     for k in kpts:
         H, S = blocks.bloch_pair_sparse(k)
