@@ -208,6 +208,10 @@ def test_unfolded_supercell_bands_are_the_primitive_bands_with_weight_one(sap_ru
     picked = np.stack([np.sort(b[w > 0.5]) for b, w in zip(bands, weights)])
     np.testing.assert_allclose(picked, primitive, atol=1e-8 * 27.211386, rtol=0)
     assert plot.stat().st_size > 0 and data["unfolded_onto"] == "Si2"
+    assert main(["bands", str(tmp_path / "sc.xyz"), *common, "--unfold", "si", "--nbands", "4"]) == 0
+    window = json.loads(capsys.readouterr().out)  # bands 7-10 of 16, 8 occupied: the same states and weights
+    np.testing.assert_allclose(np.asarray(window["weights"]), weights[:, 6:10], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(window["bands_ev"]), bands[:, 6:10], atol=1e-8)
 
     assert main(["bands", _supercell_file(tmp_path / "rattled.xyz", (2, 1, 1), rattle=0.05), *common,
                  "--unfold", "si"]) == 0
