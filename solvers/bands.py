@@ -127,8 +127,13 @@ __all__ = [
 ]
 
 
+DEGENERATE_BAND_TOLERANCE = 1e-6
+"""Hartree: supercell states closer than this in energy are one degenerate level when their
+unfolding weights are taken (:func:`unfolding_weights`)."""
+
+
 def unfolding_weights(C: np.ndarray, SC: np.ndarray, orbital: np.ndarray, translation: np.ndarray,
-                      k: np.ndarray, n_primitive_orbitals: int) -> np.ndarray:
+                      k: np.ndarray, n_primitive_orbitals: int, energies: np.ndarray | None = None) -> np.ndarray:
     """Spectral weight of supercell states at the primitive-cell wavevector ``k`` (band unfolding).
 
     A supercell of N primitive cells has, at each k, the primitive bands of N wavevectors
@@ -142,7 +147,11 @@ def unfolding_weights(C: np.ndarray, SC: np.ndarray, orbital: np.ndarray, transl
 
     where supercell AO μ = (m, l) is primitive orbital m translated by t_l. Over the N
     wavevectors k + G a state's weights sum to C†SC = 1; over all states at k they sum to
-    the number of primitive orbitals. A perfect supercell gives weights 0 and 1.
+    the number of primitive orbitals. A perfect supercell gives weights 0 and 1, once the
+    states of each degenerate level (folded bands meet at high-symmetry k) are rotated to
+    the eigenvectors of the level's weight matrix W_ab (1/N) Σ_m conj(A_ma) B_mb: with
+    ``energies`` given, each level's weights are that matrix's eigenvalues (its trace, the
+    level's total weight, is the same in any basis of the level).
 
     Args:
         C: (nao_s, nb) eigenvectors of the supercell at ``k``, normalised C†SC = 1.
@@ -151,9 +160,11 @@ def unfolding_weights(C: np.ndarray, SC: np.ndarray, orbital: np.ndarray, transl
         translation: (nao_s, 3) Cartesian t_l of each supercell AO, Bohr.
         k: (3,) Cartesian wavevector, 1/Bohr (the supercell matrices taken at this k).
         n_primitive_orbitals: number of primitive-cell AOs.
+        energies: (nb,) ascending energies of the states, Hartree (levels closer than
+            :data:`DEGENERATE_BAND_TOLERANCE` are resolved as above).
 
     Returns:
-        (nb,) weights, float64.
+        (nb,) weights, float64 (ascending within each degenerate level).
     """
     C, SC = np.asarray(C), np.asarray(SC)
     phase = np.exp(-1j * (np.asarray(translation, dtype=np.float64) @ np.asarray(k, dtype=np.float64)))[:, None]
@@ -162,4 +173,12 @@ def unfolding_weights(C: np.ndarray, SC: np.ndarray, orbital: np.ndarray, transl
     np.add.at(A, orbital, phase * C)
     np.add.at(B, orbital, phase * SC)
     n_cells = len(orbital) // n_primitive_orbitals
-    return np.real(np.sum(A.conj() * B, axis=0)) / n_cells
+    weights = np.real(np.sum(A.conj() * B, axis=0)) / n_cells
+    if energies is None:
+        return weights
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(np.asarray(energies)) > DEGENERATE_BAND_TOLERANCE]))
+    for a, b in zip(starts, np.append(starts[1:], len(weights))):
+        if b - a > 1:
+            W = A[:, a:b].conj().T @ B[:, a:b] / n_cells
+            weights[a:b] = np.linalg.eigvalsh(0.5 * (W + W.conj().T))
+    return weights

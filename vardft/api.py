@@ -347,7 +347,7 @@ class CrystalModel(Model):
             if window is not None:
                 e, C = e[window[0]: window[1] + 1], C[:, window[0]: window[1] + 1]
             energies.append(e)
-            weights.append(unfolding_weights(C, s @ C, orbital, translation, k, int(offsets_p[-1])))
+            weights.append(unfolding_weights(C, s @ C, orbital, translation, k, int(offsets_p[-1]), e))
         return np.stack(energies), np.stack(weights)
 
     def band_window(self, system, nbands: int) -> tuple[int, int]:

@@ -190,7 +190,8 @@ def _supercell_file(path, repeat, rattle=0.0):
 
 def test_unfolded_supercell_bands_are_the_primitive_bands_with_weight_one(sap_run, tmp_path, capsys):
     """``vardft bands SUPERCELL --model RUN --unfold PRIMITIVE`` (issue 13): on a perfect
-    2×1×1 Si supercell every state has weight 0 or 1 at each primitive k, the weight-1
+    2×2×1 Si supercell (folded bands meet: degenerate levels) every state has weight 0 or 1
+    at each primitive k, the weight-1
     states are the primitive cell's own model bands (1e-8 Eh), and at every k the weights
     add up to the primitive cell's 8 orbitals; on a displaced supercell they still add up
     to 8 and lie in [0, 1] to round-off, spread over more states."""
@@ -198,20 +199,20 @@ def test_unfolded_supercell_bands_are_the_primitive_bands_with_weight_one(sap_ru
     assert main(["bands", "si", *common]) == 0
     primitive = np.asarray(json.loads(capsys.readouterr().out)["bands_ev"])
     plot = tmp_path / "unfolded.png"
-    assert main(["bands", _supercell_file(tmp_path / "sc.xyz", (2, 1, 1)), *common, "--unfold", "si",
+    assert main(["bands", _supercell_file(tmp_path / "sc.xyz", (2, 2, 1)), *common, "--unfold", "si",
                  "--plot", str(plot)]) == 0
     data = json.loads(capsys.readouterr().out)
     bands, weights = np.asarray(data["bands_ev"]), np.asarray(data["weights"])
-    assert bands.shape == weights.shape == (5, 16)
+    assert bands.shape == weights.shape == (5, 32)
     assert np.abs(weights * (1 - weights)).max() < 1e-6  # 0 or 1 (weights written to 6 decimals)
     np.testing.assert_allclose(weights.sum(axis=1), 8.0, atol=1e-5)
     picked = np.stack([np.sort(b[w > 0.5]) for b, w in zip(bands, weights)])
     np.testing.assert_allclose(picked, primitive, atol=1e-8 * 27.211386, rtol=0)
     assert plot.stat().st_size > 0 and data["unfolded_onto"] == "Si2"
     assert main(["bands", str(tmp_path / "sc.xyz"), *common, "--unfold", "si", "--nbands", "4"]) == 0
-    window = json.loads(capsys.readouterr().out)  # bands 7-10 of 16, 8 occupied: the same states and weights
-    np.testing.assert_allclose(np.asarray(window["weights"]), weights[:, 6:10], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(window["bands_ev"]), bands[:, 6:10], atol=1e-8)
+    window = json.loads(capsys.readouterr().out)  # bands 15-18 of 32, 16 occupied: the same states and weights
+    np.testing.assert_allclose(np.asarray(window["weights"]), weights[:, 14:18], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(window["bands_ev"]), bands[:, 14:18], atol=1e-8)
 
     assert main(["bands", _supercell_file(tmp_path / "rattled.xyz", (2, 1, 1), rattle=0.05), *common,
                  "--unfold", "si"]) == 0
