@@ -90,10 +90,11 @@ def window_eigenvalues_sparse(H, S, window: tuple[int, int], sigma: float) -> np
     need_below = max(factor.below - first, 0)  # indices first … below − 1
     need_above = max(last - factor.below + 1, 0)  # indices below … last
     k = 2 * max(need_below, need_above) + 4
+    H, S = sp.csc_matrix(H), sp.csc_matrix(S)
     while True:
         if k >= n - 1:  # ARPACK needs k < n - 1: a matrix this small is solved densely
             return scipy.linalg.eigh(H.toarray(), S.toarray(), eigvals_only=True, subset_by_index=(first, last))
-        values = sla.eigsh(sp.csc_matrix(H), k=k, M=sp.csc_matrix(S), sigma=factor.sigma, which="LM",
+        values = sla.eigsh(H, k=k, M=S, sigma=factor.sigma, which="LM",
                            OPinv=factor.operator(), tol=LANCZOS_TOLERANCE, return_eigenvectors=False)
         values = np.sort(values.real)
         found_below = int(np.count_nonzero(values < factor.sigma))

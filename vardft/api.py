@@ -289,16 +289,22 @@ class CrystalModel(Model):
         if solver == "sparse" and (window is None or self.config.baseline != "sap"):
             raise InputError("the sparse band solver finds the bands nearest the Fermi level (give nbands) of a "
                              "model on the sap baseline")
-        if self.config.baseline == "sap":
-            blocks = self.real_space(system)
-            if window is not None and (solver == "sparse" or (solver == "auto" and blocks.nao >= SPARSE_MIN_AOS)):
-                return _sparse_window_bands(blocks, kpts, window)
-            pairs = (blocks.bloch_pair(k) for k in kpts)
-        else:
-            pairs = zip(*self.hamiltonian(system, kpts))
+        blocks = self.real_space(system) if self.config.baseline == "sap" else None
+        if blocks is not None and window is not None and (
+                solver == "sparse" or (solver == "auto" and blocks.nao >= SPARSE_MIN_AOS)):
+            return _sparse_window_bands(blocks, kpts, window)
+        pairs = self._bloch_pairs(system, kpts, blocks)
         if window is None:
             return np.stack([np.asarray(periodic.generalized_eigh(jnp.asarray(h), jnp.asarray(s))[0]) for h, s in pairs])
         return np.stack([_window_eigenvalues(h, s, window) for h, s in pairs])
+
+    def _bloch_pairs(self, system: System, kpts: np.ndarray, blocks: LatticeBlocks | None = None):
+        """``(H(k), S(k))`` one k-point at a time: from the real-space blocks on a sap run
+        (``blocks``, built here when not given), else all at once from :meth:`hamiltonian`."""
+        if self.config.baseline == "sap":
+            blocks = blocks if blocks is not None else self.real_space(system)
+            return (blocks.bloch_pair(k) for k in kpts)
+        return zip(*self.hamiltonian(system, kpts))
 
     def unfolded_bands(self, supercell, primitive, kpts, nbands: int | None = None,
                        window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -334,11 +340,7 @@ class CrystalModel(Model):
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
         if window is None and nbands is not None:
             window = self.band_window(supercell, nbands)
-        if self.config.baseline == "sap":
-            blocks = self.real_space(supercell)
-            pairs = (blocks.bloch_pair(k) for k in kpts)
-        else:
-            pairs = zip(*self.hamiltonian(supercell, kpts))
+        pairs = self._bloch_pairs(supercell, kpts)
         energies, weights = [], []
         for k, (h, s) in zip(kpts, pairs):
             X = canonical_orthogonalizer(s)
