@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--kmesh", type=int, nargs=3, default=None, help="k-mesh (default 2 per periodic direction)")
     p.add_argument("--baseline", default=None, choices=["minao", "sap", "none"])
     p.add_argument("--sc-weight", type=float, default=None)
-    p.add_argument("--sc-basis", default=None, choices=["orthonormal", "ao"], help="basis of the self-consistency residual")
+    p.add_argument("--sc-basis", default=None, choices=["orthonormal", "ao", "window"],
+                   help="basis of the self-consistency residual")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: the crystal defaults of vardft.config)")
     p.add_argument("--no-offmesh", action="store_true", help="self-consistency at the training k-mesh only")
     p.add_argument("--lr", type=float, default=None)

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from solvers.eigen import eigh
+
 __all__ = ["DIIS_SPACE", "PSEUDO_INVERSE_CUTOFF", "DIISState", "diis_init", "diis_update"]
 
 DIIS_SPACE = 8
@@ -84,7 +86,7 @@ def diis_coefficients(errors: jax.Array, valid: jax.Array) -> jax.Array:
     A = jnp.zeros((space + 1, space + 1), dtype=B.dtype).at[:space, :space].set(B)
     A = A.at[space, :space].set(-ones).at[:space, space].set(-ones)
     rhs = jnp.zeros((space + 1,), dtype=B.dtype).at[space].set(-1.0)
-    w, v = jnp.linalg.eigh(A)
+    w, v = eigh(A)
     keep = jnp.abs(w) > PSEUDO_INVERSE_CUTOFF
     winv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
     c = (v * winv) @ (v.T @ rhs)

@@ -90,6 +90,51 @@ class EigenResult(NamedTuple):
     density: jax.Array  # (nao, nao) P = C diag(mo_occ) C^T
 
 
+@jax.custom_batching.custom_vmap
+def _eigh_one(a):
+    return tuple(jnp.linalg.eigh(a))
+
+
+@_eigh_one.def_vmap
+def _eigh_one_vmap(axis_size, in_batched, a):
+    if not in_batched[0]:
+        return _eigh_one(a), (False, False)
+    return jax.lax.map(_eigh_one, a), (True, True)
+
+
+def eigh(a):
+    """Hermitian eigendecomposition over the last two axes, one matrix at a time.
+
+    Equal to ``jnp.linalg.eigh`` (ascending eigenvalues, eigenvectors as columns), also
+    under ``vmap``, but a stack of matrices is solved by a loop of single-matrix LAPACK
+    calls instead of one batched call. jaxlib's CPU kernel splits a batched call into
+    tasks on XLA's intra-op thread pool and blocks a pool worker until they finish; two
+    independent batched calls in one program (the band-window residual's at k and at q)
+    then each hold one of this 2-core machine's two workers and wait for the other
+    forever (measured: the gth-dzvp training step hung at step 1–5 in 3 of 3 runs, every
+    pool worker in ``ParallelBatchMap``; ``--xla_cpu_multi_thread_eigen=false`` did not
+    help). Not differentiable: for the forward passes of custom VJPs and for fixed
+    (stop-gradient) eigenvectors.
+
+    Args:
+        a: (..., n, n) Hermitian (real symmetric or complex).
+
+    Returns:
+        w (..., n) real, ascending; v (..., n, n), columns are eigenvectors.
+    """
+    if a.ndim == 2:
+        return _eigh_one(a)
+    w, v = jax.lax.map(_eigh_one, a.reshape((-1,) + a.shape[-2:]))
+    return w.reshape(a.shape[:-1]), v.reshape(a.shape)
+
+
+def batched_eigh_calls(hlo_text: str) -> list[str]:
+    """The batched LAPACK eigendecompositions of a compiled program (its ``as_text()``):
+    what :func:`eigh` keeps out of vardft's jitted steps. Empty when there are none."""
+    return [line.strip() for line in hlo_text.splitlines()
+            if "custom-call" in line and "evd_ffi" in line and 'num_batch_dims="0"' not in line]
+
+
 def _canonical_columns(s, U, threshold, xp):
     """The canonical-orthogonalization rule, shared by the NumPy and the JAX path.
 
@@ -110,7 +155,8 @@ def _canonical_columns(s, U, threshold, xp):
 
 def _hermitian_eigh(S, xp):
     """Eigen-decomposition of the Hermitian part ½(S + S†) over the last two axes."""
-    return xp.linalg.eigh(0.5 * (S + xp.conj(xp.swapaxes(S, -1, -2))))
+    A = 0.5 * (S + xp.conj(xp.swapaxes(S, -1, -2)))
+    return np.linalg.eigh(A) if xp is np else eigh(A)
 
 
 def canonical_orthogonalizer(S, threshold: float = LINDEP_THRESHOLD) -> np.ndarray:
@@ -330,7 +376,7 @@ def _eigh_density_fwd(H_orth, mask, n_electrons, sigma):
     A = _sym(H_orth) * (mask[:, None] & mask[None, :])
     # Padded directions sit above every real level (Gershgorin bound + margin).
     pad_energy = jnp.max(jnp.sum(jnp.abs(A), axis=1)) + _PAD_MARGIN
-    eps, V = jnp.linalg.eigh(A + jnp.diag(jnp.where(mask, 0.0, pad_energy)))
+    eps, V = eigh(A + jnp.diag(jnp.where(mask, 0.0, pad_energy)))
     real = jnp.arange(nmo) < jnp.sum(mask)
     occ, dfde = _occupations(eps, real, n_electrons, sigma)
     P_orth = (V * occ) @ V.T

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from basis.pbc_integrals import PeriodicIntegrals
 from solvers.diis import DIIS_SPACE, DIISState, diis_init, diis_update
-from solvers.eigen import LINDEP_THRESHOLD, canonical_orthogonalizer_fixed
+from solvers.eigen import LINDEP_THRESHOLD, canonical_orthogonalizer_fixed, eigh
 from solvers.occupations import SMEARING_METHODS, fermi_level, occupation_fraction, smearing_entropy
 from solvers.xc import xc_energy
 
@@ -239,7 +239,7 @@ def generalized_eigh(F: jax.Array, S: jax.Array, threshold: float = LINDEP_THRES
     Fo = hermitian_part(jnp.conj(jnp.swapaxes(X, -1, -2)) @ F @ X)
     # removed directions are decoupled (zero rows); lift them above every band
     Fo = Fo + jnp.where(keep, 0.0, _REMOVED_LEVEL)[..., None, :] * jnp.eye(F.shape[-1], dtype=Fo.dtype)
-    e, Co = jnp.linalg.eigh(Fo)
+    e, Co = eigh(Fo)
     invalid = e > 0.5 * _REMOVED_LEVEL
     return jnp.where(invalid, INVALID_ORBITAL_ENERGY, e), X @ Co
 

@@ -78,9 +78,11 @@ DEFAULT_SCF_BACKEND = "host"
 """Backend of ``vardft scf`` (:data:`basis.integrals.BACKENDS`); chosen by measurement,
 see docs/results.md."""
 
-SELF_CONSISTENCY_BASES = ("ao", "orthonormal")
+SELF_CONSISTENCY_BASES = ("ao", "orthonormal", "window")
 """Where |H − F|² is measured: the AO basis, or X†(H − F)X with X an orthogonalizer of S
-(the latter bounds orbital/band errors, Weyl's inequality)."""
+(the latter bounds orbital/band errors, Weyl's inequality), or (crystals) C†(H − F)C with C
+the occupied and :data:`vardft.losses.WINDOW_CONDUCTION_BANDS` lowest empty Bloch states of
+H (for bases with nearly dependent directions, such as gth-dzvp in a crystal)."""
 
 TRAIN_GRID_LEVEL = 1
 """PySCF grid level of the molecular training energy. Measured on water PBE/def2-SVP at
@@ -356,6 +358,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"unknown self-consistency basis {config.self_consistency_basis!r}; "
             f"choose from {', '.join(SELF_CONSISTENCY_BASES)}"
         )
+    if config.self_consistency_basis == "window" and config.kind != "crystal":
+        raise InputError("the window self-consistency basis is for crystals (their band window)")
     if config.steps < 0:
         raise InputError(f"steps must be >= 0, got {config.steps}")
     if not (config.distill_learning_rate > 0 and config.distill_learning_rate < float("inf")):

@@ -18,7 +18,7 @@ from vardft.api import load
 from vardft.cli import main
 from vardft.config import make_config
 from vardft.data import Dataset, IntegralCache, crystal_structures
-from vardft.losses import hermitian_density, orthonormal_mse
+from vardft.losses import hermitian_density, orthonormal_mse, window_mse
 from vardft.tasks import CrystalTask, offmesh_kpts, real_orthogonalizers
 from vardft.train import train
 
@@ -116,6 +116,31 @@ def test_orthonormal_residual_is_the_lowdin_basis_frobenius_norm(si_ints):
     got = float(orthonormal_mse(jnp.asarray(D), jnp.asarray(X), jnp.asarray(mask)))
     assert got == pytest.approx(np.mean(expected), rel=1e-10)
     assert got > 2 * float(np.mean(np.abs(D) ** 2))  # S(k) eigenvalues < 1 amplify: the AO norm understates
+
+
+def test_window_residual_is_the_residual_among_the_lowest_bands_of_h(si_ints):
+    """The "window" residual is mean |C†DC|² over the n lowest S-orthonormal eigenvectors C of
+    H(k) (from scipy's generalized solver here); over all bands it is the orthonormal one."""
+    S = np.asarray(si_ints.overlap)
+    rng = np.random.default_rng(5)
+
+    def hermitian():
+        A = rng.normal(size=S.shape) + 1j * rng.normal(size=S.shape)
+        return A + np.conj(np.swapaxes(A, 1, 2))
+
+    H, D = hermitian(), hermitian()
+    X, mask = (jnp.asarray(a) for a in real_orthogonalizers(S, si_ints.nao))
+    for n in (3, 5):
+        expected = []
+        for k in range(S.shape[0]):
+            C = scipy.linalg.eigh(H[k], S[k])[1][:, :n]
+            expected.append(np.mean(np.abs(C.conj().T @ D[k] @ C) ** 2))
+        got = float(window_mse(jnp.asarray(D), jnp.asarray(H), X, mask, n))
+        assert got == pytest.approx(np.mean(expected), rel=1e-10)
+    every = float(window_mse(jnp.asarray(D), jnp.asarray(H), X, mask, si_ints.nao))
+    assert every == pytest.approx(float(orthonormal_mse(jnp.asarray(D), X, mask)), rel=1e-10)
+    with pytest.raises(InputError, match="for crystals"):
+        make_config("molecule", self_consistency_basis="window")
 
 
 @pytest.mark.slow  # 36 s; the one training loop resumes bit for bit in tests/vardft/test_train.py
