@@ -110,10 +110,10 @@ def eigh(a):
     calls instead of one batched call. jaxlib's CPU kernel splits a batched call into
     tasks on XLA's intra-op thread pool and blocks a pool worker until they finish; two
     independent batched calls in one program (the band-window residual's at k and at q)
-    then each hold one of this 2-core machine's two workers and wait for the other
-    forever (measured: the gth-dzvp training step hung at step 1–5 in 3 of 3 runs, every
-    pool worker in ``ParallelBatchMap``; ``--xla_cpu_multi_thread_eigen=false`` did not
-    help). Not differentiable: for the forward passes of custom VJPs and for fixed
+    can then hold every worker of the pool (two on a 2-core machine), each waiting for
+    tasks only another could run (measured on 2 cores: the gth-dzvp training step hung at
+    step 1–5 in 3 of 3 runs, every pool worker in ``ParallelBatchMap``;
+    ``--xla_cpu_multi_thread_eigen=false`` did not help). Not differentiable: for the forward passes of custom VJPs and for fixed
     (stop-gradient) eigenvectors.
 
     Args:
