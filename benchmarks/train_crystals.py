@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--sc-weight", type=float, default=None)
     p.add_argument("--sc-basis", default=None, choices=["orthonormal", "ao", "window"],
                    help="basis of the self-consistency residual")
+    p.add_argument("--band-weight", type=float, default=None,
+                   help="weight of the band-energy residual, 1/Eh (vardft train --band-weight)")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: the crystal defaults of vardft.config)")
     p.add_argument("--no-offmesh", action="store_true", help="self-consistency at the training k-mesh only")
     p.add_argument("--lr", type=float, default=None)
@@ -83,6 +85,7 @@ def main(argv=None) -> int:
     dataset = load_dataset(args.crystal, seed=0, n_train=args.n_train, n_validation=args.n_val)
     train_set, held_out = dataset.train, dataset.validation
     overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency": args.sc_weight,
+                 "band_energy": args.band_weight,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
                  "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size,
                  "max_minutes": args.minutes, "basis": args.basis, "kmesh": tuple(args.kmesh) if args.kmesh else None}

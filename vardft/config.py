@@ -98,6 +98,7 @@ class LossWeights:
     energy: float = 1.0
     self_consistency: float = 300.0
     supervised: float = 0.0
+    band_energy: float = 0.0  # crystals: the band-energy residual (vardft.losses.window_residuals)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +260,10 @@ class TrainConfig:
 
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers")
-CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency")
+CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy")
+
+LOSS_WEIGHT_OVERRIDES = ("self_consistency", "band_energy")
+"""Overrides that set a weight of ``TrainConfig.loss`` (:class:`LossWeights`)."""
 
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "molecule": {},
@@ -329,11 +333,11 @@ def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
     """``config`` with ``overrides`` applied and checked (:func:`check_config`).
 
     Overrides whose value is ``None`` are ignored (a flag not given); ``self_consistency``
-    sets the weight in ``loss``. A field that does not apply to the config's kind, or an
+    and ``band_energy`` set weights in ``loss``. A field that does not apply to the config's kind, or an
     unknown field, is an :class:`InputError`.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
-    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"self_consistency"}
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(LOSS_WEIGHT_OVERRIDES)
     unknown = sorted(set(given) - known)
     if unknown:
         raise InputError(f"unknown training setting(s): {', '.join(unknown)}")
@@ -342,8 +346,9 @@ def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
     for name in other:
         if name in given:
             raise InputError(f"{name} applies to {'crystals' if kind == 'molecule' else 'molecules'}, not to {kind}s")
-    if "self_consistency" in given:
-        given["loss"] = dataclasses.replace(given.get("loss", config.loss), self_consistency=given.pop("self_consistency"))
+    weights = {name: float(given.pop(name)) for name in LOSS_WEIGHT_OVERRIDES if name in given}
+    if weights:
+        given["loss"] = dataclasses.replace(given.get("loss", config.loss), **weights)
     return check_config(dataclasses.replace(config, **given))
 
 
@@ -358,6 +363,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"unknown self-consistency basis {config.self_consistency_basis!r}; "
             f"choose from {', '.join(SELF_CONSISTENCY_BASES)}"
         )
+    for name, weight in dataclasses.asdict(config.loss).items():
+        if not (weight >= 0 and weight < float("inf")):
+            raise InputError(f"the {name.replace('_', '-')} weight must be a finite number >= 0, got {weight}")
+    if config.loss.band_energy and config.kind != "crystal":
+        raise InputError("the band-energy weight is for crystals (the bands of their window)")
     if config.self_consistency_basis == "window" and config.kind != "crystal":
         raise InputError("the window self-consistency basis is for crystals (their band window)")
     if config.steps < 0:

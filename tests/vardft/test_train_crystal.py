@@ -18,7 +18,7 @@ from vardft.api import load
 from vardft.cli import main
 from vardft.config import make_config
 from vardft.data import Dataset, IntegralCache, crystal_structures
-from vardft.losses import hermitian_density, orthonormal_mse, window_mse
+from vardft.losses import BAND_MIXING_WIDTH, hermitian_density, orthonormal_mse, window_residuals
 from vardft.tasks import CrystalTask, offmesh_kpts, real_orthogonalizers
 from vardft.train import train
 
@@ -135,12 +135,46 @@ def test_window_residual_is_the_residual_among_the_lowest_bands_of_h(si_ints):
         for k in range(S.shape[0]):
             C = scipy.linalg.eigh(H[k], S[k])[1][:, :n]
             expected.append(np.mean(np.abs(C.conj().T @ D[k] @ C) ** 2))
-        got = float(window_mse(jnp.asarray(D), jnp.asarray(H), X, mask, n))
+        got = float(window_residuals(jnp.asarray(D), jnp.asarray(H), X, mask, n).pairs)
         assert got == pytest.approx(np.mean(expected), rel=1e-10)
-    every = float(window_mse(jnp.asarray(D), jnp.asarray(H), X, mask, si_ints.nao))
+    every = float(window_residuals(jnp.asarray(D), jnp.asarray(H), X, mask, si_ints.nao).pairs)
     assert every == pytest.approx(float(orthonormal_mse(jnp.asarray(D), X, mask)), rel=1e-10)
     with pytest.raises(InputError, match="for crystals"):
         make_config("molecule", self_consistency_basis="window")
+
+
+def test_band_residual_is_the_first_order_band_error_and_basis_free_in_degenerate_sets(si_ints):
+    """``bands`` is the mean of squared first-order band shifts (C†DC)_ii for isolated bands, the
+    squared eigenvalues of the block of a degenerate set (built here with a triple level, as Si
+    at Γ), and c² for a rigid shift D = cS, which the mean over pairs divides by n."""
+    S = np.asarray(si_ints.overlap)
+    nk, nao = S.shape[:2]
+    rng = np.random.default_rng(6)
+    levels = np.array([-0.5, -0.2, -0.2, -0.2, 0.1, 0.3, 0.6, 0.9])[:nao]
+    H, C0 = np.empty_like(S), np.empty_like(S)
+    for k in range(nk):
+        U = scipy.linalg.qr(rng.normal(size=(nao, nao)) + 1j * rng.normal(size=(nao, nao)))[0]
+        C0[k] = scipy.linalg.fractional_matrix_power(S[k], -0.5) @ U  # S-orthonormal eigenvectors
+        H[k] = S[k] @ C0[k] @ np.diag(levels) @ C0[k].conj().T @ S[k]
+    A = rng.normal(size=S.shape) + 1j * rng.normal(size=S.shape)
+    D = 0.01 * (A + np.conj(np.swapaxes(A, 1, 2)))
+    X, mask = (jnp.asarray(a) for a in real_orthogonalizers(S, nao))
+    n = 6  # the triple set and two isolated bands above it
+    expected = []
+    for k in range(nk):
+        R = C0[k][:, :n].conj().T @ D[k] @ C0[k][:, :n]
+        shifts = np.concatenate([[R[0, 0].real], np.linalg.eigvalsh(R[1:4, 1:4]), [R[4, 4].real, R[5, 5].real]])
+        expected.append(np.mean(shifts**2))
+    got = window_residuals(jnp.asarray(D), jnp.asarray(H), X, mask, n)
+    assert BAND_MIXING_WIDTH < 0.2 / 4  # sets 0.2 Eh or more apart: weight below exp(-16) between them
+    assert float(got.bands) == pytest.approx(np.mean(expected), rel=1e-6)
+    rigid = window_residuals(jnp.asarray(0.02 * S), jnp.asarray(H), X, mask, n)
+    assert float(rigid.bands) == pytest.approx(0.02**2, rel=1e-10)
+    assert float(rigid.pairs) == pytest.approx(0.02**2 / n, rel=1e-10)
+    with pytest.raises(InputError, match="applies to crystals"):
+        make_config("molecule", band_energy=1.0)  # not a molecule setting
+    with pytest.raises(InputError, match="band-energy weight"):
+        make_config("crystal", band_energy=-1.0)
 
 
 @pytest.mark.slow  # 36 s; the one training loop resumes bit for bit in tests/vardft/test_train.py

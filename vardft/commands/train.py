@@ -15,7 +15,7 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import BASELINES, DISTILL_FRACTION, default_config, make_config, with_overrides
+from vardft.config import BASELINES, DISTILL_FRACTION, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -29,6 +29,8 @@ FLAGS = {
     "batch_size": "batch_size",
     "lr": "learning_rate",
     "sc_weight": "self_consistency",
+    "sc_basis": "self_consistency_basis",
+    "band_weight": "band_energy",
     "baseline": "baseline",
     "distill_steps": "distill_steps",
     "distill_displaced": "distill_displaced",
@@ -72,6 +74,15 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({m.learning_rate}; {c.learning_rate})")
     p.add_argument("--sc-weight", type=float, default=None,
                    help=f"weight of the self-consistency term, 1/Eh ({m.loss.self_consistency}; {c.loss.self_consistency})")
+    p.add_argument("--sc-basis", default=None, choices=list(SELF_CONSISTENCY_BASES),
+                   help="basis of the self-consistency residual H - F[P(H)]: ao (AO matrix elements), orthonormal "
+                        "(an orthonormal basis of each S(k), every direction alike), window (crystals: among H's "
+                        "occupied and lowest empty Bloch states, for nearly dependent bases such as gth-dzvp) "
+                        f"({m.self_consistency_basis}; {c.self_consistency_basis})")
+    p.add_argument("--band-weight", type=float, default=None,
+                   help="crystals: weight, 1/Eh, of the band-energy residual (the first-order band-energy errors of "
+                        "the window bands, which the mean over pairs dilutes) "
+                        f"({c.loss.band_energy})")
     p.add_argument("--baseline", default=None, choices=list(BASELINES),
                    help="H = baseline + network. minao: the Kohn-Sham matrix of the minao guess density (prediction "
                         "then builds a DF factor and an XC grid); sap: superposed atomic potentials, one-electron "
