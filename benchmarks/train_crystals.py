@@ -6,6 +6,7 @@ Usage:
     python benchmarks/train_crystals.py diamond --json
     python benchmarks/train_crystals.py si --baseline none    # the network without a baseline
     python benchmarks/train_crystals.py si --basis gth-dzvp --out runs/si-dzvp   # the real basis
+    python benchmarks/train_crystals.py si --out runs/si-dzvp --resume --minutes 30  # 30 more minutes
 
 Trains with :func:`vardft.train.train` on ``--n-train`` structures of the
 built-in set (:func:`vardft.data.crystal_structures`, seed 0), then validates on the
@@ -72,14 +73,18 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None,
                    help="Bloch AO store directory, as `vardft train --cache` (default: $VARDFT_CACHE or "
                         "~/.cache/vardft; 'none': every cell's in memory)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (--minutes more; its own settings), then validate")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.resume and not args.out:
+        p.error("--resume needs --out, the run to continue")
 
     from vardft.api import load
-    from vardft.config import make_config
+    from vardft.config import make_config, with_overrides
     from vardft.commands.train import make_cache
     from vardft.data import load_dataset
-    from vardft.train import train
+    from vardft.train import read_run, train
     from vardft.validate import crystal_metrics, summarize_crystals
 
     dataset = load_dataset(args.crystal, seed=0, n_train=args.n_train, n_validation=args.n_val)
@@ -91,10 +96,14 @@ def main(argv=None) -> int:
                  "max_minutes": args.minutes, "basis": args.basis, "kmesh": tuple(args.kmesh) if args.kmesh else None}
     if args.no_offmesh:
         overrides["offmesh_self_consistency"] = False
-    cfg = make_config("crystal", args.crystal, **overrides)
+    if args.resume:  # the run's own settings; only the wall-time cap is new
+        _, saved, _ = read_run(args.out)
+        cfg = with_overrides(saved, max_minutes=args.minutes)
+    else:
+        cfg = make_config("crystal", args.crystal, **overrides)
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.crystal}-")
-    result = train(dataclasses.replace(dataset, validation=()), run_dir, cfg, cache=make_cache(args.cache),
-                   progress=not args.json)
+    result = train(dataclasses.replace(dataset, validation=()), run_dir, cfg, resume=args.resume,
+                   cache=make_cache(args.cache), progress=not args.json)
     train_peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # before PySCF's validation
     model = load(run_dir)
     t0 = time.perf_counter()
