@@ -16,10 +16,16 @@ Two phases, each resumable across sessions:
   the latest per run, and with two or more training sizes a power-law fit of the
   Hamiltonian MAE against N, extrapolated to QM9's size and to the 300 μEh target.
 
+``--supervised`` trains and evaluates the comparison of issue 12 instead: the same model,
+baseline and schedule trained on PySCF's converged Kohn–Sham matrices of the same training
+molecules (an SCF each, stored in their records) for ``--steps`` steps, which tells the
+model's limits from the label-free loss's.
+
 Usage (nothing else running; the record cache is shared between runs):
     .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --n-train 100 400 --minutes 30
     .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --n-train 100 400 --evaluate 20 --json
     .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --data qm9-ood --n-train 400 --minutes 30 --evaluate 20
+    .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --n-train 100 --supervised --steps 50 --minutes 40 --evaluate 3
 """
 
 from __future__ import annotations
@@ -48,25 +54,35 @@ PUBLISHED = {"QHNet": 69.7e-6, "SPHNet": 43.3e-6, "QHFlow": 20.0e-6}
 """Supervised Hamiltonian MAE on QH9-stable-ood (~130k molecules, GPU-days), Hartree."""
 
 
-def run_dir(runs: str, data: str, n: int) -> str:
-    return os.path.join(runs, f"{data}-n{n}")
+LABEL_FREE, SUPERVISED = "label-free", "supervised"
+
+
+def run_dir(runs: str, data: str, n: int, mode: str = LABEL_FREE) -> str:
+    return os.path.join(runs, f"{data}-n{n}" + ("" if mode == LABEL_FREE else f"-{mode}"))
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def train_run(runs: str, data: str, n: int, minutes: float, steps: int | None, cache: str | None) -> None:
-    """``vardft train`` for M more minutes (a new run, or ``--resume``)."""
-    out = run_dir(runs, data, n)
+def train_run(runs: str, data: str, n: int, minutes: float, steps: int | None, cache: str | None,
+              mode: str = LABEL_FREE) -> None:
+    """``vardft train`` for M more minutes (a new run, or ``--resume``). ``supervised``: the
+    same model and baseline trained on PySCF's converged Kohn–Sham matrices for ``steps``
+    steps (``--steps 0 --distill-steps S --distill-target scf``)."""
+    from vardft.config import QM9_PRESET
+
+    out = run_dir(runs, data, n, mode)
     cmd = [sys.executable, "-m", "vardft", "train", data, "--n-train", str(n), "--out", out, "--minutes", str(minutes),
            "--quiet"]
-    if steps is not None:
+    if os.path.exists(os.path.join(out, "config.json")):
+        cmd.append("--resume")
+    elif mode == SUPERVISED:
+        cmd += ["--steps", "0", "--distill-target", "scf", "--distill-steps", str(steps or QM9_PRESET["steps"])]
+    elif steps is not None:
         cmd += ["--steps", str(steps)]
     if cache is not None:
         cmd += ["--cache", cache]
-    if os.path.exists(os.path.join(out, "config.json")):
-        cmd.append("--resume")
     log(" ".join(cmd[1:]))
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, check=False)
@@ -86,11 +102,11 @@ def progress_of(out: str) -> dict:
             "val_energy": val[-1]["val_energy"] if val else None}
 
 
-def evaluate_run(runs: str, data: str, n: int, k: int, file: str | None) -> dict:
+def evaluate_run(runs: str, data: str, n: int, k: int, file: str | None, mode: str = LABEL_FREE) -> dict:
     from vardft.validate import validate_run
 
-    out = run_dir(runs, data, n)
-    row = {"data": data, "n_train": n, **progress_of(out), "evaluated": time.strftime("%Y-%m-%d %H:%M")}
+    out = run_dir(runs, data, n, mode)
+    row = {"data": data, "n_train": n, "mode": mode, **progress_of(out), "evaluated": time.strftime("%Y-%m-%d %H:%M")}
     log(f"{out}: validating on {k} held-out {data} molecules (PySCF B3LYP reference, grid level 3)")
     t0 = time.perf_counter()
     row["held_out"] = validate_run(out, data, max_frames=k, progress=False)["mean"]
@@ -110,8 +126,12 @@ def latest_rows(runs: str) -> list[dict]:
     with open(path) as fh:
         for line in fh:
             row = json.loads(line)
-            latest[(row["data"], row["n_train"])] = row
+            latest[(row["data"], row["n_train"], row.get("mode", LABEL_FREE))] = row
     return [latest[k] for k in sorted(latest)]
+
+
+def label_free(rows: list[dict], data: str) -> list[dict]:
+    return [r for r in rows if r["data"] == data and r.get("mode", LABEL_FREE) == LABEL_FREE]
 
 
 def power_law(rows: list[dict]) -> dict | None:
@@ -128,23 +148,24 @@ def power_law(rows: list[dict]) -> dict | None:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'data':<8}{'N':>6}{'steps':>7}{'min':>7}{'H MAE':>9}{'on':>9}{'off':>9}{'occ ε':>8}{'gap':>8}"
+    head = (f"{'data':<8}{'mode':>11}{'N':>6}{'steps':>7}{'min':>7}{'H MAE':>9}{'on':>9}{'off':>9}{'occ ε':>8}{'gap':>8}"
             f"{'cos':>7}{'ΔE':>8}{'cyc':>6}{'mol':>5}")
-    units = f"{'':<8}{'':>6}{'':>7}{'':>7}{'μEh':>9}{'μEh':>9}{'μEh':>9}{'mEh':>8}{'mEh':>8}{'':>7}{'mEh':>8}{'':>6}{'':>5}"
+    units = f"{'':<8}{'':>11}{'':>6}{'':>7}{'':>7}{'μEh':>9}{'μEh':>9}{'μEh':>9}{'mEh':>8}{'mEh':>8}{'':>7}{'mEh':>8}{'':>6}{'':>5}"
     lines = [head, units]
     for r in rows:
         for label, m in (("", r["held_out"]), ("file", r.get("file"))):
             if m is None:
                 continue
             lines.append(
-                f"{r['data'] if not label else '  ' + os.path.basename(m['path'])[:6]:<8}{r['n_train']:>6}"
+                f"{r['data'] if not label else '  ' + os.path.basename(m['path'])[:6]:<8}"
+                f"{r.get('mode', LABEL_FREE):>11}{r['n_train']:>6}"
                 f"{r['steps']:>7}{r['train_minutes']:>7.0f}{m['hamiltonian_mae'] * 1e6:>9.0f}"
                 f"{m['hamiltonian_mae_diagonal'] * 1e6:>9.0f}{m['hamiltonian_mae_offdiagonal'] * 1e6:>9.0f}"
                 f"{m['occupied_energy_mae'] * 1e3:>8.2f}{m['gap_error'] * 1e3:>8.2f}{m['orbital_cosine']:>7.3f}"
                 f"{m['energy_error'] * 1e3:>8.2f}{m['scf_cycles_ratio']:>6.2f}{m['frames']:>5}"
             )
     for data in sorted({r["data"] for r in rows}):
-        fit = power_law([r for r in rows if r["data"] == data])
+        fit = power_law(label_free(rows, data))
         if fit:
             lines.append(f"{data}: H MAE ≈ {fit['a'] * 1e6:.0f} μEh · N^-{fit['b']:.2f}; at N = {QM9_SIZE:,}: "
                          f"{fit['mae_at_qm9_size'] * 1e6:.0f} μEh; {TARGET_MAE * 1e6:.0f} μEh needs N ≈ "
@@ -161,22 +182,26 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=None, help="train each run this many more minutes")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps of new runs (default: vardft train's)")
     p.add_argument("--cache", default=None, help="record cache (default: vardft train's)")
+    p.add_argument("--supervised", action="store_true",
+                   help="the supervised comparison instead: the same model and baseline trained on PySCF's converged "
+                        "Kohn-Sham matrices (an SCF per training molecule) for --steps steps, in RUNS/<data>-n<N>-supervised")
     p.add_argument("--evaluate", type=int, default=None, metavar="K", help="validate on K held-out molecules")
     p.add_argument("--file", default=None, help="also validate on the molecules of this structure file")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.runs, exist_ok=True)
+    mode = SUPERVISED if args.supervised else LABEL_FREE
     if args.minutes:
         for n in args.n_train:
-            train_run(args.runs, args.data, n, args.minutes, args.steps, args.cache)
+            train_run(args.runs, args.data, n, args.minutes, args.steps, args.cache, mode)
     if args.evaluate:
         for n in args.n_train:
-            evaluate_run(args.runs, args.data, n, args.evaluate, args.file)
+            evaluate_run(args.runs, args.data, n, args.evaluate, args.file, mode)
     rows = latest_rows(args.runs)
     if args.json:
         from _machine import machine_info
 
-        fits = {d: power_law([r for r in rows if r["data"] == d]) for d in {r["data"] for r in rows}}
+        fits = {d: power_law(label_free(rows, d)) for d in {r["data"] for r in rows}}
         print(json.dumps({"machine": machine_info(), "rows": rows, "power_law": fits}, indent=1))
     else:
         print(table(rows))

@@ -79,6 +79,9 @@ DEFAULT_SCF_BACKEND = "host"
 see docs/results.md."""
 
 SELF_CONSISTENCY_BASES = ("ao", "orthonormal", "window")
+
+DISTILL_TARGETS = ("minao", "scf")
+"""What distillation steps learn (:attr:`TrainConfig.distill_target`)."""
 """Where |H − F|² is measured: the AO basis, or X†(H − F)X with X an orthogonalizer of S
 (the latter bounds orbital/band errors, Weyl's inequality), or (crystals) C†(H − F)C with C
 the occupied and :data:`vardft.losses.WINDOW_CONDUCTION_BANDS` lowest empty Bloch states of
@@ -138,6 +141,12 @@ class TrainConfig:
             :func:`vardft.data.displaced_copies`): the minao Kohn–Sham matrix needs no SCF,
             so the distilled network can see more geometries than the label-free steps
             afford. The label-free steps use the training structures only.
+        distill_target: what the distillation steps learn. ``"minao"``: F[P_minao] (the
+            ``"sap"`` baseline; no SCF, no label). ``"scf"``: PySCF's converged Kohn–Sham
+            matrix of each training molecule (an SCF per molecule, at the training grid
+            level) — *supervised*, for comparison only: ``--steps 0 --distill-steps S``
+            trains the same model and baseline on labels for S steps, which tells the
+            model's limits from the label-free loss's. One network (no frozen part).
         frozen_distillation: the distillation trains a network of its own (output
             × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
             train a second, freshly initialised network (output × ``output_scale``) on
@@ -200,6 +209,7 @@ class TrainConfig:
     distill_steps: int | None = None
     distill_learning_rate: float = 1e-2
     distill_displaced: int = 0
+    distill_target: str = "minao"
     frozen_distillation: bool = True
     seed: int = 0
     checkpoint_every: int = 100
@@ -233,13 +243,14 @@ class TrainConfig:
         """Distillation steps (``distill_steps`` or its baseline's default)."""
         if self.distill_steps is not None:
             return self.distill_steps
-        return round(self.steps * DISTILL_FRACTION) if self.baseline == "sap" and self.kind == "molecule" else 0
+        return round(self.steps * DISTILL_FRACTION) if self.baseline == "sap" and self.distill_target == "minao" \
+            and self.kind == "molecule" else 0
 
     @property
     def frozen_distilled(self) -> bool:
         """Two networks (:attr:`frozen_distillation` with distillation steps): parameters
         ``{"distilled": …, "correction": …}``."""
-        return self.frozen_distillation and self.n_distill > 0
+        return self.frozen_distillation and self.n_distill > 0 and self.distill_target == "minao"
 
     @property
     def total_steps(self) -> int:
@@ -259,7 +270,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers")
+MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy")
 
 LOSS_WEIGHT_OVERRIDES = ("self_consistency", "band_energy")
@@ -381,9 +392,17 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError("displaced copies are for the distillation steps: they need --baseline sap and distillation steps")
     if config.distill_steps is not None and config.distill_steps < 0:
         raise InputError(f"distillation steps must be >= 0, got {config.distill_steps}")
+    if config.distill_target not in DISTILL_TARGETS:
+        raise InputError(f"unknown distillation target {config.distill_target!r}; choose from {', '.join(DISTILL_TARGETS)}")
+    if config.distill_target == "scf" and config.kind != "molecule":
+        raise InputError("supervised SCF labels (distill_target 'scf') are for molecules")
+    if config.distill_target == "scf" and not config.n_distill:
+        raise InputError("supervised SCF labels are learned in the distillation steps: give --distill-steps")
+    if config.distill_displaced and config.distill_target == "scf":
+        raise InputError("displaced copies would need an SCF each; they are for the minao distillation target")
     if config.n_distill and config.kind == "crystal":
         raise InputError("distillation is for molecules: the crystal baseline sap is already the Kohn–Sham matrix of superposed atoms")
-    if config.n_distill and config.baseline != "sap":
+    if config.n_distill and config.baseline != "sap" and config.distill_target == "minao":
         raise InputError(f"distillation learns F[P_minao] − H_base: it needs --baseline sap, not {config.baseline}")
     if config.output_scale is not None and not config.output_scale >= 0:  # 0: the baseline alone
         raise InputError(f"output scale must be >= 0, got {config.output_scale}")

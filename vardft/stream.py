@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import h5py
 import numpy as np
 
+from basis.errors import InputError
 from basis.frame import frame_covariant
 from basis.functional import parse_functional
 from basis.integrals import CompactIntegrals, compact_integrals_from_mean_field, make_mean_field
@@ -50,7 +51,8 @@ RECORD_FIELDS = ("overlap", "hcore", "cderi_packed", "coords", "weights", "e_nuc
 """Arrays of a record, in checksum order."""
 
 DISTILL_FIELD = "h_target"
-"""The extra record field of the ``"sap"`` baseline: F[P_minao], what distillation learns."""
+"""The extra record field of what distillation learns: F[P_minao] (the ``"sap"`` baseline),
+or PySCF's converged Kohn–Sham matrix (``distill_target="scf"``, a supervised comparison)."""
 
 
 def record_fields(arrays) -> tuple[str, ...]:
@@ -84,11 +86,13 @@ class RecordSettings:
     basis: str
     grid_level: int
     baseline: str
+    distill_target: str = "minao"
 
     def key(self, system: System) -> str:
         """Hash of the geometry, these settings and :data:`RECORD_VERSION`."""
         geometry = integral_key(system, self.xc, self.basis, self.grid_level)
-        return hashlib.sha256(f"{RECORD_VERSION}:{geometry}:{self.baseline}".encode()).hexdigest()[:32]
+        labels = "" if self.distill_target == "minao" else f":{self.distill_target}"  # earlier records keep their keys
+        return hashlib.sha256(f"{RECORD_VERSION}:{geometry}:{self.baseline}{labels}".encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass
@@ -124,28 +128,55 @@ def minao_fock(mf) -> np.ndarray:
     return np.asarray(mf.get_hcore() + np.asarray(mf.get_veff(mf.mol, dm)), dtype=np.float64)
 
 
+def converged_fock(mf, name: str = "molecule") -> np.ndarray:
+    """(nao, nao) PySCF's converged Kohn–Sham/Fock matrix on ``mf``'s grid and density
+    fitting, Hartree: the label of a supervised comparison run (``distill_target="scf"``).
+
+    Raises:
+        InputError: the SCF did not converge (no label is better than a wrong one).
+    """
+    if hasattr(mf, "small_rho_cutoff"):
+        mf.small_rho_cutoff = 0.0  # the record's grid as stored (as minao_fock)
+    mf.conv_tol = SCF_LABEL_CONV_TOL
+    mf.kernel()
+    if not mf.converged:
+        raise InputError(f"{name}: PySCF's SCF did not converge in {mf.max_cycle} cycles, so there is no label for it")
+    return np.asarray(mf.get_fock(), dtype=np.float64)
+
+
+SCF_LABEL_CONV_TOL = 1e-10
+"""Hartree: energy convergence of the SCF labels (PySCF's default is 1e-9)."""
+
+
 def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
     """The complete record of a molecule already in its frame; runs in a worker (PySCF only).
 
     The baseline is made covariant as in training (:func:`basis.frame.frame_covariant`:
-    averaged over the candidate frames of symmetric tops)."""
+    averaged over the candidate frames of symmetric tops). With ``distill_target="scf"``
+    the record also holds PySCF's converged Kohn–Sham matrix (:func:`converged_fock`)."""
     mf = make_mean_field(system, settings.xc, settings.basis, settings.grid_level)
     ints = compact_integrals_from_mean_field(mf)
     arrays = {name: np.asarray(getattr(ints, name)) for name in RECORD_FIELDS[:7]}
     arrays["X"] = canonical_orthogonalizer(arrays["overlap"])
+    arrays["h_base"] = _record_baseline(mf, system, settings, arrays)
+    if settings.distill_target == "scf":  # last: the SCF reuses mf's DF factor and grid
+        arrays[DISTILL_FIELD] = converged_fock(mf, system.formula)
+    return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
+
+
+def _record_baseline(mf, system: System, settings: RecordSettings, arrays: dict) -> np.ndarray:
+    """H_base of a record; with the ``"sap"`` baseline also F[P_minao] in ``arrays``."""
     if settings.baseline == "none":
-        arrays["h_base"] = np.zeros_like(arrays["overlap"])
-        return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
+        return np.zeros_like(arrays["overlap"])
 
     def fock(s: System) -> np.ndarray:
         return minao_fock(make_mean_field(s, settings.xc, settings.basis, settings.grid_level))
 
     minao = frame_covariant(lambda: minao_fock(mf), fock, system, settings.basis)
     if settings.baseline == "sap":
-        arrays["h_base"], arrays[DISTILL_FIELD] = sap_hamiltonian(mf.mol)[0], minao
-    else:
-        arrays["h_base"] = minao
-    return MoleculeRecord(arrays, ints.n_electrons, ints.auxbasis)
+        arrays[DISTILL_FIELD] = minao
+        return sap_hamiltonian(mf.mol)[0]
+    return minao
 
 
 # ------------------------------------------------------------------ disk store

@@ -58,7 +58,7 @@ from basis.crystal import absolute_kpts, default_kmesh, default_pseudo, time_rev
 from basis.errors import InputError
 from basis.frame import MolecularFrame, frame_covariant, from_frame_matrix, molecular_frame, to_frame
 from basis.functional import parse_functional
-from basis.integrals import Integrals, build_integrals
+from basis.integrals import Integrals, build_integrals, make_mean_field
 from basis.pbc_integrals import (
     PeriodicIntegrals,
     band_integral_chunks,
@@ -335,13 +335,17 @@ class MoleculeTask:
         return self.frame_minao_fock(system, ints)
 
     def distill_target(self, system: System, ints: Integrals) -> np.ndarray | None:
-        """What distillation learns for a molecule in its frame: F[P_minao] with the
-        ``"sap"`` baseline, ``None`` otherwise."""
-        return self.frame_minao_fock(system, ints) if self.config.baseline == "sap" else None
+        """What distillation learns for a molecule in its frame: PySCF's converged
+        Kohn–Sham matrix at the training grid level (``distill_target="scf"``, supervised),
+        F[P_minao] with the ``"sap"`` baseline, ``None`` otherwise."""
+        c = self.config
+        if c.distill_target == "scf":
+            return stream.converged_fock(make_mean_field(system, c.xc, c.basis, c.grid_level), system.formula)
+        return self.frame_minao_fock(system, ints) if c.baseline == "sap" else None
 
     def record_settings(self) -> stream.RecordSettings:
         c = self.config
-        return stream.RecordSettings(c.xc, c.basis, c.grid_level, c.baseline)
+        return stream.RecordSettings(c.xc, c.basis, c.grid_level, c.baseline, c.distill_target)
 
     def _integrals(self, systems, cache: IntegralCache, progress: bool):
         """``(shapes, load)``: ``shapes[k] = (naux, ngrid, n_electrons)`` and ``load(k)`` the

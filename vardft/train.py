@@ -104,8 +104,8 @@ def _all_finite(tree) -> jax.Array:
 def _step_key(config: TrainConfig) -> TrainConfig:
     """The part of a config the compiled step depends on (the rest reset to defaults)."""
     fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
-              "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "frozen_distillation",
-              "self_consistency_basis", "baseline", "offmesh_self_consistency")
+              "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "distill_target",
+              "frozen_distillation", "self_consistency_basis", "baseline", "offmesh_self_consistency")
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
 
 
@@ -362,7 +362,9 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     min_bucket = config.batch_size or 1
     sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool)
     evaluate = bool(dataset.validation) and config.eval_every is not None
-    val_sets = task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
+    # held-out structures are evaluated label-free: no SCF labels built for them
+    val_task = task if config.distill_target == "minao" else task_for(dataclasses.replace(config, distill_target="minao"))
+    val_sets = val_task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
     mesh = data_mesh(config.devices)
     distill_sets = sets  # with displaced copies: replaced below, while distillation steps remain
 

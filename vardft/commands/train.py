@@ -15,7 +15,7 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import BASELINES, DISTILL_FRACTION, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides
+from vardft.config import BASELINES, DISTILL_FRACTION, DISTILL_TARGETS, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -34,6 +34,7 @@ FLAGS = {
     "baseline": "baseline",
     "distill_steps": "distill_steps",
     "distill_displaced": "distill_displaced",
+    "distill_target": "distill_target",
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
@@ -94,6 +95,11 @@ def register(sub) -> None:
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
                         f"label-free on top (default: {DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
+    p.add_argument("--distill-target", default=None, choices=list(DISTILL_TARGETS),
+                   help="molecules: what the distillation steps learn. minao: the minao Kohn-Sham matrix (label-free); "
+                        "scf: PySCF's converged Kohn-Sham matrix of each training molecule, an SCF each -- supervised, "
+                        "for comparing with label-free training: --steps 0 --distill-steps S trains the same model "
+                        f"and baseline on labels ({m.distill_target})")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
