@@ -79,13 +79,13 @@ DEFAULT_SCF_BACKEND = "host"
 see docs/results.md."""
 
 SELF_CONSISTENCY_BASES = ("ao", "orthonormal", "window")
-
-DISTILL_TARGETS = ("minao", "scf")
-"""What distillation steps learn (:attr:`TrainConfig.distill_target`)."""
 """Where |H − F|² is measured: the AO basis, or X†(H − F)X with X an orthogonalizer of S
 (the latter bounds orbital/band errors, Weyl's inequality), or (crystals) C†(H − F)C with C
 the occupied and :data:`vardft.losses.WINDOW_CONDUCTION_BANDS` lowest empty Bloch states of
 H (for bases with nearly dependent directions, such as gth-dzvp in a crystal)."""
+
+DISTILL_TARGETS = ("minao", "scf")
+"""What distillation steps learn (:attr:`TrainConfig.distill_target`)."""
 
 TRAIN_GRID_LEVEL = 1
 """PySCF grid level of the molecular training energy. Measured on water PBE/def2-SVP at
