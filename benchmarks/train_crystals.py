@@ -96,9 +96,9 @@ def main(argv=None) -> int:
                  "max_minutes": args.minutes, "basis": args.basis, "kmesh": tuple(args.kmesh) if args.kmesh else None}
     if args.no_offmesh:
         overrides["offmesh_self_consistency"] = False
-    if args.resume:  # the run's own settings; only the wall-time cap is new
+    if args.resume:  # the run's own settings; flags given must agree with them (train refuses otherwise)
         _, saved, _ = read_run(args.out)
-        cfg = with_overrides(saved, max_minutes=args.minutes)
+        cfg = with_overrides(saved, **overrides)
     else:
         cfg = make_config("crystal", args.crystal, **overrides)
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.crystal}-")

@@ -117,15 +117,24 @@ class MoleculeRecord:
         return sum(a.nbytes for a in self.arrays.values())
 
 
+def keep_every_grid_point(mf) -> None:
+    """Make PySCF's XC use the record's grid as stored (it would prune small-density points)."""
+    if hasattr(mf, "small_rho_cutoff"):
+        mf.small_rho_cutoff = 0.0
+
+
 def minao_fock(mf) -> np.ndarray:
     """(nao, nao) Kohn–Sham/Fock matrix of PySCF's minao guess density on ``mf``'s own grid
     and density fitting: h + J − (a/2)K + V_xc, Hartree — the ``"minao"`` baseline, here
     computed by PySCF in a worker (no JAX compilation per molecule shape). Equal to
     :meth:`vardft.tasks.MoleculeTask.baseline` on the same integrals to round-off."""
-    if hasattr(mf, "small_rho_cutoff"):
-        mf.small_rho_cutoff = 0.0  # the record's grid as stored: PySCF would prune small-density points
+    keep_every_grid_point(mf)
     dm = mf.get_init_guess()
     return np.asarray(mf.get_hcore() + np.asarray(mf.get_veff(mf.mol, dm)), dtype=np.float64)
+
+
+SCF_LABEL_CONV_TOL = 1e-10
+"""Hartree: energy convergence of the SCF labels (PySCF's default is 1e-9)."""
 
 
 def converged_fock(mf, name: str = "molecule") -> np.ndarray:
@@ -135,17 +144,12 @@ def converged_fock(mf, name: str = "molecule") -> np.ndarray:
     Raises:
         InputError: the SCF did not converge (no label is better than a wrong one).
     """
-    if hasattr(mf, "small_rho_cutoff"):
-        mf.small_rho_cutoff = 0.0  # the record's grid as stored (as minao_fock)
+    keep_every_grid_point(mf)
     mf.conv_tol = SCF_LABEL_CONV_TOL
     mf.kernel()
     if not mf.converged:
         raise InputError(f"{name}: PySCF's SCF did not converge in {mf.max_cycle} cycles, so there is no label for it")
     return np.asarray(mf.get_fock(), dtype=np.float64)
-
-
-SCF_LABEL_CONV_TOL = 1e-10
-"""Hartree: energy convergence of the SCF labels (PySCF's default is 1e-9)."""
 
 
 def build_record(system: System, settings: RecordSettings) -> MoleculeRecord:
