@@ -107,13 +107,13 @@ def test_cache_keeps_the_disk_reserve_and_survives_a_full_disk(water, tmp_path, 
     task = MoleculeTask(config)
     model = _model(config, water.train)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**9, stream.DISK_RESERVE_BYTES))
     reserve = tmp_path / "reserve"
-    with pytest.warns(UserWarning, match="GB of disk free"):
-        sets = task.prepare(water.train[:2], model, IntegralCache(str(reserve)))
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**9, stream.DISK_RESERVE_BYTES))
+        with pytest.warns(UserWarning, match="GB of disk free"):
+            sets = task.prepare(water.train[:2], model, IntegralCache(str(reserve)))
     assert sets[0].store.written == 0 and not os.listdir(reserve)
     assert np.isfinite(np.asarray(sets[0].take([0, 1]).h_base)).all()
-    monkeypatch.undo()
 
     def no_space(path, record):
         open(path + ".partial", "wb").close()  # what a write cut short leaves is not ours to keep
