@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from basis.errors import CheckpointError, InputError
 from vardft import checkpoint as ckpt
-from vardft.config import TrainConfig, check_config, default_config, default_workers, legacy_config
+from vardft.config import (DISTILL_WINDOW, TrainConfig, check_config, default_config, default_workers,
+                           legacy_config)
 from vardft.data import Dataset, IntegralCache, check_dataset, displaced_copies
 from vardft.model import ModelConfig, init_params
 from vardft.parallel import AXIS, data_mesh, fetch, is_writer, local_rows, pad_rows, replicate, shard_rows
@@ -99,6 +100,60 @@ def step_batch(seed: int, step: int, sizes: Sequence[int], batch_size: int | Non
 
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@dataclasses.dataclass
+class DistillationEnd:
+    """Where the distillation steps of a run end: at ``config.n_distill`` steps, or earlier,
+    after the first step at which the batch MAEs to F[P_minao] of the last
+    :data:`DISTILL_WINDOW` steps average at most ``config.distill_tolerance``.
+
+    Both the end and the recent MAEs (``recent``, NaN where no step yet) are saved in the
+    checkpoint, so a resumed run ends its distillation at the step an uninterrupted one does.
+    """
+
+    n_distill: int
+    tolerance: float
+    recent: np.ndarray  # (DISTILL_WINDOW,) batch MAEs, Hartree, oldest first
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> "DistillationEnd":
+        tolerance = config.distill_tolerance if config.distill_target == "minao" else 0.0
+        return cls(config.n_distill, tolerance, np.full(DISTILL_WINDOW, np.nan))
+
+    @classmethod
+    def from_state(cls, state: dict, config: TrainConfig) -> "DistillationEnd":
+        ending = cls.start(config)
+        return dataclasses.replace(ending, n_distill=int(state["n_distill"]),
+                                   recent=np.asarray(state["distill_recent"], dtype=np.float64).copy())
+
+    def state(self) -> dict:
+        return {"n_distill": self.n_distill, "distill_recent": np.asarray(self.recent, dtype=np.float64)}
+
+    def observe(self, step: int, mae: float | None) -> bool:
+        """Record the MAE of distillation step ``step`` (1-based count of steps done);
+        True when distillation ends here (then :attr:`n_distill` is ``step``)."""
+        if mae is None or not np.isfinite(mae):
+            return False
+        self.recent = np.append(self.recent[1:], mae)
+        if step < self.n_distill and self.tolerance > 0 and np.mean(self.recent) <= self.tolerance:
+            self.n_distill = step
+            return True
+        return False
+
+
+def _load_state(run_dir: str, state: dict, config: TrainConfig) -> dict:
+    """The checkpoint of ``run_dir`` in the structure of ``state``; checkpoints written
+    before :class:`DistillationEnd` existed ran every distillation step."""
+    try:
+        return ckpt.load_checkpoint(run_dir, state)
+    except CheckpointError as error:
+        older = {k: v for k, v in state.items() if k not in ("n_distill", "distill_recent")}
+        try:
+            loaded = ckpt.load_checkpoint(run_dir, older)
+        except CheckpointError:
+            raise error from None
+        return {**loaded, "n_distill": config.n_distill, "distill_recent": state["distill_recent"]}
 
 
 def _step_key(config: TrainConfig) -> TrainConfig:
@@ -369,22 +424,25 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     distill_sets = sets  # with displaced copies: replaced below, while distillation steps remain
 
     def batch_of(s: int):
-        chosen = distill_sets if s < config.n_distill else sets
+        chosen = distill_sets if s < n_distill else sets
         bucket, idx = step_batch(config.seed, s, [len(b) for b in chosen], config.batch_size)
         return sharded_batch(chosen[bucket], idx, mesh)
 
     optimizer = make_optimizer(config)
     params = initial_params(config, model_config)
-    state = {"params": params, "opt_state": optimizer.init(params), "step": 0, "skipped": 0}
+    state = {"params": params, "opt_state": optimizer.init(params), "step": 0, "skipped": 0,
+             **DistillationEnd.start(config).state()}
     time_offset = 0.0
     if resume:
-        state = ckpt.load_checkpoint(run_dir, state)
+        state = _load_state(run_dir, state, config)
         ckpt.truncate_log(run_dir, int(state["step"]))
         log = ckpt.read_log(run_dir)
         time_offset = float(log[-1].get("time", 0.0)) if log else 0.0
     params, opt_state = replicate((state["params"], state["opt_state"]), mesh)
     step, skipped = int(state["step"]), int(state["skipped"])
-    key, n_distill, total = _step_key(config), config.n_distill, config.total_steps
+    ending = DistillationEnd.from_state(state, config)
+    key, n_distill = _step_key(config), ending.n_distill
+    total = n_distill + config.steps
     if config.distill_displaced and step < n_distill:
         extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
         distill_sets = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
@@ -399,7 +457,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     def save():
         if writer:
             host = fetch({"params": params, "opt_state": opt_state})
-            ckpt.save_checkpoint(run_dir, {**host, "step": step, "skipped": skipped})
+            ckpt.save_checkpoint(run_dir, {**host, "step": step, "skipped": skipped, **ending.state()})
 
     history = []
     in_a_row = 0
@@ -426,6 +484,11 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
             else:
                 skipped += 1
                 in_a_row += 1
+            if step <= n_distill and ending.observe(step, m.get("distill_mae")):
+                n_distill, total = step, step + config.steps  # distilled well enough: label-free steps next
+                bar.total = total
+                upcoming.cancel() if upcoming is not None else None
+                upcoming = loader.submit(batch_of, step) if step < total else None
             record = {"step": step, **m, "skipped": skipped, "time": time_offset + time.perf_counter() - start}
             if val_sets and step > n_distill and ((step - n_distill) % config.eval_every == 0 or step == total):
                 values = evaluate_sets(eval_fn, params, val_sets, config.batch_size, mesh)

@@ -132,6 +132,49 @@ def test_resume_across_the_distillation_boundary_reproduces_losses(trained, wate
     assert not same(resumed.params["correction"], first.params["correction"])
 
 
+def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(water, cache, tmp_path, monkeypatch):
+    """With a tolerance met at step 4 of 6 (window of 2 batch MAEs), distillation ends there
+    and the label-free steps follow; a run stopped at step 3 (its MAE window only in the
+    checkpoint) ends at step 4 too and repeats the uninterrupted run's losses."""
+    import vardft.train
+
+    monkeypatch.setattr(vardft.train, "DISTILL_WINDOW", 2)
+    full = dataclasses.replace(CONFIG, distill_steps=6, steps=2, distill_tolerance=0.0, checkpoint_every=1)
+    reference = train(water, None, full, cache=cache, progress=False)
+    mae = [r["distill_mae"] for r in reference.history[:6]]
+    windows = {k: (mae[k - 2] + mae[k - 1]) / 2 for k in range(2, 7)}
+    assert windows[4] < min(windows[2], windows[3])  # the trajectory the test needs
+    config = dataclasses.replace(full, distill_tolerance=windows[4])
+    ended = train(water, None, config, cache=cache, progress=False)
+    assert ["energy" in r for r in ended.history] == [False] * 4 + [True] * 2 and ended.step == 6
+    assert [r["distill_mae"] for r in ended.history[:4]] == mae[:4]
+
+    run_dir = str(tmp_path / "run")
+
+    def interrupt(record):
+        if record["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train(water, run_dir, config, cache=cache, progress=False, on_step=interrupt)
+    assert first.interrupted and first.step == 3
+    resumed = train(water, run_dir, config, cache=cache, progress=False, resume=True)
+    assert [("energy" in r, r["step"]) for r in resumed.history] == [(False, 4), (True, 5), (True, 6)]
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in ended.history[3:]]
+
+
+def test_distillation_tolerance_checks_and_older_runs_run_every_step():
+    from vardft.config import DISTILL_TOLERANCE, legacy_config
+
+    assert make_config("molecule", baseline="sap").distill_tolerance == DISTILL_TOLERANCE
+    with pytest.raises(InputError, match="tolerance"):
+        make_config("molecule", baseline="sap", distill_tolerance=-1e-3)
+    with pytest.raises(InputError, match="molecules"):
+        make_config("crystal", distill_tolerance=1e-3)
+    saved = make_config("molecule", baseline="sap", steps=30).to_dict()
+    old = {k: v for k, v in saved.items() if k != "distill_tolerance"}
+    assert legacy_config({"kind": "molecule", "train": old}).distill_tolerance == 0.0
+
+
 def test_predict_many_equals_predict_and_compiles_the_network_once_per_size(trained, water):
     model = load(trained[0])
     frames = list(water.validation) + list(water.train)

@@ -15,7 +15,8 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import BASELINES, DISTILL_FRACTION, DISTILL_TARGETS, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides
+from vardft.config import (BASELINES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, SELF_CONSISTENCY_BASES,
+                           default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -35,6 +36,7 @@ FLAGS = {
     "distill_steps": "distill_steps",
     "distill_displaced": "distill_displaced",
     "distill_target": "distill_target",
+    "distill_tolerance": "distill_tolerance",
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
@@ -94,7 +96,12 @@ def register(sub) -> None:
     p.add_argument("--distill-steps", type=int, default=None,
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
-                        f"label-free on top (default: {DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
+                        f"label-free on top; at most this many, fewer once --distill-tolerance is met (default: "
+                        f"{DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
+    p.add_argument("--distill-tolerance", type=float, default=None, metavar="EH",
+                   help="molecules, --baseline sap: distillation ends before --distill-steps once the mean absolute "
+                        f"error to the minao Kohn-Sham matrix over the last {DISTILL_WINDOW} batches is at most EH "
+                        f"Hartree; 0 runs every distillation step ({m.distill_tolerance:g})")
     p.add_argument("--distill-target", default=None, choices=list(DISTILL_TARGETS),
                    help="molecules: what the distillation steps learn. minao: the minao Kohn-Sham matrix (label-free); "
                         "scf: PySCF's converged Kohn-Sham matrix of each training molecule, an SCF each -- supervised, "
@@ -192,7 +199,7 @@ def run(args) -> int:
     data_mesh(config.devices)
     print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
           f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.baseline} baseline, "
-          + (f"{config.n_distill} distillation + " if config.n_distill else "") + f"{config.steps} steps -> {args.out}")
+          + (f"up to {config.n_distill} distillation + " if config.n_distill else "") + f"{config.steps} steps -> {args.out}")
     result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
     msg = f"step {result.step}, {result.seconds / 60:.1f} min"
