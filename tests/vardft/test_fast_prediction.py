@@ -106,19 +106,24 @@ def test_distillation_then_label_free_steps(trained):
     assert result.history[2]["distill_mae"] < result.history[0]["distill_mae"]
 
 
-def test_resume_across_the_distillation_boundary_reproduces_losses(trained, water, cache, tmp_path):
-    """Stopped (checkpoint) at the last distillation step: the resumed run starts the
-    label-free optimizer afresh there, as the uninterrupted run did, and repeats its losses."""
-    _, reference = trained
-    run_dir = str(tmp_path / "run")
+def _stopped_at_step_3_and_resumed(water, run_dir, config, cache):
+    """``(first, resumed)``: a run stopped by SIGTERM after step 3 (checkpoint kept), then resumed."""
 
     def interrupt(record):
         if record["step"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    first = train(water, run_dir, CONFIG, cache=cache, progress=False, on_step=interrupt)
+    first = train(water, run_dir, config, cache=cache, progress=False, on_step=interrupt)
     assert first.interrupted and first.step == 3
-    resumed = train(water, run_dir, CONFIG, cache=cache, progress=False, resume=True)
+    return first, train(water, run_dir, config, cache=cache, progress=False, resume=True)
+
+
+def test_resume_across_the_distillation_boundary_reproduces_losses(trained, water, cache, tmp_path):
+    """Stopped (checkpoint) at the last distillation step: the resumed run starts the
+    label-free optimizer afresh there, as the uninterrupted run did, and repeats its losses."""
+    _, reference = trained
+    run_dir = str(tmp_path / "run")
+    first, resumed = _stopped_at_step_3_and_resumed(water, run_dir, CONFIG, cache)
     ref = {r["step"]: r["loss"] for r in reference.history}
     got = {r["step"]: r["loss"] for r in resumed.history}
     assert sorted(got) == [4, 5, 6]
@@ -149,15 +154,7 @@ def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(
     assert ["energy" in r for r in ended.history] == [False] * 4 + [True] * 2 and ended.step == 6
     assert [r["distill_mae"] for r in ended.history[:4]] == mae[:4]
 
-    run_dir = str(tmp_path / "run")
-
-    def interrupt(record):
-        if record["step"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    first = train(water, run_dir, config, cache=cache, progress=False, on_step=interrupt)
-    assert first.interrupted and first.step == 3
-    resumed = train(water, run_dir, config, cache=cache, progress=False, resume=True)
+    _, resumed = _stopped_at_step_3_and_resumed(water, str(tmp_path / "run"), config, cache)
     assert [("energy" in r, r["step"]) for r in resumed.history] == [(False, 4), (True, 5), (True, 6)]
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in ended.history[3:]]
 
