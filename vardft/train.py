@@ -487,7 +487,8 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
             if step <= n_distill and ending.observe(step, m.get("distill_mae")):
                 n_distill, total = step, step + config.steps  # distilled well enough: label-free steps next
                 bar.total = total
-                upcoming.cancel() if upcoming is not None else None
+                if upcoming is not None:  # it was loading a distillation batch
+                    upcoming.cancel()
                 upcoming = loader.submit(batch_of, step) if step < total else None
             record = {"step": step, **m, "skipped": skipped, "time": time_offset + time.perf_counter() - start}
             if val_sets and step > n_distill and ((step - n_distill) % config.eval_every == 0 or step == total):
