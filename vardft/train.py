@@ -424,7 +424,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     distill_sets = sets  # with displaced copies: replaced below, while distillation steps remain
 
     def batch_of(s: int):
-        chosen = distill_sets if s < n_distill else sets
+        chosen = distill_sets if s < ending.n_distill else sets
         bucket, idx = step_batch(config.seed, s, [len(b) for b in chosen], config.batch_size)
         return sharded_batch(chosen[bucket], idx, mesh)
 
@@ -441,14 +441,13 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     params, opt_state = replicate((state["params"], state["opt_state"]), mesh)
     step, skipped = int(state["step"]), int(state["skipped"])
     ending = DistillationEnd.from_state(state, config)
-    key, n_distill = _step_key(config), ending.n_distill
-    total = n_distill + config.steps
-    if config.distill_displaced and step < n_distill:
+    key, total = _step_key(config), ending.n_distill + config.steps
+    if config.distill_displaced and step < ending.n_distill:
         extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
         distill_sets = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
                                    min_bucket=min_bucket, pool=pool)
     step_fn, eval_fn = compiled_step(key, mesh)
-    if n_distill and step <= n_distill:
+    if ending.n_distill and step <= ending.n_distill:
         distill_fn = compiled_step(key, mesh, distill=True)[0]
         if step == 0:
             opt_state = replicate(distill_optimizer(config).init(fetch(params)), mesh)
@@ -472,9 +471,9 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
         while step < total:
             data, weights = upcoming.result()
             upcoming = loader.submit(batch_of, step + 1) if step + 1 < total else None
-            if step == n_distill and n_distill:  # label-free steps start with a fresh optimizer
+            if step == ending.n_distill and ending.n_distill:  # label-free steps start with a fresh optimizer
                 opt_state = replicate(make_optimizer(config).init(fetch(params)), mesh)
-            fn = distill_fn if step < n_distill else step_fn
+            fn = distill_fn if step < ending.n_distill else step_fn
             params, opt_state, metrics = fn(params, opt_state, data, weights)
             del data
             step += 1
@@ -484,14 +483,14 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
             else:
                 skipped += 1
                 in_a_row += 1
-            if step <= n_distill and ending.observe(step, m.get("distill_mae")):
-                n_distill, total = step, step + config.steps  # distilled well enough: label-free steps next
+            if ending.observe(step, m.get("distill_mae")):  # distilled well enough: label-free steps next
+                total = ending.n_distill + config.steps
                 bar.total = total
                 if upcoming is not None:  # it was loading a distillation batch
                     upcoming.cancel()
                 upcoming = loader.submit(batch_of, step) if step < total else None
             record = {"step": step, **m, "skipped": skipped, "time": time_offset + time.perf_counter() - start}
-            if val_sets and step > n_distill and ((step - n_distill) % config.eval_every == 0 or step == total):
+            if val_sets and step > ending.n_distill and ((step - ending.n_distill) % config.eval_every == 0 or step == total):
                 values = evaluate_sets(eval_fn, params, val_sets, config.batch_size, mesh)
                 record.update({f"val_{k}": v for k, v in values.items()})
             if writer:
