@@ -89,12 +89,14 @@ def crystal_reference(mf, ints) -> tuple[np.ndarray, float, np.ndarray, str]:
     mf.max_cycle = REFERENCE_MAX_CYCLE
     mf.kernel()
     dm = np.asarray(mf.make_rdm1())
+    pyscf_state = np.asarray(mf.mo_energy, dtype=np.float64).reshape(ints.nkpts, -1), float(mf.e_tot), dm
     if mf.converged:
-        return np.asarray(mf.mo_energy, dtype=np.float64).reshape(ints.nkpts, -1), float(mf.e_tot), dm, "pyscf"
+        return (*pyscf_state, "pyscf")
     res = periodic.run_periodic_scf(ints, dm0=jnp.asarray(dm), conv_tol=REFERENCE_CONV_TOL, max_cycle=200)
     if not res.converged:
-        return np.asarray(mf.mo_energy, dtype=np.float64).reshape(ints.nkpts, -1), float(mf.e_tot), dm, "unconverged"
+        return (*pyscf_state, "unconverged")
     return np.asarray(res.mo_energy), float(res.energy), np.asarray(res.dm), "vardft-scf"
+
 
 CRYSTAL_METRIC_KEYS = ("energy_error_per_cell", "band_mae_mev", "band_max_mev", "path_band_mae_mev")
 
