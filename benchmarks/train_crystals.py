@@ -62,6 +62,8 @@ def main(argv=None) -> int:
                    help="basis of the self-consistency residual")
     p.add_argument("--band-weight", type=float, default=None,
                    help="weight of the band-energy residual, 1/Eh (vardft train --band-weight)")
+    p.add_argument("--overlap-filter", type=float, default=None,
+                   help="filter the correction and residual by S(k)'s spectrum at this scale (vardft train --overlap-filter)")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: the crystal defaults of vardft.config)")
     p.add_argument("--no-offmesh", action="store_true", help="self-consistency at the training k-mesh only")
     p.add_argument("--lr", type=float, default=None)
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     dataset = load_dataset(args.crystal, seed=0, n_train=args.n_train, n_validation=args.n_val)
     train_set, held_out = dataset.train, dataset.validation
     overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency": args.sc_weight,
-                 "band_energy": args.band_weight,
+                 "band_energy": args.band_weight, "overlap_filter": args.overlap_filter,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
                  "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size,
                  "max_minutes": args.minutes, "basis": args.basis, "kmesh": tuple(args.kmesh) if args.kmesh else None}

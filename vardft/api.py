@@ -286,10 +286,10 @@ class CrystalModel(Model):
             raise InputError(f"unknown band solver {solver!r}; use auto, dense or sparse")
         if window is None and nbands is not None:
             window = self.band_window(system, nbands)
-        if solver == "sparse" and (window is None or self.config.baseline != "sap"):
+        if solver == "sparse" and (window is None or not self._has_real_space):
             raise InputError("the sparse band solver finds the bands nearest the Fermi level (give nbands) of a "
                              "model on the sap baseline")
-        blocks = self.real_space(system) if self.config.baseline == "sap" else None
+        blocks = self.real_space(system) if self._has_real_space else None
         if blocks is not None and window is not None and (
                 solver == "sparse" or (solver == "auto" and blocks.nao >= SPARSE_MIN_AOS)):
             return _sparse_window_bands(blocks, kpts, window)
@@ -301,10 +301,16 @@ class CrystalModel(Model):
     def _bloch_pairs(self, system: System, kpts: np.ndarray, blocks: LatticeBlocks | None = None):
         """``(H(k), S(k))`` one k-point at a time: from the real-space blocks on a sap run
         (``blocks``, built here when not given), else all at once from :meth:`hamiltonian`."""
-        if self.config.baseline == "sap":
+        if self._has_real_space:
             blocks = blocks if blocks is not None else self.real_space(system)
             return (blocks.bloch_pair(k) for k in kpts)
         return zip(*self.hamiltonian(system, kpts))
+
+    @property
+    def _has_real_space(self) -> bool:
+        """Whether H(k) is the Bloch sum of :meth:`real_space` blocks (sap runs without an
+        overlap filter)."""
+        return self.config.baseline == "sap" and not self.config.overlap_filter
 
     def unfolded_bands(self, supercell, primitive, kpts, nbands: int | None = None,
                        window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:

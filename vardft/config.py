@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -202,6 +203,11 @@ class TrainConfig:
         offmesh_self_consistency: also require H(q) = F(q)[P] at the k-mesh shifted by
             half a step (F(q) from the potential of the training density, as PySCF's
             ``get_bands``): the training mesh alone fixes ΔH(R) only up to aliasing.
+        overlap_filter: τ > 0 confines the network's correction and the self-consistency
+            residual at each k to the well-conditioned directions of S(k): ΔH(k) →
+            G ΔH(k) G with G = g(S(k)), g(s) = s²/(s² + τ²) (:func:`vardft.losses.overlap_filter`);
+            0 (default) leaves them as they are. For nearly linearly dependent bases
+            (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6).
     """
 
     kind: str = "molecule"
@@ -243,6 +249,7 @@ class TrainConfig:
     kmesh: tuple[int, int, int] | None = None
     mesh: tuple[int, int, int] | None = None
     offmesh_self_consistency: bool | None = None
+    overlap_filter: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -288,7 +295,7 @@ class TrainConfig:
 
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance")
-CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy")
+CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy", "overlap_filter")
 
 LOSS_WEIGHT_OVERRIDES = ("self_consistency", "band_energy")
 """Overrides that set a weight of ``TrainConfig.loss`` (:class:`LossWeights`)."""
@@ -396,6 +403,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise InputError(f"the {name.replace('_', '-')} weight must be a finite number >= 0, got {weight}")
     if config.loss.band_energy and config.kind != "crystal":
         raise InputError("the band-energy weight is for crystals (the bands of their window)")
+    if not (math.isfinite(config.overlap_filter) and config.overlap_filter >= 0):
+        raise InputError(f"the overlap filter must be a finite number >= 0, got {config.overlap_filter}")
+    if config.overlap_filter and config.kind != "crystal":
+        raise InputError("the overlap filter is for crystals (the overlap spectrum at each k-point)")
     if config.self_consistency_basis == "window" and config.kind != "crystal":
         raise InputError("the window self-consistency basis is for crystals (their band window)")
     if config.steps < 0:

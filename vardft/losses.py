@@ -237,7 +237,8 @@ class OffMesh:
         kpts: (nq, 3) Cartesian q, 1/Bohr.
         hcore: (nq, N, N) complex h(q); ao: (nq, nderiv, ngrid, N) Bloch AOs on the
             training FFT mesh; X, mo_mask: real-embedded orthogonalizers of S(q);
-        h_base: (nq, N, N) baseline H_base(q), Hartree.
+        h_base: (nq, N, N) baseline H_base(q), Hartree;
+        G: (nq, N, N) overlap filters of S(q) (:func:`solvers.eigen.overlap_filter`) or ``None``.
     """
 
     kpts: Any
@@ -246,6 +247,7 @@ class OffMesh:
     X: Any
     mo_mask: Any
     h_base: Any
+    G: Any = None
 
 
 def offmesh_fock(P, ints: PeriodicIntegrals, offmesh: OffMesh):
@@ -266,6 +268,11 @@ class CrystalTerms(NamedTuple):
     orthonormal_rmse: jax.Array  # the same in an orthonormal basis (:func:`orthonormal_mse`)
 
 
+def filtered(D, G):
+    """G D G (each of shape (nk, N, N)), or ``D`` when ``G`` is ``None`` (no filter)."""
+    return D if G is None else jnp.einsum("kab,kbc,kcd->kad", G, D, G)
+
+
 def crystal_loss(
     Hk,
     ints: PeriodicIntegrals,
@@ -275,11 +282,14 @@ def crystal_loss(
     self_consistency_basis: str = "orthonormal",
     Hq=None,
     offmesh: OffMesh | None = None,
+    G=None,
 ) -> CrystalTerms:
     """Loss of one crystal from its H(k) (nk, N, N) at the k-points of ``ints`` (unstacked).
 
     With ``offmesh`` and ``Hq`` (nq, N, N), H(q) at the half-shifted points, the
-    self-consistency penalty is the mean of the mesh's and the off-mesh points'.
+    self-consistency penalty is the mean of the mesh's and the off-mesh points'. With
+    overlap filters ``G`` (nk, N, N) (and ``offmesh.G``), every self-consistency residual
+    is that of G (H − F) G: the directions the filtered correction can reach.
     """
     nao = ints.nao
     Hk = Hk[:, :nao, :nao]
@@ -287,15 +297,16 @@ def crystal_loss(
     E, _, F = periodic.energy_and_fock(sg(P), ints)
     F = sg(F)
     surrogate = jnp.sum(ints.kweights * jnp.einsum("kij,kji->k", F, P).real)
-    mse = jnp.mean(jnp.abs(Hk - F) ** 2)
-    mse_orthonormal = orthonormal_mse(Hk - F, X, mo_mask)
+    D = filtered(Hk - F, G)
+    mse = jnp.mean(jnp.abs(D) ** 2)
+    mse_orthonormal = orthonormal_mse(D, X, mo_mask)
     n_window = min(nao, ints.n_electrons // 2 + WINDOW_CONDUCTION_BANDS)
     in_window = self_consistency_basis == "window" or weights.band_energy > 0
-    mse_window, mse_bands = window_residuals(Hk - F, Hk, X, mo_mask, n_window) if in_window else (0.0, 0.0)
+    mse_window, mse_bands = window_residuals(D, Hk, X, mo_mask, n_window) if in_window else (0.0, 0.0)
     if offmesh is not None:
         Fq = sg(offmesh_fock(sg(P), ints, offmesh))
         Hq = Hq[:, :nao, :nao]
-        Dq = Hq - Fq
+        Dq = filtered(Hq - Fq, offmesh.G)
         mse = 0.5 * (mse + jnp.mean(jnp.abs(Dq) ** 2))
         mse_orthonormal = 0.5 * (mse_orthonormal + orthonormal_mse(Dq, offmesh.X, offmesh.mo_mask))
         if in_window:

@@ -73,7 +73,7 @@ from basis.sap import sap_hamiltonian
 from basis.shells import ao_shells
 from basis.system import System, atomic_number
 from solvers import periodic
-from solvers.eigen import canonical_orthogonalizer, pad_orthogonalizer
+from solvers.eigen import canonical_orthogonalizer, overlap_filter, pad_orthogonalizer
 from solvers.energy import energy_and_fock
 from vardft import stream
 from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
@@ -82,7 +82,7 @@ from vardft.crystal_stream import (AO_FIELD, OFFMESH_AO_FIELD, BlochRecord, Bloc
                                    gather_rows)
 from vardft.data import IntegralCache, pad_integrals, size_buckets
 from vardft.hamiltonian import Batch, bloch_sum_batch, bucket_size, prepare_batch, real_space_blocks
-from vardft.losses import OffMesh, crystal_loss, embed_complex, molecule_loss
+from vardft.losses import OffMesh, crystal_loss, embed_complex, filtered, molecule_loss
 from vardft.model import ModelConfig, predict_blocks, predict_hamiltonian
 from vardft.parallel import device_count
 
@@ -567,6 +567,7 @@ class CrystalArrays:
         mo_mask: (B, nk, 2N) real columns of X.
         h_base: (B, nk, N, N) complex baseline H_base(k) at the k-points, Hartree.
         offmesh: stacked :class:`~vardft.losses.OffMesh` or ``None``.
+        G: (B, nk, N, N) overlap filters of S(k) (``TrainConfig.overlap_filter``) or ``None``.
     """
 
     batch: Batch
@@ -575,6 +576,7 @@ class CrystalArrays:
     mo_mask: Any
     h_base: Any
     offmesh: Any = None
+    G: Any = None
 
 
 def real_orthogonalizers(S: np.ndarray, nao_pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -666,14 +668,27 @@ class CrystalTask:
     def real_space(self, params, model_config: ModelConfig, system: System) -> LatticeBlocks:
         """The predicted H(R) and S(R) of ``system`` as atom-pair blocks (``"sap"`` runs):
         :meth:`sap_blocks` plus ``delta_scale`` × the network's blocks, never a dense N × N
-        matrix per shift, so memory and time grow linearly with the atoms."""
+        matrix per shift, so memory and time grow linearly with the atoms.
+
+        Raises:
+            InputError: the run's baseline is not ``sap``, or the run filters its correction
+                by the overlap spectrum at each k (``overlap_filter``): its H(k) is then not
+                the Bloch sum of real-space blocks (:meth:`hamiltonian` gives it).
+        """
+        c = self.config
+        if c.overlap_filter:
+            raise InputError("this run filters its correction by the overlap spectrum at each k-point "
+                             f"(overlap filter {c.overlap_filter:g}): it predicts H(k), not H(R) blocks")
+        return self._real_space(params, model_config, system, self.sap_blocks(system))
+
+    def _real_space(self, params, model_config: ModelConfig, system: System, base: LatticeBlocks) -> LatticeBlocks:
         c = self.config
         if c.baseline != "sap":
             raise InputError(f"real-space blocks come from runs on the sap baseline; this run uses {c.baseline}")
         batch = prepare_batch([system], model_config, gather=False)
         diag, edge = predict_blocks(params, batch, edge_chunk=REAL_SPACE_EDGE_CHUNK)
         pairs, shifts, blocks = real_space_blocks(diag, edge, batch, 0)
-        return self.sap_blocks(system).plus(pairs, shifts, c.delta_scale * blocks)
+        return base.plus(pairs, shifts, c.delta_scale * blocks)
 
     def baseline(self, ints, potential=None, blocks: LatticeBlocks | None = None) -> jax.Array:
         """H_base(k) at the k-points of ``ints`` (:class:`PeriodicIntegrals` or band
@@ -697,8 +712,27 @@ class CrystalTask:
         X, mask = real_orthogonalizers(np.asarray(band.overlap), nao)
         return OffMesh(
             kpts=band.kpts, hcore=band.hcore, ao=band.ao, X=jnp.asarray(X), mo_mask=jnp.asarray(mask),
-            h_base=self.baseline(band, potential, blocks),
+            h_base=self.baseline(band, potential, blocks), G=self.filters(band, blocks),
         )
+
+    def filters(self, ints, blocks: LatticeBlocks | None = None) -> jax.Array | None:
+        """Overlap filters G(k) (nk, N, N) at the k-points of ``ints``
+        (:func:`solvers.eigen.overlap_filter` at the config's ``overlap_filter``), ``None``
+        without one. Of the S(k) prediction uses: the sap blocks' where given (they differ
+        from PySCF's by the blocks' truncation, ~3e-7 for gth-dzvp Si, which G would pass on)."""
+        tau = self.config.overlap_filter
+        if not tau:
+            return None
+        S = blocks.bloch(np.asarray(ints.kpts), "overlap") if blocks is not None else np.asarray(ints.overlap)
+        return jnp.asarray(overlap_filter(S, tau))
+
+    def filter_correction(self, h_base, h, S):
+        """H = H_base + G (H_full − H_base) G at each k (numpy, (nk, N, N)): the network's part
+        of ``h`` filtered as in training; ``h`` itself without a filter."""
+        if not self.config.overlap_filter:
+            return h
+        G = overlap_filter(S, self.config.overlap_filter)
+        return h_base + G @ (h - h_base) @ G
 
     def bloch_settings(self) -> BlochSettings:
         """What the Bloch AOs of a training cell depend on besides the cell."""
@@ -717,7 +751,7 @@ class CrystalTask:
         blocks = self.sap_blocks(system)
         base = np.asarray(self.baseline(ints, v, blocks))
         offmesh = self._offmesh(system, ints, nao, v, blocks) if c.offmesh_self_consistency else None
-        return ints, X, mask, base, offmesh
+        return ints, X, mask, base, offmesh, self.filters(ints, blocks)
 
     @staticmethod
     def _bloch_record(ints: PeriodicIntegrals, offmesh) -> BlochRecord:
@@ -740,9 +774,9 @@ class CrystalTask:
         nao = n_aos.pop()  # the batch's AO slots may be more (bucketed); the loss uses these
         cache = cache or IntegralCache(None)
         store = BlochStore(cache.directory, self.bloch_settings(), cache.max_bytes, memory_budget(cache.memory_bytes))
-        ints, Xs, masks, bases, offmesh = [], [], [], [], []
+        ints, Xs, masks, bases, offmesh, filters = [], [], [], [], [], []
         for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
-            i, X, mask, base, off = self._cell(s, nao)
+            i, X, mask, base, off, G = self._cell(s, nao)
             record = self._bloch_record(i, off)
             if store.directory is None:  # kept in memory: moved to the device once, not per batch
                 record = BlochRecord(jax.device_put(record.arrays))
@@ -751,6 +785,7 @@ class CrystalTask:
             Xs.append(X)
             masks.append(mask)
             bases.append(base)
+            filters.append(G)
             if off is not None:
                 offmesh.append(off.replace(ao=None))
             del i, off
@@ -761,6 +796,7 @@ class CrystalTask:
             mo_mask=jnp.asarray(np.stack(masks)),
             h_base=jnp.asarray(np.stack(bases)),
             offmesh=_stack(offmesh) if offmesh else None,
+            G=None if filters[0] is None else jnp.stack(filters),
         )
 
         def rebuild(system: System) -> BlochRecord:  # the AOs only: no baseline, no orthogonalizers
@@ -777,24 +813,25 @@ class CrystalTask:
         H_R = self.config.delta_scale * predict_hamiltonian(params, data.batch)
         nao = data.h_base.shape[-1]  # AO slots beyond it are bucket padding (zero rows and columns)
 
-        def at(h_base, kpts):
-            return h_base + bloch_sum_batch(H_R, data.batch, kpts)[..., :nao, :nao]
+        def at(h_base, kpts, G):
+            dH = bloch_sum_batch(H_R, data.batch, kpts)[..., :nao, :nao]
+            return h_base + (dH if G is None else jax.vmap(filtered)(dH, G))
 
-        Hk = at(data.h_base, data.ints.kpts)
-        return Hk, None if data.offmesh is None else at(data.offmesh.h_base, data.offmesh.kpts)
+        Hk = at(data.h_base, data.ints.kpts, data.G)
+        return Hk, None if data.offmesh is None else at(data.offmesh.h_base, data.offmesh.kpts, data.offmesh.G)
 
     def batch_terms(self, params, data: CrystalArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""
         c = self.config
         Hk, Hq = self.training_hamiltonians(params, data)
 
-        def one(h, i, x, m, hq=None, o=None):
-            return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o)
+        def one(h, i, x, m, g, hq=None, o=None):
+            return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o, g)
 
         if Hq is None:
-            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask)
+            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, data.G)
         else:
-            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, Hq, data.offmesh)
+            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, data.G, Hq, data.offmesh)
         metrics = {
             "energy": terms.energy,
             "sc_rmse": terms.self_consistency_rmse,
@@ -821,8 +858,11 @@ class CrystalTask:
         c = self.config
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
         if c.baseline == "sap":
-            blocks = self.real_space(params, model_config, system)
-            return blocks.bloch(kpts), blocks.bloch(kpts, "overlap")
+            base = self.sap_blocks(system)
+            blocks = self._real_space(params, model_config, system, base)
+            S = blocks.bloch(kpts, "overlap")
+            h = blocks.bloch(kpts)
+            return (self.filter_correction(base.bloch(kpts), h, S) if c.overlap_filter else h), S
         batch = prepare_batch([system], model_config)
         nao = int(np.asarray(batch.nao)[0])
         H_R = c.delta_scale * predict_hamiltonian(params, batch)
@@ -830,7 +870,7 @@ class CrystalTask:
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=c.mesh)
         if c.baseline == "none":
             S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts), dtype=np.complex128).reshape(-1, nao, nao)
-            return dH, S
+            return self.filter_correction(np.zeros_like(dH), dH, S), S
         if ints is None:
             ints = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
         v = self.baseline_potential(ints)
@@ -840,7 +880,8 @@ class CrystalTask:
         for n, chunk in band_integral_chunks(cell, kpts, functional, size, mesh=ints.mesh):
             Hb.append(np.asarray(self.baseline(chunk, v))[:n])
             S.append(np.asarray(chunk.overlap)[:n])
-        return np.concatenate(Hb) + dH, np.concatenate(S)
+        Hb, S = np.concatenate(Hb), np.concatenate(S)
+        return self.filter_correction(Hb, Hb + dH, S), S
 
 
 TASKS = {"molecule": MoleculeTask, "crystal": CrystalTask}

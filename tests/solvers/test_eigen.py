@@ -17,6 +17,7 @@ from solvers.eigen import (
     canonical_orthogonalizer,
     canonical_orthogonalizer_fixed,
     eigh,
+    overlap_filter,
     pad_orthogonalizer,
     solve_hamiltonian,
 )
@@ -191,6 +192,29 @@ def test_near_linear_dependence_matches_pyscf_canonical_orth():
     P = np.asarray(res.density)
     np.testing.assert_allclose(np.trace(P @ S), n, atol=ELECTRON_ATOL)
     np.testing.assert_allclose(P @ S @ P, 2 * P, atol=IDENTITY_ATOL)
+
+
+def test_overlap_filter_is_the_rational_function_of_s():
+    """G = S²(S² + τ²)⁻¹, built here with a linear solve instead of an eigendecomposition,
+    on a complex S(k)-like matrix with a nearly dependent direction (s ~ 1e-6): that
+    direction is removed, well-conditioned ones are kept, and a unitary change of basis
+    commutes with the filter."""
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(6, 6)) + 1j * rng.normal(size=(6, 6))
+    U, _ = np.linalg.qr(A)
+    s = np.array([1e-6, 2e-4, 1e-3, 0.05, 0.8, 2.0])
+    S = (U * s) @ U.conj().T
+    tau = 1e-3
+    G = overlap_filter(S, tau)
+    S2 = S @ S
+    np.testing.assert_allclose(G, np.linalg.solve((S2 + tau**2 * np.eye(6)).T, S2.T).T, atol=1e-10)
+    weights = np.real(np.einsum("ai,ab,bi->i", U.conj(), G, U))
+    np.testing.assert_allclose(weights, s**2 / (s**2 + tau**2), atol=1e-10)
+    assert weights[0] < 1e-5 and weights[-2] > 0.999
+    V, _ = np.linalg.qr(rng.normal(size=(6, 6)) + 1j * rng.normal(size=(6, 6)))
+    np.testing.assert_allclose(overlap_filter(V @ S @ V.conj().T, tau), V @ G @ V.conj().T, atol=1e-10)
+    with pytest.raises(ValueError):
+        overlap_filter(S, 0.0)
 
 
 # --- smearing ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from basis.crystal import absolute_kpts
+from basis.errors import InputError
 from basis.pbc_integrals import make_periodic_mean_field, periodic_integrals_from_mean_field
 from solvers.eigen import batched_eigh_calls
 from solvers.periodic import fock, generalized_eigh
@@ -158,9 +159,10 @@ def test_network_blocks_by_chunks_of_edges_equal_all_at_once():
 def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
     """gth-dzvp Si has 13 AOs per atom: a 2-atom cell's 26 AOs sit in 28 bucketed slots.
     The H(k) and H(q) the training loss sees (prepared cell, off-mesh points included) equal
-    what prediction returns at those k-points, and the loss is finite."""
+    what prediction returns at those k-points, with the correction filtered by S(k)'s
+    spectrum (``overlap_filter``, which this basis needs) in both, and the loss is finite."""
     cfg = make_config("crystal", basis="gth-dzvp", xc="lda,vwn", pseudo="gth-pade", kmesh=(2, 1, 1), mesh=SMALL_MESH,
-                      baseline="sap")
+                      baseline="sap", overlap_filter=1e-3)
     task = CrystalTask(cfg)
     model_cfg = model_config_for(cfg, ("Si",))
     params = init_params(jax.random.PRNGKey(2), model_cfg)
@@ -173,6 +175,10 @@ def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
         H, _ = task.hamiltonian(params, model_cfg, system, np.asarray(kpts[0]))
         assert H.shape[-1] == 26
         np.testing.assert_allclose(np.asarray(H_train[0]), H, atol=1e-12, rtol=0)
+    unfiltered, _ = task.training_hamiltonians(params, data.replace(G=None))
+    assert np.abs(np.asarray(unfiltered - Hk)).max() > 1e-6  # the filter acts on this cell
+    with pytest.raises(InputError, match="H\\(k\\), not H\\(R\\)"):
+        task.real_space(params, model_cfg, system)
     for basis, band_weight in (("orthonormal", 0.0), ("window", 3000.0)):  # for such bases' nearly dependent directions
         loss_weights = dataclasses.replace(task.config.loss, band_energy=band_weight)
         windowed = CrystalTask(dataclasses.replace(task.config, self_consistency_basis=basis, loss=loss_weights))

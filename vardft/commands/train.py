@@ -32,6 +32,7 @@ FLAGS = {
     "sc_weight": "self_consistency",
     "sc_basis": "self_consistency_basis",
     "band_weight": "band_energy",
+    "overlap_filter": "overlap_filter",
     "baseline": "baseline",
     "distill_steps": "distill_steps",
     "distill_displaced": "distill_displaced",
@@ -86,6 +87,11 @@ def register(sub) -> None:
                    help="crystals: weight, 1/Eh, of the band-energy residual (the first-order band-energy errors of "
                         "the window bands, which the mean over pairs dilutes) "
                         f"({c.loss.band_energy})")
+    p.add_argument("--overlap-filter", type=float, default=None, metavar="TAU",
+                   help="crystals: confine the network's correction and the self-consistency residual at each k to "
+                        "the well-conditioned directions of S(k), G dH G with G = S^2 (S^2 + TAU^2)^-1: for nearly "
+                        "linearly dependent bases such as gth-dzvp (1e-3 there); predictions are then H(k), not H(R) "
+                        f"blocks ({c.overlap_filter:g}: off)")
     p.add_argument("--baseline", default=None, choices=list(BASELINES),
                    help="H = baseline + network. minao: the Kohn-Sham matrix of the minao guess density (prediction "
                         "then builds a DF factor and an XC grid); sap: superposed atomic potentials, one-electron "
