@@ -278,7 +278,8 @@ class CrystalModel(Model):
 
         Raises:
             InputError: ``nbands`` < 1, an unknown ``solver``, ``"sparse"`` without a
-                window or on a minao run, or the cell does not suit the model.
+                window or on a run that is not sap or has an overlap filter, or the cell
+                does not suit the model.
         """
         system = self._check(system)
         kpts = np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
@@ -288,7 +289,7 @@ class CrystalModel(Model):
             window = self.band_window(system, nbands)
         if solver == "sparse" and (window is None or not self._has_real_space):
             raise InputError("the sparse band solver finds the bands nearest the Fermi level (give nbands) of a "
-                             "model on the sap baseline")
+                             "model on the sap baseline without an overlap filter")
         blocks = self.real_space(system) if self._has_real_space else None
         if blocks is not None and window is not None and (
                 solver == "sparse" or (solver == "auto" and blocks.nao >= SPARSE_MIN_AOS)):
