@@ -73,6 +73,9 @@ REFERENCE_CONV_TOL = 1e-10
 REFERENCE_MAX_CYCLE = 50
 """PySCF's own default cycle limit for the reference KRKS."""
 
+CONTINUATION_MAX_CYCLE = 200
+"""DIIS cycles of vardft's periodic SCF when it continues an unconverged reference KRKS."""
+
 
 def crystal_reference(mf, ints) -> tuple[np.ndarray, float, np.ndarray, str]:
     """The converged KRKS reference of a crystal: ``(bands (nk, nmo), energy, dm (nk, N, N),
@@ -92,7 +95,7 @@ def crystal_reference(mf, ints) -> tuple[np.ndarray, float, np.ndarray, str]:
     pyscf_state = np.asarray(mf.mo_energy, dtype=np.float64).reshape(ints.nkpts, -1), float(mf.e_tot), dm
     if mf.converged:
         return (*pyscf_state, "pyscf")
-    res = periodic.run_periodic_scf(ints, dm0=jnp.asarray(dm), conv_tol=REFERENCE_CONV_TOL, max_cycle=200)
+    res = periodic.run_periodic_scf(ints, dm0=jnp.asarray(dm), conv_tol=REFERENCE_CONV_TOL, max_cycle=CONTINUATION_MAX_CYCLE)
     if not res.converged:
         return (*pyscf_state, "unconverged")
     return np.asarray(res.mo_energy), float(res.energy), np.asarray(res.dm), "vardft-scf"
