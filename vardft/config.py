@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
@@ -205,7 +204,7 @@ class TrainConfig:
             ``get_bands``): the training mesh alone fixes ΔH(R) only up to aliasing.
         overlap_filter: τ > 0 confines the network's correction and the self-consistency
             residual at each k to the well-conditioned directions of S(k): ΔH(k) →
-            G ΔH(k) G with G = g(S(k)), g(s) = s²/(s² + τ²) (:func:`vardft.losses.overlap_filter`);
+            G ΔH(k) G with G = g(S(k)), g(s) = s²/(s² + τ²) (:func:`solvers.eigen.overlap_filter`);
             0 (default) leaves them as they are. For nearly linearly dependent bases
             (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6).
     """
@@ -403,7 +402,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise InputError(f"the {name.replace('_', '-')} weight must be a finite number >= 0, got {weight}")
     if config.loss.band_energy and config.kind != "crystal":
         raise InputError("the band-energy weight is for crystals (the bands of their window)")
-    if not (math.isfinite(config.overlap_filter) and config.overlap_filter >= 0):
+    if not (config.overlap_filter >= 0 and config.overlap_filter < float("inf")):
         raise InputError(f"the overlap filter must be a finite number >= 0, got {config.overlap_filter}")
     if config.overlap_filter and config.kind != "crystal":
         raise InputError("the overlap filter is for crystals (the overlap spectrum at each k-point)")

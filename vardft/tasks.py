@@ -731,8 +731,7 @@ class CrystalTask:
         of ``h`` filtered as in training; ``h`` itself without a filter."""
         if not self.config.overlap_filter:
             return h
-        G = overlap_filter(S, self.config.overlap_filter)
-        return h_base + G @ (h - h_base) @ G
+        return h_base + np.asarray(filtered(h - h_base, overlap_filter(S, self.config.overlap_filter)))
 
     def bloch_settings(self) -> BlochSettings:
         """What the Bloch AOs of a training cell depend on besides the cell."""
