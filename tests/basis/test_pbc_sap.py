@@ -52,7 +52,8 @@ def test_potentials_equal_pyscf_kohn_sham_potential_of_superposed_atoms(silicon)
     diagonal atomic density matrix (3×3×3 k-mesh: the density's images 3 cells away change
     nothing measurable, 4×4×4 gave the same largest differences). Measured: XC 8e-5
     Hartree largest element; electrostatic 2.2e-5 after a constant 2.3e-5 Hartree (× S: a
-    uniform shift of the bands) between PySCF's average potential and the offset :func:`basis.pbc_sap.electrostatic_offset` gives it."""
+    uniform shift of the bands) between PySCF's average potential and
+    the offset :func:`basis.pbc_sap.electrostatic_offset` gives it."""
     si, cell = silicon
     kpts = cell.make_kpts([3, 3, 3])
     mf = pbcdft.KRKS(cell, kpts, xc=XC)
