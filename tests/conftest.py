@@ -17,6 +17,16 @@ jax.config.update("jax_debug_nans", True)
 _CACHE = tempfile.TemporaryDirectory(prefix="vardft-test-cache-")
 os.environ["VARDFT_CACHE"] = _CACHE.name
 
+# XLA's compilation cache on disk, one per pytest run: made by the first process (xdist's
+# controller) and shared by its workers and by subprocesses tests start. Many tests compile
+# the same tiny-model steps; a repeat is read back instead of compiled again.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _COMPILED = tempfile.TemporaryDirectory(prefix="vardft-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILED.name
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
 
 @pytest.fixture(autouse=True)
 def _disk_reserve_of_the_test_machine(monkeypatch):
