@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--overlap-filter", type=float, default=None,
                    help="filter the correction and residual by S(k)'s spectrum at this scale (vardft train --overlap-filter)")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: the crystal defaults of vardft.config)")
+    p.add_argument("--cells-per-pass", type=int, default=None,
+                   help="cells whose loss is evaluated at once (vardft train --cells-per-pass; default: the batch)")
     p.add_argument("--no-offmesh", action="store_true", help="self-consistency at the training k-mesh only")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--output-scale", type=float, default=None)
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
                  "band_energy": args.band_weight, "overlap_filter": args.overlap_filter,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
                  "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size,
+                 "cells_per_pass": args.cells_per_pass,
                  "max_minutes": args.minutes, "basis": args.basis, "kmesh": tuple(args.kmesh) if args.kmesh else None}
     if args.no_offmesh:
         overrides["offmesh_self_consistency"] = False

@@ -207,6 +207,12 @@ class TrainConfig:
             G ΔH(k) G with G = g(S(k)), g(s) = s²/(s² + τ²) (:func:`solvers.eigen.overlap_filter`);
             0 (default) leaves them as they are. For nearly linearly dependent bases
             (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6).
+        cells_per_pass: crystals whose loss is evaluated at once. ``None`` (default): the
+            whole batch, vectorised. ``k``: k cells at a time, each pass rematerialised
+            under autodiff, so the loss holds the intermediates of k cells instead of the
+            batch's (for cells with large FFT meshes, such as hBN's vacuum) at the cost of
+            one more forward evaluation per step. The losses do not depend on it beyond
+            round-off.
     """
 
     kind: str = "molecule"
@@ -249,6 +255,7 @@ class TrainConfig:
     mesh: tuple[int, int, int] | None = None
     offmesh_self_consistency: bool | None = None
     overlap_filter: float = 0.0
+    cells_per_pass: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -294,7 +301,8 @@ class TrainConfig:
 
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance")
-CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy", "overlap_filter")
+CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy", "overlap_filter",
+                "cells_per_pass")
 
 LOSS_WEIGHT_OVERRIDES = ("self_consistency", "band_energy")
 """Overrides that set a weight of ``TrainConfig.loss`` (:class:`LossWeights`)."""
@@ -406,6 +414,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"the overlap filter must be a finite number >= 0, got {config.overlap_filter}")
     if config.overlap_filter and config.kind != "crystal":
         raise InputError("the overlap filter is for crystals (the overlap spectrum at each k-point)")
+    if config.cells_per_pass is not None and config.cells_per_pass < 1:
+        raise InputError(f"cells per pass must be >= 1, got {config.cells_per_pass}")
     if config.self_consistency_basis == "window" and config.kind != "crystal":
         raise InputError("the window self-consistency basis is for crystals (their band window)")
     if config.steps < 0:

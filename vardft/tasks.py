@@ -45,7 +45,7 @@ import ast
 import dataclasses
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -621,6 +621,22 @@ def offmesh_kpts(cell, kmesh: Sequence[int]) -> np.ndarray:
     return absolute_kpts(cell, frac)
 
 
+def over_cells(loss_of_cell: Callable, cells, cells_per_pass: int | None):
+    """``loss_of_cell`` of each crystal of a batch (a pytree with a leading batch axis).
+
+    ``cells_per_pass=None``: one vectorised evaluation (``vmap``). ``k``: ``k`` cells at a
+    time (``lax.map``), each pass under ``jax.checkpoint`` so that the backward pass
+    recomputes its intermediates instead of storing them for every cell: the loss's memory
+    is then that of ``k`` cells, not the batch's.
+    """
+    if cells_per_pass is None:
+        return jax.vmap(loss_of_cell)(cells)
+    per_pass = jax.checkpoint(loss_of_cell)
+    if cells_per_pass == 1:  # no inner vmap: its batch axis would make XLA transpose (copy) the AOs
+        return jax.lax.map(per_pass, cells)
+    return jax.lax.map(per_pass, cells, batch_size=cells_per_pass)
+
+
 @dataclasses.dataclass(frozen=True)
 class CrystalTask:
     """Crystals: H(k) = H_base(k) + Σ_R e^{ik·T_R} ΔH(R) on a k-mesh; energy per cell."""
@@ -824,13 +840,12 @@ class CrystalTask:
         c = self.config
         Hk, Hq = self.training_hamiltonians(params, data)
 
-        def one(h, i, x, m, g, hq=None, o=None):
+        def one(args):
+            h, i, x, m, g, hq, o = args
             return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o, g)
 
-        if Hq is None:
-            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, data.G)
-        else:
-            terms = jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, data.G, Hq, data.offmesh)
+        cells = (Hk, data.ints, data.X, data.mo_mask, data.G, Hq, data.offmesh)
+        terms = over_cells(one, cells, c.cells_per_pass)
         metrics = {
             "energy": terms.energy,
             "sc_rmse": terms.self_consistency_rmse,

@@ -33,6 +33,7 @@ FLAGS = {
     "sc_basis": "self_consistency_basis",
     "band_weight": "band_energy",
     "overlap_filter": "overlap_filter",
+    "cells_per_pass": "cells_per_pass",
     "baseline": "baseline",
     "distill_steps": "distill_steps",
     "distill_displaced": "distill_displaced",
@@ -92,6 +93,10 @@ def register(sub) -> None:
                         "the well-conditioned directions of S(k), G dH G with G = S^2 (S^2 + TAU^2)^-1: for nearly "
                         "linearly dependent bases such as gth-dzvp (1e-3 there); predictions are then H(k), not H(R) "
                         f"blocks ({c.overlap_filter:g}: off)")
+    p.add_argument("--cells-per-pass", type=int, default=None, metavar="K",
+                   help="crystals: evaluate the loss K cells at a time, recomputing each pass in the backward pass: "
+                        "memory of K cells instead of the whole batch, for one more forward evaluation per step "
+                        "(large meshes, e.g. hBN) (default: the whole batch at once)")
     p.add_argument("--baseline", default=None, choices=list(BASELINES),
                    help="H = baseline + network. minao: the Kohn-Sham matrix of the minao guess density (prediction "
                         "then builds a DF factor and an XC grid); sap: superposed atomic potentials, one-electron "
