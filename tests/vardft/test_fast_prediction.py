@@ -23,10 +23,12 @@ from vardft.testing import assert_equivariant
 
 BASIS = "sto-3g"
 CONFIG = TrainConfig(
-    xc="pbe", basis=BASIS, preset="S", model_overrides=(("num_layers", 1), ("channels", 8)), steps=3,
+    xc="pbe", basis=BASIS, preset="S", model_overrides=(("num_layers", 1), ("channels", 8)),
     batch_size=None, learning_rate=1e-2, warmup_steps=1, checkpoint_every=3, eval_every=None, grid_level=1,
-    loss=LossWeights(1.0, 300.0, 0.0), baseline="sap", distill_steps=3,
+    loss=LossWeights(1.0, 300.0, 0.0), baseline="sap", distill_steps=6, steps=2, distill_tolerance=0.0,
 )
+"""One run's settings for every training in this module (the fixture's compiled steps are
+reused): 6 distillation steps, never ended early, then 2 label-free steps."""
 
 
 @pytest.fixture(scope="module")
@@ -102,19 +104,19 @@ def test_displaced_copies_join_the_distillation_only(trained, water, cache, tmp_
 def test_distillation_then_label_free_steps(trained):
     _, result = trained
     phases = ["energy" in r for r in result.history]
-    assert phases == [False] * 3 + [True] * 3 and result.skipped_steps == 0
-    assert result.history[2]["distill_mae"] < result.history[0]["distill_mae"]
+    assert phases == [False] * 6 + [True] * 2 and result.skipped_steps == 0
+    assert result.history[5]["distill_mae"] < result.history[0]["distill_mae"]
 
 
-def _stopped_at_step_3_and_resumed(water, run_dir, config, cache):
-    """``(first, resumed)``: a run stopped by SIGTERM after step 3 (checkpoint kept), then resumed."""
+def _stopped_and_resumed(water, run_dir, config, cache, at: int):
+    """``(first, resumed)``: a run stopped by SIGTERM after step ``at`` (checkpoint kept), then resumed."""
 
     def interrupt(record):
-        if record["step"] == 3:
+        if record["step"] == at:
             os.kill(os.getpid(), signal.SIGTERM)
 
     first = train(water, run_dir, config, cache=cache, progress=False, on_step=interrupt)
-    assert first.interrupted and first.step == 3
+    assert first.interrupted and first.step == at
     return first, train(water, run_dir, config, cache=cache, progress=False, resume=True)
 
 
@@ -123,10 +125,10 @@ def test_resume_across_the_distillation_boundary_reproduces_losses(trained, wate
     label-free optimizer afresh there, as the uninterrupted run did, and repeats its losses."""
     _, reference = trained
     run_dir = str(tmp_path / "run")
-    first, resumed = _stopped_at_step_3_and_resumed(water, run_dir, CONFIG, cache)
+    first, resumed = _stopped_and_resumed(water, run_dir, CONFIG, cache, at=6)
     ref = {r["step"]: r["loss"] for r in reference.history}
     got = {r["step"]: r["loss"] for r in resumed.history}
-    assert sorted(got) == [4, 5, 6]
+    assert sorted(got) == [7, 8]
     assert all(got[s] == ref[s] for s in got), (got, ref)
     # the distillation trains only the distilled network, the label-free steps only the correction
     start = initial_params(CONFIG, resumed.model_config)
@@ -137,24 +139,24 @@ def test_resume_across_the_distillation_boundary_reproduces_losses(trained, wate
     assert not same(resumed.params["correction"], first.params["correction"])
 
 
-def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(water, cache, tmp_path, monkeypatch):
+def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(trained, water, cache, tmp_path,
+                                                                                  monkeypatch):
     """With a tolerance met at step 4 of 6 (window of 2 batch MAEs), distillation ends there
     and the label-free steps follow; a run stopped at step 3 (its MAE window only in the
-    checkpoint) ends at step 4 too and repeats the uninterrupted run's losses."""
+    checkpoint) ends at step 4 too and repeats the uninterrupted run's losses. The fixture's
+    run (tolerance 0: all 6 distillation steps) gives the MAE trajectory."""
     import vardft.train
 
     monkeypatch.setattr(vardft.train, "DISTILL_WINDOW", 2)
-    full = dataclasses.replace(CONFIG, distill_steps=6, steps=2, distill_tolerance=0.0, checkpoint_every=1)
-    reference = train(water, None, full, cache=cache, progress=False)
-    mae = [r["distill_mae"] for r in reference.history[:6]]
+    mae = [r["distill_mae"] for r in trained[1].history[:6]]
     windows = {k: (mae[k - 2] + mae[k - 1]) / 2 for k in range(2, 7)}
     assert windows[4] < min(windows[2], windows[3])  # the trajectory the test needs
-    config = dataclasses.replace(full, distill_tolerance=windows[4])
+    config = dataclasses.replace(CONFIG, distill_tolerance=windows[4])
     ended = train(water, None, config, cache=cache, progress=False)
     assert ["energy" in r for r in ended.history] == [False] * 4 + [True] * 2 and ended.step == 6
     assert [r["distill_mae"] for r in ended.history[:4]] == mae[:4]
 
-    _, resumed = _stopped_at_step_3_and_resumed(water, str(tmp_path / "run"), config, cache)
+    _, resumed = _stopped_and_resumed(water, str(tmp_path / "run"), config, cache, at=3)
     assert [("energy" in r, r["step"]) for r in resumed.history] == [(False, 4), (True, 5), (True, 6)]
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in ended.history[3:]]
 
