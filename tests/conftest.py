@@ -17,7 +17,8 @@ jax.config.update("jax_debug_nans", True)
 # 357 with this, the whole suite 715 -> 595 s on 2 cores). The computations are the same;
 # every tolerance holds. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the suite optimized.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1")
+jax.config.update("jax_disable_most_optimizations",
+                  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].strip().lower() in ("1", "true", "yes", "on", "y", "t"))
 
 # one directory per test process (each xdist worker too), removed when the process exits;
 # subprocesses started by tests inherit it

@@ -406,13 +406,14 @@ def band_window(nao: int, n_occupied: int, nbands: int) -> tuple[int, int]:
     return first, min(nao, first + nbands) - 1
 
 
-SPARSE_MIN_AOS = 8192
+SPARSE_MIN_AOS = 16384
 """``CrystalModel.bands(solver="auto")`` solves a window of bands with the sparse solver
-from this many AOs (Si gth-szv: 2,048 atoms), the dense one below. At 4,096 AOs the dense
-subset solver was faster than a prototype of the sparse one (17 against 21 s per k-point,
-docs/results.md; the crossover above that is not measured yet); the dense path
-holds a few nao × nao complex matrices (~4.3 GB at 8,192 AOs, growing as nao²), the sparse
-one the blocks' nonzeros and an LU factor."""
+from this many AOs (Si gth-szv: 4,096 atoms), the dense one below. Measured on displaced Si
+supercells, 16 bands (docs/results.md): at 4,096 AOs the dense path took 337 s and 2.2 GB in
+all, the sparse one 508 s and 3.6 GB; at 5,832 AOs the bands alone took 24 s per k-point
+dense and 262 s sparse, and the peaks were 3.6 and 5.6 GB. Both gaps grow with size; fitted
+to the two sizes, the peaks meet near 16,000 AOs (~21 GB each), so below that the dense
+path is faster and lighter and above it neither fits this 23-GB machine well."""
 
 
 def _sparse_window_bands(blocks: LatticeBlocks, kpts: np.ndarray, window: tuple[int, int]) -> np.ndarray:
