@@ -351,8 +351,11 @@ class IntegralCache:
     ``max_bytes`` bounds the records of the ``"jax"`` backend (:mod:`vardft.stream`):
     past it they are recomputed when needed instead of being written. ``memory_bytes``:
     how much of the crystals' Bloch AO records is also held in memory
-    (:class:`vardft.crystal_stream.BlochStore`); ``None``, the default, is
-    :data:`vardft.config.HOST_MEMORY_FRACTION` of the machine's memory.
+    (:class:`vardft.crystal_stream.BlochStore`), and of the molecules' padded records on
+    the device (:class:`vardft.stream.ResidentRecords`); ``None``, the default, is
+    :data:`vardft.config.HOST_MEMORY_FRACTION` of the machine's memory for crystals, and for
+    molecules that of one accelerator's memory (none on a CPU:
+    :func:`vardft.tasks.resident_budget`).
     """
 
     def __init__(self, directory: str | None = None, max_bytes: int | None = None, memory_bytes: int | None = None):

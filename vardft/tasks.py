@@ -228,6 +228,18 @@ def in_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
     return total
 
 
+def resident_budget(requested: int | None, devices: int) -> int:
+    """Bytes of padded molecule records held on the device (:class:`vardft.stream.ResidentRecords`):
+    ``requested``; by default :func:`memory_budget` on one accelerator, and none on a CPU
+    (there the per-batch read costs little beside the step, and a streamed run's memory
+    stays what streaming promises) or with a batch split over several devices."""
+    if requested is not None:
+        return int(requested)
+    if devices > 1 or jax.default_backend() == "cpu":
+        return 0
+    return memory_budget(None)
+
+
 def machine_memory_bytes() -> int:
     """Physical memory of this machine, bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -271,11 +283,11 @@ def _stack_compact(batch, padded, static: int, largest: int, auxbasis: str) -> M
     return MoleculeArrays(
         batch=batch,
         ints=_stack(same),
-        X=jnp.asarray(np.stack([p[2] for p in padded])),
-        mo_mask=jnp.asarray(np.stack([p[3] for p in padded])),
-        h_base=jnp.asarray(np.stack([p[1] for p in padded])),
+        X=jnp.stack([p[2] for p in padded]),  # numpy, or device arrays of resident records
+        mo_mask=jnp.stack([p[3] for p in padded]),
+        h_base=jnp.stack([p[1] for p in padded]),
         n_electrons=jnp.asarray(electrons),
-        h_target=None if padded[0][4] is None else jnp.asarray(np.stack([p[4] for p in padded])),
+        h_target=None if padded[0][4] is None else jnp.stack([p[4] for p in padded]),
         max_electrons=largest,
     )
 
@@ -427,13 +439,16 @@ class MoleculeTask:
         buckets = size_buckets(systems, self.config.basis, self.config.bucket_aos, min_size=min_bucket)
         if self.config.backend == "jax":
             store = stream.RecordStore(cache.directory, self.record_settings(), cache.max_bytes)
-            return [self.stream_bucket(b, model_config, store, pool, progress) for b in buckets]
+            resident = stream.ResidentRecords(resident_budget(cache.memory_bytes, device_count(self.config.devices)))
+            return [self.stream_bucket(b, model_config, store, pool, progress, resident) for b in buckets]
         return [self.prepare_bucket(b, model_config, cache, progress=progress) for b in buckets]
 
-    def stream_bucket(self, systems, model_config, store: stream.RecordStore, pool=None, progress=False):
+    def stream_bucket(self, systems, model_config, store: stream.RecordStore, pool=None, progress=False,
+                      resident: stream.ResidentRecords | None = None):
         """A :class:`vardft.stream.StreamedSet` of one size bucket: records missing from
         ``store`` are built (by ``pool``'s workers when given) and kept while it has room;
-        the bucket's padded shapes are fixed from every molecule's sizes."""
+        the bucket's padded shapes are fixed from every molecule's sizes; ``resident``
+        holds padded records on the device (shared by the buckets)."""
         systems = tuple(systems)
         settings = self.record_settings()
         moles = [s.to_mole(self.config.basis) for s in systems]
@@ -461,7 +476,7 @@ class MoleculeTask:
 
         return stream.StreamedSet(
             systems=systems, shells=tuple(shells), shapes=stream.bucket_shapes(graph, sizes), store=store,
-            rebuild=rebuild, model_config=model_config,
+            rebuild=rebuild, model_config=model_config, resident=resident,
             make_arrays=functools.partial(_stack_compact, static=static, largest=largest, auxbasis=auxbasis),
         )
 
@@ -485,9 +500,13 @@ class MoleculeTask:
 
     def batch_terms(self, params, data: MoleculeArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""
+        H = data.h_base + self.network_hamiltonian(params, data.batch)
+        return self.hamiltonian_terms(H, data)
+
+    def hamiltonian_terms(self, H, data: MoleculeArrays):
+        """:meth:`batch_terms` of given Hamiltonians H (B, N, N), Hartree: eigensolver,
+        energy, Fock and self-consistency — the step's part that is not the network."""
         c = self.config
-        batch = data.batch
-        H = data.h_base + self.network_hamiltonian(params, batch)
 
         def one(H, ints, X, mo_mask, ao_mask, n_electrons):
             return molecule_loss(
@@ -495,7 +514,7 @@ class MoleculeTask:
                 self_consistency_basis=c.self_consistency_basis, max_occupied=data.max_electrons // 2 or None,
             )
 
-        terms = jax.vmap(one)(H, data.ints, data.X, data.mo_mask, batch.ao_mask, data.n_electrons)
+        terms = jax.vmap(one)(H, data.ints, data.X, data.mo_mask, data.batch.ao_mask, data.n_electrons)
         metrics = {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
         return terms.loss, metrics
 

@@ -62,6 +62,32 @@ def test_streamed_batch_equals_in_memory_bucket(water, tmp_path):
     assert jax.tree.map(jnp.shape, other) == jax.tree.map(jnp.shape, data)
 
 
+def test_resident_records_are_not_read_again_and_give_the_same_batch(water, tmp_path):
+    """With room for two of three padded records on the device, the two are never read
+    from the store again, the third is read per batch, and the batch is the one read
+    from disk, bit for bit."""
+    config = _config()
+    model = _model(config, water.train)
+    task = MoleculeTask(config)
+    plain = task.prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
+    assert len(plain.resident) == 0  # on a CPU, none by default
+    one = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(
+        stream.pad_record(plain.records([0])[0], plain.padded_shells(0), plain.shapes, plain.store.settings)))
+    held = task.prepare(water.train[:3], model, IntegralCache(str(tmp_path), memory_bytes=2 * one + 1))[0]
+    reads = []
+    fetch = held.store.fetch
+    held.store.fetch = lambda systems, idx, rebuild: reads.extend(idx) or fetch(systems, idx, rebuild)
+    first = held.take([0, 1, 2])
+    assert sorted(reads) == [0, 1, 2] and len(held.resident) == 2 and held.resident.held_bytes == 2 * one
+    reads.clear()
+    again = held.take([2, 1, 0])
+    assert reads == [2]  # the one that did not fit
+    reference = plain.take([2, 1, 0])
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.structure(first) == jax.tree.structure(again)
+
+
 def test_records_hold_no_ao_values_and_the_process_keeps_none(water, tmp_path):
     config = _config()
     task = MoleculeTask(config)
