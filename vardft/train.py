@@ -386,12 +386,12 @@ def train(
         record, saved, saved_model = read_run(run_dir)
         if saved.kind != dataset.kind:
             raise CheckpointError(f"--resume: {run_dir} holds a {saved.kind} run; {dataset.name} is a {dataset.kind} dataset")
-        requested = None if config is None else task_for(config).resolve(dataset.train)
+        requested = None if config is None else task_for(config).resolve(prepared_systems(dataset, config))
         config = _check_resume(run_dir, record, saved, requested, dataset, model_config_for(saved, elements))
         model_config = saved_model
     else:
         config = check_config(config or default_config(dataset.kind))
-    config = task_for(config).resolve(dataset.train)
+    config = task_for(config).resolve(prepared_systems(dataset, config))
     data_mesh(config.devices)  # devices that are not there: refused before any work
     if not resume:
         model_config = model_config_for(config, elements)
@@ -401,6 +401,15 @@ def train(
         if writer and not resume:
             ckpt.save_config(run_dir, run_record(config, model_config, dataset))
         return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start)
+
+
+def prepared_systems(dataset: Dataset, config: TrainConfig) -> tuple:
+    """The structures a run prepares (and the automatic backend must fit in memory): the
+    training ones, and the held-out ones when the run evaluates them (``eval_every``, and
+    steps to evaluate after). A QM9 run of 8 training and 100 held-out molecules chose the
+    host backend from the 8 alone and was killed for memory preparing the 100."""
+    evaluated = config.eval_every is not None and config.total_steps > 0
+    return tuple(dataset.train) + (tuple(dataset.validation) if evaluated else ())
 
 
 def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start) -> TrainResult:
@@ -417,7 +426,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     cache = cache or IntegralCache(None)
     min_bucket = config.batch_size or 1
     sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool)
-    evaluate = bool(dataset.validation) and config.eval_every is not None
+    evaluate = len(prepared_systems(dataset, config)) > len(dataset.train)
     # held-out structures are evaluated label-free: no SCF labels built for them
     val_task = task if config.distill_target == "minao" else task_for(dataclasses.replace(config, distill_target="minao"))
     val_sets = val_task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []

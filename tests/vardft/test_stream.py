@@ -178,6 +178,22 @@ def test_automatic_backend_streams_what_does_not_fit(water, monkeypatch):
     assert MoleculeTask(config).resolve(water.train).backend == "jax"
 
 
+def test_automatic_backend_counts_the_held_out_molecules_it_evaluates(water, monkeypatch):
+    """Training sets that fit in memory, but not with the held-out set the run evaluates:
+    ``train`` streams (a QM9 run of 8 + 100 molecules was killed for memory otherwise); a run
+    that evaluates nothing keeps the host backend."""
+    from vardft import tasks
+
+    config = make_config("molecule", preset="S", basis="sto-3g", steps=1, eval_every=1, workers=0)
+    train_bytes = tasks.in_memory_bytes(water.train, config)
+    held_out = tasks.in_memory_bytes(water.validation, config)
+    monkeypatch.setattr(tasks, "HOST_MEMORY_FRACTION", (train_bytes + held_out / 2) / tasks.machine_memory_bytes())
+    assert MoleculeTask(config).resolve(water.train).backend == "host"
+    assert train(water, None, config, progress=False).config.backend == "jax"
+    quiet = dataclasses.replace(config, eval_every=None)
+    assert train(water, None, quiet, progress=False).config.backend == "host"
+
+
 def test_batches_of_a_mixed_bucket_share_one_structure(water, tmp_path):
     """A bucket holding molecules with different electron counts: a batch whose molecules
     happen to agree has the same pytree structure (static electron count) as a mixed one,
