@@ -429,7 +429,9 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     evaluate = len(prepared_systems(dataset, config)) > len(dataset.train)
     # held-out structures are evaluated label-free: no SCF labels built for them
     val_task = task if config.distill_target == "minao" else task_for(dataclasses.replace(config, distill_target="minao"))
-    val_sets = val_task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool) if evaluate else []
+    resident = getattr(sets[0], "resident", None)  # one device budget for every set of the run
+    val_sets = val_task.prepare(dataset.validation, model_config, cache, progress=progress, pool=pool,
+                                resident=resident) if evaluate else []
     mesh = data_mesh(config.devices)
     distill_sets = sets  # with displaced copies: replaced below, while distillation steps remain
 
@@ -455,7 +457,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     if config.distill_displaced and step < ending.n_distill:
         extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
         distill_sets = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
-                                   min_bucket=min_bucket, pool=pool)
+                                   min_bucket=min_bucket, pool=pool, resident=resident)
     step_fn, eval_fn = compiled_step(key, mesh)
     if ending.n_distill and step <= ending.n_distill:
         distill_fn = compiled_step(key, mesh, distill=True)[0]
