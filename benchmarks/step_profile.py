@@ -79,6 +79,11 @@ def molecules(args) -> Dataset:
     return Dataset(data.name, data.train, ())
 
 
+def _cache(cache_dir: str, args) -> IntegralCache:
+    memory = None if args.resident_gb is None else int(args.resident_gb * 1e9)
+    return IntegralCache(cache_dir, memory_bytes=memory)
+
+
 def config_for(args, steps: int):
     return make_config("molecule", dataset="qm9", steps=steps, eval_every=None, backend="jax",
                        batch_size=args.batch, workers=args.workers)
@@ -93,7 +98,7 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
     task = task_for(config)
     model_config = model_config_for(config, elements)
     mesh = data_mesh(config.devices)
-    cache = IntegralCache(cache_dir)
+    cache = _cache(cache_dir, args)
     with worker_pool(config.workers or 0) as pool:
         t0 = time.perf_counter()
         sets = task.prepare(dataset.train, model_config, cache, progress=False, min_bucket=config.batch_size or 1,
@@ -144,7 +149,7 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
 def end_to_end(dataset: Dataset, args, cache_dir: str) -> dict:
     """``train`` for ``--train-steps`` steps: s/step after the first pass through the buckets."""
     times = []
-    result = train(dataset, None, config_for(args, args.train_steps), cache=IntegralCache(cache_dir),
+    result = train(dataset, None, config_for(args, args.train_steps), cache=_cache(cache_dir, args),
                    progress=False, on_step=lambda r: times.append(r["time"]))
     config = config_for(args, args.train_steps)
     n_buckets = len(size_buckets(dataset.train, config.basis, config.bucket_aos, min_size=config.batch_size or 1))
@@ -169,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--buckets", choices=("all", "largest"), default="all")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-steps", type=int, default=0, help="also train end to end for N steps")
+    p.add_argument("--resident-gb", type=float, default=None,
+                   help="device budget for padded records (default: vardft's, none on a CPU)")
     p.add_argument("--skip-profile", action="store_true", help="only the end-to-end run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

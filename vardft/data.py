@@ -353,9 +353,8 @@ class IntegralCache:
     how much of the crystals' Bloch AO records is also held in memory
     (:class:`vardft.crystal_stream.BlochStore`), and of the molecules' padded records on
     the device (:class:`vardft.stream.ResidentRecords`); ``None``, the default, is
-    :data:`vardft.config.HOST_MEMORY_FRACTION` of the machine's memory for crystals, and for
-    molecules that of one accelerator's memory (none on a CPU:
-    :func:`vardft.tasks.resident_budget`).
+    :data:`vardft.config.HOST_MEMORY_FRACTION` of the machine's memory (for molecules on a
+    GPU, of the GPU's; none with several devices: :func:`vardft.tasks.resident_budget`).
     """
 
     def __init__(self, directory: str | None = None, max_bytes: int | None = None, memory_bytes: int | None = None):

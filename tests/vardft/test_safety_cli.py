@@ -141,6 +141,8 @@ def test_demo_replaces_its_own_run_and_only_its_files(tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize("flags,fragment", [
     (["--cache-gb", "-1"], "--cache-gb must be > 0"),
+    (["--hold-gb", "-1"], "--hold-gb must be a number >= 0"),
+    (["--hold-gb", "nan"], "--hold-gb must be a number >= 0"),
     (["--workers", "-2"], "workers must be >= 0"),
 ])
 def test_train_refuses_bad_streaming_flags_before_any_work(tmp_path, flags, fragment):

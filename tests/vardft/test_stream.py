@@ -69,8 +69,7 @@ def test_resident_records_are_not_read_again_and_give_the_same_batch(water, tmp_
     config = _config()
     model = _model(config, water.train)
     task = MoleculeTask(config)
-    plain = task.prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
-    assert len(plain.resident) == 0  # on a CPU, none by default
+    plain = task.prepare(water.train[:3], model, IntegralCache(str(tmp_path), memory_bytes=0))[0]
     one = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(
         stream.pad_record(plain.records([0])[0], plain.padded_shells(0), plain.shapes, plain.store.settings)))
     held = task.prepare(water.train[:3], model, IntegralCache(str(tmp_path), memory_bytes=2 * one + 1))[0]
@@ -86,6 +85,10 @@ def test_resident_records_are_not_read_again_and_give_the_same_batch(water, tmp_
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.structure(first) == jax.tree.structure(again)
+    assert len(plain.resident) == 0  # --hold-gb 0: every batch read
+    default = task.prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
+    default.take([0, 1, 2])
+    assert len(default.resident) == 3  # by default, what fits in a quarter of the memory
 
 
 def test_records_hold_no_ao_values_and_the_process_keeps_none(water, tmp_path):

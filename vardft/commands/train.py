@@ -151,6 +151,11 @@ def register(sub) -> None:
     p.add_argument("--cache-gb", type=float, default=None,
                    help="molecules with --backend jax, and crystals: most disk the cache may take, GB; past it "
                         "records are recomputed when needed (default: no bound; 5 GB of disk are always left free)")
+    p.add_argument("--hold-gb", type=float, default=None,
+                   help="training records held in memory once read, GB: padded molecule records (on the GPU "
+                        "when there is one) and crystals' Bloch AOs; the rest are read per batch. Default: a quarter "
+                        "of the memory (of the GPU's on a GPU; molecules: none with several devices); 0: read "
+                        "every batch, memory independent of the number of structures")
     p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
                    help="crystals: training k-mesh (default 2 per periodic direction, 1 along vacuum)")
     p.add_argument("--pseudo", default=None, help="crystals: GTH pseudopotential (default: matches --xc)")
@@ -176,18 +181,22 @@ def given_settings(args) -> dict:
     return out
 
 
-def make_cache(arg, gigabytes: float | None = None):
-    """The integral cache of ``--cache`` (``none``: no disk cache), bounded by ``--cache-gb``."""
+def make_cache(arg, gigabytes: float | None = None, hold_gigabytes: float | None = None):
+    """The integral cache of ``--cache`` (``none``: no disk cache), bounded by ``--cache-gb``,
+    holding ``--hold-gb`` of records in memory."""
     if gigabytes is not None and not gigabytes > 0:
         raise InputError(f"--cache-gb must be > 0, got {gigabytes}")
+    if hold_gigabytes is not None and not (0 <= hold_gigabytes < float("inf")):
+        raise InputError(f"--hold-gb must be a number >= 0, got {hold_gigabytes}")
+    memory = None if hold_gigabytes is None else int(hold_gigabytes * 1e9)
     if arg is not None and arg.lower() == "none":
         if gigabytes is not None:
             raise InputError("--cache-gb bounds the disk cache; it does not apply with --cache none")
-        return IntegralCache(None)
+        return IntegralCache(None, memory_bytes=memory)
     directory = arg or default_cache_dir()
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise InputError(f"--cache {directory} is a file; the integral cache is a directory")
-    return IntegralCache(directory, max_bytes=None if gigabytes is None else int(gigabytes * 1e9))
+    return IntegralCache(directory, max_bytes=None if gigabytes is None else int(gigabytes * 1e9), memory_bytes=memory)
 
 
 def run(args) -> int:
@@ -199,7 +208,7 @@ def run(args) -> int:
         _, saved, _ = read_run(args.out)
         seed = saved.seed
     dataset = load_dataset(args.data, seed=seed or 0, n_train=args.n_train)
-    cache = make_cache(args.cache, args.cache_gb)
+    cache = make_cache(args.cache, args.cache_gb, args.hold_gb)
     if args.resume:
         config = with_overrides(saved, **given)
     else:
