@@ -16,7 +16,7 @@ after compilation of:
   load     assembling the batch on the device (what the loader thread does while the
            previous step runs): the first time (records read from disk and padded) and
            again (padded records held on the device where the budget allows,
-           ``vardft.stream.ResidentRecords``: by default on one accelerator, not on a CPU);
+           ``vardft.stream.ResidentRecords``; ``--resident-gb 0``: read every batch);
 
 and with ``--train-steps N`` an end-to-end ``train`` of N steps (records built by the
 workers first; s/step is the median of the steps after the first pass through the
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-steps", type=int, default=0, help="also train end to end for N steps")
     p.add_argument("--resident-gb", type=float, default=None,
-                   help="device budget for padded records (default: vardft's, none on a CPU)")
+                   help="budget for padded records held on the device, GB (default: vardft train's, a quarter of the memory)")
     p.add_argument("--skip-profile", action="store_true", help="only the end-to-end run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
