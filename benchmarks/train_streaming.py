@@ -50,7 +50,8 @@ def _dataset(spec: str):
     return load_dataset(spec)
 
 
-def _child(spec: str, backend: str, steps: int, batch: int, cache: str, workers: int | None) -> dict:
+def _child(spec: str, backend: str, steps: int, batch: int, cache: str, workers: int | None,
+           hold_gb: float | None = None) -> dict:
     from vardft.config import make_config
     from vardft.data import IntegralCache
     from vardft.train import train
@@ -60,7 +61,8 @@ def _child(spec: str, backend: str, steps: int, batch: int, cache: str, workers:
                          workers=workers, checkpoint_every=10**6)
     stamps = []
     t0 = time.perf_counter()
-    result = train(dataset, None, config, cache=IntegralCache(cache), progress=False,
+    result = train(dataset, None, config, cache=IntegralCache(cache, memory_bytes=None if hold_gb is None else int(hold_gb * 1e9)),
+                   progress=False,
                    on_step=lambda r: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -112,11 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--record-cost", type=int, default=None, metavar="N",
                    help="instead: time building and reading N records of each --data (read vs recompute)")
+    p.add_argument("--hold-gb", type=float, default=None,
+                   help="records held in memory once read, GB (vardft train --hold-gb; default: a quarter of it)")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         spec, backend, steps, cache = args.child
-        print(json.dumps(_child(spec, backend, int(steps), args.batch, cache, args.workers)))
+        print(json.dumps(_child(spec, backend, int(steps), args.batch, cache, args.workers, args.hold_gb)))
         return 0
     cache = args.cache or tempfile.mkdtemp(prefix="vardft-bench-cache-")
     if args.record_cost:
@@ -132,6 +136,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, "--child", spec, backend, str(args.steps), cache, "--batch", str(args.batch)]
             if args.workers is not None:
                 cmd += ["--workers", str(args.workers)]
+            if args.hold_gb is not None:
+                cmd += ["--hold-gb", str(args.hold_gb)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
