@@ -113,8 +113,17 @@ def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfi
     )
 
 
+def _stack_leaves(xs):
+    """Stacked on axis 0: numpy leaves on the host and copied once (no XLA computation in
+    the batch loader's thread, which runs beside a step that may hold a cross-device
+    collective), device arrays of held records on the device."""
+    if all(isinstance(x, np.ndarray) for x in xs):
+        return jnp.asarray(np.stack(xs))
+    return jnp.stack(xs)
+
+
 def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    return jax.tree.map(lambda *xs: _stack_leaves(xs), *trees)
 
 
 # ============================================================== molecules
@@ -283,11 +292,11 @@ def _stack_compact(batch, padded, static: int, largest: int, auxbasis: str) -> M
     return MoleculeArrays(
         batch=batch,
         ints=_stack(same),
-        X=jnp.stack([p[2] for p in padded]),  # numpy, or device arrays of resident records
-        mo_mask=jnp.stack([p[3] for p in padded]),
-        h_base=jnp.stack([p[1] for p in padded]),
+        X=_stack_leaves([p[2] for p in padded]),  # numpy, or device arrays of resident records
+        mo_mask=_stack_leaves([p[3] for p in padded]),
+        h_base=_stack_leaves([p[1] for p in padded]),
         n_electrons=jnp.asarray(electrons),
-        h_target=None if padded[0][4] is None else jnp.stack([p[4] for p in padded]),
+        h_target=None if padded[0][4] is None else _stack_leaves([p[4] for p in padded]),
         max_electrons=largest,
     )
 
