@@ -149,9 +149,9 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
 def end_to_end(dataset: Dataset, args, cache_dir: str) -> dict:
     """``train`` for ``--train-steps`` steps: s/step after the first pass through the buckets."""
     times = []
-    result = train(dataset, None, config_for(args, args.train_steps), cache=_cache(cache_dir, args),
-                   progress=False, on_step=lambda r: times.append(r["time"]))
     config = config_for(args, args.train_steps)
+    result = train(dataset, None, config, cache=_cache(cache_dir, args),
+                   progress=False, on_step=lambda r: times.append(r["time"]))
     n_buckets = len(size_buckets(dataset.train, config.basis, config.bucket_aos, min_size=config.batch_size or 1))
     durations = np.diff(times)  # step 1 is in times[0] (with the records and its compilation)
     first_pass = min(n_buckets - 1, len(durations))

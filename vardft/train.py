@@ -403,13 +403,17 @@ def train(
         return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start)
 
 
+def evaluates_held_out(config: TrainConfig) -> bool:
+    """Whether a run evaluates its held-out structures: ``eval_every``, and steps to evaluate after."""
+    return config.eval_every is not None and config.total_steps > 0
+
+
 def prepared_systems(dataset: Dataset, config: TrainConfig) -> tuple:
     """The structures a run prepares (and the automatic backend must fit in memory): the
-    training ones, and the held-out ones when the run evaluates them (``eval_every``, and
-    steps to evaluate after). A QM9 run of 8 training and 100 held-out molecules chose the
-    host backend from the 8 alone and was killed for memory preparing the 100."""
-    evaluated = config.eval_every is not None and config.total_steps > 0
-    return tuple(dataset.train) + (tuple(dataset.validation) if evaluated else ())
+    training ones, and the held-out ones when the run evaluates them. A QM9 run of 8
+    training and 100 held-out molecules chose the host backend from the 8 alone and was
+    killed for memory preparing the 100."""
+    return tuple(dataset.train) + (tuple(dataset.validation) if evaluates_held_out(config) else ())
 
 
 def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start) -> TrainResult:
@@ -426,7 +430,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     cache = cache or IntegralCache(None)
     min_bucket = config.batch_size or 1
     sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool)
-    evaluate = len(prepared_systems(dataset, config)) > len(dataset.train)
+    evaluate = bool(dataset.validation) and evaluates_held_out(config)
     # held-out structures are evaluated label-free: no SCF labels built for them
     val_task = task if config.distill_target == "minao" else task_for(dataclasses.replace(config, distill_target="minao"))
     resident = getattr(sets[0], "resident", None)  # one device budget for every set of the run
