@@ -14,7 +14,9 @@ Two phases, each resumable across sessions:
   evaluation is appended to ``RUNS/curve.jsonl`` with the run's steps and training wall
   time, so the sessions of a long run build a curve against wall time; the table shows
   the latest per run, and with two or more training sizes a power-law fit of the
-  Hamiltonian MAE against N, extrapolated to QM9's size and to the 300 μEh target.
+  Hamiltonian MAE against N, extrapolated to QM9's size and to the 300 μEh target; with
+  two or more evaluations on the same held-out molecules, a power-law fit against
+  training wall time (every evaluation, every N), extrapolated to the 300 μEh target.
 
 ``--supervised`` trains and evaluates the comparison of issue 12 instead: the same model,
 baseline and schedule trained on PySCF's converged Kohn–Sham matrices of the same training
@@ -26,6 +28,7 @@ Usage (nothing else running; the record cache is shared between runs):
     .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --n-train 100 400 --evaluate 20 --json
     .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --data qm9-ood --n-train 400 --minutes 30 --evaluate 20
     .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --n-train 100 --supervised --steps 50 --minutes 40 --evaluate 3
+    .venv/bin/python benchmarks/train_qm9.py --runs runs/qm9 --n-train 1000 --evaluate 3 --file benchmarks/data/beyond_qm9.xyz
 """
 
 from __future__ import annotations
@@ -118,15 +121,17 @@ def evaluate_run(runs: str, data: str, n: int, k: int, file: str | None, mode: s
     return row
 
 
-def latest_rows(runs: str) -> list[dict]:
+def all_rows(runs: str) -> list[dict]:
+    """Every evaluation in ``RUNS/curve.jsonl``, oldest first."""
     path = os.path.join(runs, "curve.jsonl")
     if not os.path.exists(path):
         return []
-    latest: dict = {}
     with open(path) as fh:
-        for line in fh:
-            row = json.loads(line)
-            latest[(row["data"], row["n_train"], row.get("mode", LABEL_FREE))] = row
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def latest_rows(runs: str) -> list[dict]:
+    latest = {(r["data"], r["n_train"], r.get("mode", LABEL_FREE)): r for r in all_rows(runs)}
     return [latest[k] for k in sorted(latest)]
 
 
@@ -147,7 +152,21 @@ def power_law(rows: list[dict]) -> dict | None:
     return fit
 
 
-def table(rows: list[dict]) -> str:
+def time_law(rows: list[dict]) -> dict | None:
+    """MAE ≈ c · t^(−d) against training wall time t (minutes) through every label-free
+    evaluation of one dataset with t > 0 and the same held-out molecules (least squares in
+    log–log): the curve against wall time, whatever the number of training molecules."""
+    points = [(r["train_minutes"], r["held_out"]["hamiltonian_mae"]) for r in rows if r["train_minutes"] > 0]
+    frames = {r["held_out"]["frames"] for r in rows}
+    if len({round(t, 3) for t, _ in points}) < 2 or len(frames) != 1:
+        return None
+    slope, intercept = np.polyfit(np.log([t for t, _ in points]), np.log([m for _, m in points]), 1)
+    d, c = -float(slope), float(math.exp(intercept))
+    return {"c": c, "d": d, "points": len(points),
+            "minutes_for_target": (c / TARGET_MAE) ** (1.0 / d) if d > 0 else float("inf")}
+
+
+def table(rows: list[dict], history: list[dict] | None = None) -> str:
     head = (f"{'data':<8}{'mode':>11}{'N':>6}{'steps':>7}{'min':>7}{'H MAE':>9}{'on':>9}{'off':>9}{'occ ε':>8}{'gap':>8}"
             f"{'cos':>7}{'ΔE':>8}{'cyc':>6}{'mol':>5}")
     units = f"{'':<8}{'':>11}{'':>6}{'':>7}{'':>7}{'μEh':>9}{'μEh':>9}{'μEh':>9}{'mEh':>8}{'mEh':>8}{'':>7}{'mEh':>8}{'':>6}{'':>5}"
@@ -170,6 +189,11 @@ def table(rows: list[dict]) -> str:
             lines.append(f"{data}: H MAE ≈ {fit['a'] * 1e6:.0f} μEh · N^-{fit['b']:.2f}; at N = {QM9_SIZE:,}: "
                          f"{fit['mae_at_qm9_size'] * 1e6:.0f} μEh; {TARGET_MAE * 1e6:.0f} μEh needs N ≈ "
                          f"{fit['molecules_for_target']:,.0f} (same minutes per run)")
+        timed = time_law(label_free(history or [], data))
+        if timed:
+            lines.append(f"{data}: H MAE ≈ {timed['c'] * 1e6:.0f} μEh · (minutes)^-{timed['d']:.3f} through "
+                         f"{timed['points']} evaluations; {TARGET_MAE * 1e6:.0f} μEh after "
+                         f"{timed['minutes_for_target']:,.3g} minutes of training at this rate")
     lines.append("published, supervised on QH9-stable-ood: " + ", ".join(f"{k} {v * 1e6:.1f} μEh" for k, v in PUBLISHED.items()))
     return "\n".join(lines)
 
@@ -197,14 +221,16 @@ def main(argv=None) -> int:
     if args.evaluate:
         for n in args.n_train:
             evaluate_run(args.runs, args.data, n, args.evaluate, args.file, mode)
-    rows = latest_rows(args.runs)
+    rows, history = latest_rows(args.runs), all_rows(args.runs)
     if args.json:
         from _machine import machine_info
 
-        fits = {d: power_law(label_free(rows, d)) for d in {r["data"] for r in rows}}
-        print(json.dumps({"machine": machine_info(), "rows": rows, "power_law": fits}, indent=1))
+        datasets = {r["data"] for r in rows}
+        fits = {d: power_law(label_free(rows, d)) for d in datasets}
+        timed = {d: time_law(label_free(history, d)) for d in datasets}
+        print(json.dumps({"machine": machine_info(), "rows": rows, "power_law": fits, "time_law": timed}, indent=1))
     else:
-        print(table(rows))
+        print(table(rows, history))
     return 0
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from basis.system import System
-from vardft.stream import RecordStore, read_arrays, write_arrays
+from vardft.stream import RecordStore, ResidentRecords, read_arrays, write_arrays
 
 BLOCH_VERSION = 1
 """Bump when the content or layout of a Bloch record file changes."""
@@ -106,20 +106,18 @@ class BlochStore(RecordStore):
 
     def __init__(self, directory: str | None, settings, max_bytes: int | None = None, memory_bytes: int = 0):
         super().__init__(directory, settings, max_bytes)
-        self.memory_bytes = int(memory_bytes)
-        self.held_bytes = 0  # in self.memory, with a directory
+        self.resident = ResidentRecords(memory_bytes)  # used with a directory
 
     def _hold(self, system: System, record: BlochRecord) -> BlochRecord:
         """``record``, moved to the device and held in memory if the budget has room."""
-        key = self.settings.key(system)
-        if key not in self.memory and self.held_bytes + record.nbytes <= self.memory_bytes:
-            self.memory[key] = BlochRecord(jax.device_put(record.arrays))
-            self.held_bytes += record.nbytes
-        return self.memory.get(key, record)
+        arrays = self.resident.offer(self.settings.key(system), record.arrays)
+        return record if arrays is record.arrays else BlochRecord(arrays)
 
     def lookup(self, system: System) -> BlochRecord | None:
-        if self.directory is not None and self.settings.key(system) in self.memory:
-            return self.memory[self.settings.key(system)]
+        if self.directory is not None:
+            held = self.resident.get(self.settings.key(system))
+            if held is not None:
+                return BlochRecord(held)
         record = super().lookup(system)
         if record is not None and self.directory is not None:
             record = self._hold(system, record)

@@ -77,7 +77,7 @@ from solvers.eigen import canonical_orthogonalizer, overlap_filter, pad_orthogon
 from solvers.energy import energy_and_fock
 from vardft import stream
 from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
-                           TrainConfig)
+                           STEP_MEMORY_FACTOR, TrainConfig)
 from vardft.crystal_stream import (AO_FIELD, OFFMESH_AO_FIELD, BlochRecord, BlochSettings, BlochStore, CrystalSet,
                                    gather_rows)
 from vardft.data import IntegralCache, pad_integrals, size_buckets
@@ -237,14 +237,31 @@ def in_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
     return total
 
 
-def resident_budget(requested: int | None, devices: int) -> int:
+def step_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
+    """Estimated peak working memory of one molecular training step: :data:`STEP_MEMORY_FACTOR`
+    × :func:`in_memory_bytes` of the ``config.batch_size`` molecules of ``systems`` with the
+    most atoms (the largest batch the run can draw)."""
+    largest = sorted(systems, key=lambda s: len(s.symbols))[-config.batch_size:]
+    return int(STEP_MEMORY_FACTOR * in_memory_bytes(largest, config))
+
+
+def resident_budget(requested: int | None, devices: int, step_bytes: int = 0) -> int:
     """Bytes of padded molecule records held on the device (:class:`vardft.stream.ResidentRecords`):
     ``requested``, or by default :func:`memory_budget` (a quarter of the machine's memory on a
-    CPU, of the accelerator's on a GPU), and none by default with a batch split over several
-    devices (the held copies would sit on one of them). Holding what fits made a QM9 step
-    1.36× faster on the 2-core CPU (23.45 → 17.20 s: the batch's read, padding and copies
-    no longer compete with the step) and 20× on an H200."""
-    return 0 if requested is None and devices > 1 else memory_budget(requested)
+    CPU, of the accelerator's on a GPU) cut so that the held records, a training step of
+    ``step_bytes`` (:func:`step_memory_bytes`) and a quarter of the memory to spare fit together;
+    none by default with a batch split over several devices (the held copies would sit on
+    one of them). Holding what fits made a QM9 step 1.36× faster on the 2-core CPU (23.45 →
+    17.20 s: the batch's read, padding and copies no longer compete with the step) and 20×
+    on an H200; holding a quarter of 23 GB beside a QM9 step of ~15 GB got the default
+    ``vardft train qm9`` killed for memory at step 27."""
+    if requested is not None:
+        return int(requested)
+    if devices > 1:
+        return 0
+    capacity = memory_capacity()
+    spare = int((1.0 - HOST_MEMORY_FRACTION) * capacity) - int(step_bytes)
+    return max(0, min(memory_budget(None), spare))
 
 
 def machine_memory_bytes() -> int:
@@ -252,15 +269,21 @@ def machine_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def memory_capacity() -> int:
+    """Bytes of memory training arrays live in: the machine's on a CPU, the first
+    accelerator's on a GPU (0 when it does not say)."""
+    if jax.default_backend() == "cpu":
+        return machine_memory_bytes()
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", 0))
+
+
 def memory_budget(requested: int | None) -> int:
     """Bytes of training records held in memory: ``requested``, or by default
-    :data:`HOST_MEMORY_FRACTION` of the machine's memory (on a CPU) or of the device's."""
+    :data:`HOST_MEMORY_FRACTION` of :func:`memory_capacity`."""
     if requested is not None:
         return int(requested)
-    if jax.default_backend() == "cpu":
-        return int(HOST_MEMORY_FRACTION * machine_memory_bytes())
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return int(HOST_MEMORY_FRACTION * stats.get("bytes_limit", 0))
+    return int(HOST_MEMORY_FRACTION * memory_capacity())
 
 
 def choose_backend(systems: Sequence[System], config: TrainConfig) -> str:
@@ -450,7 +473,9 @@ class MoleculeTask:
         if self.config.backend == "jax":
             store = stream.RecordStore(cache.directory, self.record_settings(), cache.max_bytes)
             if resident is None:
-                resident = stream.ResidentRecords(resident_budget(cache.memory_bytes, device_count(self.config.devices)))
+                budget = resident_budget(cache.memory_bytes, device_count(self.config.devices),
+                                         step_memory_bytes(systems, self.config))
+                resident = stream.ResidentRecords(budget)
             return [self.stream_bucket(b, model_config, store, pool, progress, resident) for b in buckets]
         return [self.prepare_bucket(b, model_config, cache, progress=progress) for b in buckets]
 

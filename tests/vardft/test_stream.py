@@ -91,6 +91,29 @@ def test_resident_records_are_not_read_again_and_give_the_same_batch(water, tmp_
     assert len(default.resident) == 3  # by default, what fits in a quarter of the memory
 
 
+def test_default_hold_leaves_room_for_the_training_step(water, tmp_path, monkeypatch):
+    """By default the held records, the largest training step and a quarter of the memory
+    to spare fit in the memory together (holding a quarter beside a ~15 GB QM9 step got
+    ``vardft train qm9`` killed for memory on 23 GB): a step that takes three quarters
+    leaves nothing to hold, a small one leaves the quarter."""
+    from vardft import tasks
+    from vardft.config import STEP_MEMORY_FACTOR
+
+    config = _config(batch_size=2)
+    model = _model(config, water.train)
+    step = tasks.step_memory_bytes(water.train[:3], config)  # three conformations of one molecule
+    assert step == int(STEP_MEMORY_FACTOR * 2 * tasks.in_memory_bytes(water.train[:1], config))
+    memory = int(step / 0.75)
+    monkeypatch.setattr(tasks, "machine_memory_bytes", lambda: memory)
+    full = MoleculeTask(config).prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
+    full.take([0, 1, 2])
+    assert full.resident.budget <= 0.75 * memory - step + 1 and len(full.resident) == 0
+    monkeypatch.setattr(tasks, "machine_memory_bytes", lambda: 1000 * step)
+    roomy = MoleculeTask(config).prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
+    assert roomy.resident.budget == int(0.25 * 1000 * step)
+    assert tasks.resident_budget(123, 1, 10 * memory) == 123  # --hold-gb is taken as it is
+
+
 def test_records_hold_no_ao_values_and_the_process_keeps_none(water, tmp_path):
     config = _config()
     task = MoleculeTask(config)

@@ -287,7 +287,7 @@ def test_bloch_aos_are_read_from_the_cache_one_batch_at_a_time(trained_si, tmp_p
     # a memory budget for two of the three records: those two are never read from disk again
     budget = 2 * stored.records([0])[0].nbytes
     (held,) = task.prepare(systems, model_config, IntegralCache(str(tmp_path / "cache"), memory_bytes=budget))
-    assert len(held.store.memory) == 2 and held.store.held_bytes <= budget
+    assert len(held.store.resident) == 2 and held.store.resident.held_bytes <= budget
     for a, b in zip(jax.tree.leaves(held.take([2, 0, 1])), jax.tree.leaves(stored.take([2, 0, 1]))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     held.take([1, 2])
