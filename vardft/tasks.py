@@ -504,7 +504,8 @@ class MoleculeTask:
         built = stream.bounded_map(pool, stream.build_record, [systems[k] for k in missing], settings)
         for k, record in zip(tqdm(missing, desc="records", unit="mol", disable=not progress, leave=False), built):
             sizes[k] = stream.molecule_sizes(*stream.record_sizes(record), shells[k])
-            store.keep(systems[k], record)
+            if not store.keep(systems[k], record):
+                store.remember_sizes(systems[k], stream.record_sizes(record))
             del record
 
         def rebuild(ks):
