@@ -475,12 +475,13 @@ values and DF factors are estimated to take at most this fraction of the machine
 crystal training holds Bloch AO records from the cache in memory up to this fraction of the
 machine's (or the accelerator's) memory."""
 
-STEP_MEMORY_FACTOR = 2.0
+STEP_MEMORY_FACTOR = 2.5
 """Peak working memory of a molecular training step over the host backend's integrals of
 its batch (:func:`vardft.tasks.in_memory_bytes`; the forward pass's AO values are kept for
-the backward pass), for the default budget of held records only. Measured: a QM9 batch of
-8 (B3LYP/def2-SVP, preset L, grid level 1, 7.3 GB estimated for the 8 largest training
-molecules) peaked at ~16 GB resident without held records."""
+the backward pass), for the default budget of held records only. Measured on a QM9 batch
+of 8 (B3LYP/def2-SVP, preset L, grid level 1; 7.3 GB estimated for the 8 largest training
+molecules): 15.0 GB resident (sampled every 30 s) without held records, and killed for
+memory at 23.2 GB holding at most 6.3 GB, so the step itself took at least 16.9 GB (2.3×)."""
 
 GRID_POINTS_PER_ATOM = {0: 900, 1: 3900, 2: 8300, 3: 12000, 4: 22200, 5: 33300}
 """PySCF grid points per atom by grid level (measured on benzene at def2-SVP, rounded up;

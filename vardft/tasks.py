@@ -253,7 +253,7 @@ def resident_budget(requested: int | None, devices: int, step_bytes: int = 0) ->
     none by default with a batch split over several devices (the held copies would sit on
     one of them). Holding what fits made a QM9 step 1.36× faster on the 2-core CPU (23.45 →
     17.20 s: the batch's read, padding and copies no longer compete with the step) and 20×
-    on an H200; holding a quarter of 23 GB beside a QM9 step of ~15 GB got the default
+    on an H200; holding a quarter of 25 GB beside a QM9 step of ≥ 17 GB got the default
     ``vardft train qm9`` killed for memory at step 27."""
     if requested is not None:
         return int(requested)

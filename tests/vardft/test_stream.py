@@ -94,7 +94,7 @@ def test_resident_records_are_not_read_again_and_give_the_same_batch(water, tmp_
 def test_default_hold_leaves_room_for_the_training_step(water, tmp_path, monkeypatch):
     """By default the held records, the largest training step and a quarter of the memory
     to spare fit in the memory together (holding a quarter beside a ~15 GB QM9 step got
-    ``vardft train qm9`` killed for memory on 23 GB): a step that takes three quarters
+    ``vardft train qm9`` killed for memory on 25 GB): a step that takes three quarters
     leaves nothing to hold, a small one leaves the quarter."""
     from vardft import tasks
     from vardft.config import STEP_MEMORY_FACTOR
