@@ -246,3 +246,38 @@ def test_batches_of_a_mixed_bucket_share_one_structure(water, tmp_path):
     same, mixed = bucket.take([0, 1]), bucket.take([0, 2])
     assert jax.tree.structure(same) == jax.tree.structure(mixed)
     assert np.asarray(mixed.n_electrons).tolist() == [10, 2]
+
+
+def test_record_workers_end_with_the_training_process(tmp_path):
+    """A training process killed outright (as the kernel does when memory runs out) takes
+    its record workers with it instead of leaving them idle, holding memory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, time\n"
+        "from vardft.stream import worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    with worker_pool(1) as pool:\n"
+        "        print(pool.submit(os.getpid).result(), flush=True)\n"
+        "        time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "zombie" not in f.read()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 20
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(worker)
