@@ -240,8 +240,9 @@ def in_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
 def step_memory_bytes(systems: Sequence[System], config: TrainConfig) -> int:
     """Estimated peak working memory of one molecular training step: :data:`STEP_MEMORY_FACTOR`
     × :func:`in_memory_bytes` of the ``config.batch_size`` molecules of ``systems`` with the
-    most atoms (the largest batch the run can draw)."""
-    largest = sorted(systems, key=lambda s: len(s.symbols))[-config.batch_size:]
+    most atoms (the largest batch the run can draw; every molecule without a batch size)."""
+    batch = len(systems) if config.batch_size is None else int(config.batch_size)
+    largest = sorted(systems, key=lambda s: len(s.symbols))[-batch:]
     return int(STEP_MEMORY_FACTOR * in_memory_bytes(largest, config))
 
 
