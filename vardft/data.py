@@ -354,7 +354,8 @@ class IntegralCache:
     (:class:`vardft.crystal_stream.BlochStore`), and of the molecules' padded records on
     the device (:class:`vardft.stream.ResidentRecords`); ``None``, the default, is
     :data:`vardft.config.HOST_MEMORY_FRACTION` of the machine's memory (for molecules on a
-    GPU, of the GPU's; none with several devices: :func:`vardft.tasks.resident_budget`).
+    GPU, of the GPU's; for molecules less when the largest training step needs the room,
+    none with several devices: :func:`vardft.tasks.resident_budget`).
     """
 
     def __init__(self, directory: str | None = None, max_bytes: int | None = None, memory_bytes: int | None = None):

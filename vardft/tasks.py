@@ -504,9 +504,10 @@ class MoleculeTask:
                 sizes[k] = stream.molecule_sizes(*found, shells[k])
         built = stream.bounded_map(pool, stream.build_record, [systems[k] for k in missing], settings)
         for k, record in zip(tqdm(missing, desc="records", unit="mol", disable=not progress, leave=False), built):
-            sizes[k] = stream.molecule_sizes(*stream.record_sizes(record), shells[k])
+            naux_ngrid = stream.record_sizes(record)
+            sizes[k] = stream.molecule_sizes(*naux_ngrid, shells[k])
             if not store.keep(systems[k], record):
-                store.remember_sizes(systems[k], stream.record_sizes(record))
+                store.remember_sizes(systems[k], naux_ngrid)
             del record
 
         def rebuild(ks):
