@@ -58,26 +58,26 @@ def main(argv=None) -> int:
     p.add_argument("--xla-flags", default=None, help="also run every case with this XLA_FLAGS value")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    cache = tempfile.mkdtemp(prefix="vardft-contention-")
-    settings = [("default", os.environ.copy())]
-    if args.xla_flags:
-        settings.append((args.xla_flags, {**os.environ, "XLA_FLAGS": args.xla_flags}))
-    rows = []
-    for label, env in settings:
-        for backend in args.backends:
-            print(f"{backend} [{label}]: alone", file=sys.stderr, flush=True)
-            alone = _train(backend, args.steps, cache, env)
-            print(f"{backend} [{label}]: with a {args.competitor} competitor", file=sys.stderr, flush=True)
-            rival = subprocess.Popen([sys.executable, "-c", COMPETITORS[args.competitor]], cwd=ROOT)
-            try:
-                time.sleep(2.0)
-                shared = _train(backend, args.steps, cache, env)
-            finally:
-                rival.kill()
-                rival.wait()
-            rows.append({"backend": backend, "xla_flags": label, "competitor": args.competitor,
-                         "alone_s": alone["seconds_per_step"], "shared_s": shared["seconds_per_step"],
-                         "slowdown": shared["seconds_per_step"] / alone["seconds_per_step"]})
+    with tempfile.TemporaryDirectory(prefix="vardft-contention-") as cache:  # records of every case
+        settings = [("default", os.environ.copy())]
+        if args.xla_flags:
+            settings.append((args.xla_flags, {**os.environ, "XLA_FLAGS": args.xla_flags}))
+        rows = []
+        for label, env in settings:
+            for backend in args.backends:
+                print(f"{backend} [{label}]: alone", file=sys.stderr, flush=True)
+                alone = _train(backend, args.steps, cache, env)
+                print(f"{backend} [{label}]: with a {args.competitor} competitor", file=sys.stderr, flush=True)
+                rival = subprocess.Popen([sys.executable, "-c", COMPETITORS[args.competitor]], cwd=ROOT)
+                try:
+                    time.sleep(2.0)
+                    shared = _train(backend, args.steps, cache, env)
+                finally:
+                    rival.kill()
+                    rival.wait()
+                rows.append({"backend": backend, "xla_flags": label, "competitor": args.competitor,
+                             "alone_s": alone["seconds_per_step"], "shared_s": shared["seconds_per_step"],
+                             "slowdown": shared["seconds_per_step"] / alone["seconds_per_step"]})
     if args.json:
         print(json.dumps({"rows": rows, "target": TARGET}, indent=1))
         return 0

@@ -122,7 +122,14 @@ def main(argv=None) -> int:
         spec, backend, steps, cache = args.child
         print(json.dumps(_child(spec, backend, int(steps), args.batch, cache, args.workers, args.hold_gb)))
         return 0
-    cache = args.cache or tempfile.mkdtemp(prefix="vardft-bench-cache-")
+    if args.cache:
+        return measure(args, args.cache)
+    with tempfile.TemporaryDirectory(prefix="vardft-bench-cache-") as cache:
+        return measure(args, cache)
+
+
+def measure(args, cache: str) -> int:
+    """Run what ``args`` ask for with the record cache ``cache``; print; exit status."""
     if args.record_cost:
         costs = [record_cost(spec, args.record_cost, cache) for spec in args.data]
         print(json.dumps(costs, indent=1) if args.json else "\n".join(

@@ -241,6 +241,17 @@ DISK_RESERVE_BYTES = 5 * 10**9
 """The disk cache never leaves less than this free on its file system (a QM9 record is
 ~0.1 GB: 1,100 of them filled a 79 GB disk before the reserve existed)."""
 
+DEFAULT_DISK_SHARE = 0.5
+"""Without a size bound, a disk store takes at most this share of the space free when it
+opens (besides the records it already holds): a QM9 cache that ran to the 5 GB reserve
+left too little disk for installing packages on the same machine."""
+
+
+def default_max_bytes(directory: str, used: int) -> int:
+    """The size bound of a disk store given none: ``used`` (bytes already in ``directory``)
+    plus :data:`DEFAULT_DISK_SHARE` of the free space of its file system."""
+    return used + int(DEFAULT_DISK_SHARE * shutil.disk_usage(directory).free)
+
 
 class RecordStore:
     """Records of molecules on disk (``directory``) or in memory (``directory=None``).
@@ -248,7 +259,7 @@ class RecordStore:
     overriding :attr:`prefix`, :meth:`write_file` and :meth:`read_file`.
 
     The disk store holds at most ``max_bytes`` of records (files already in the
-    directory count) and never fills its file system beyond :data:`DISK_RESERVE_BYTES`
+    directory count; default :func:`default_max_bytes`) and never fills its file system beyond :data:`DISK_RESERVE_BYTES`
     of free space (a full disk met while writing counts the same); a record that does not
     fit is not written, and is rebuilt each time it is needed. The in-memory store (no
     directory) keeps every record.
@@ -267,9 +278,12 @@ class RecordStore:
         self.written = self.rebuilt = self.read = 0
         self.used = 0
         self.disk_full = False
+        self.warned = False
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             self.used = sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".h5"))
+            if max_bytes is None:
+                self.max_bytes = default_max_bytes(directory, self.used)
 
     def write_file(self, path: str, record) -> None:
         save_record(path, record)
@@ -345,6 +359,7 @@ class RecordStore:
             self.memory[self.settings.key(system)] = record
             return True
         if self.max_bytes is not None and self.used + record.nbytes > self.max_bytes:
+            self._warn_once(f"full at its bound of {self.max_bytes / 1e9:.3g} GB")
             return False
         if self.disk_full or shutil.disk_usage(self.directory).free - record.nbytes < DISK_RESERVE_BYTES:
             self._stop_writing()
@@ -362,12 +377,16 @@ class RecordStore:
         return True
 
     def _stop_writing(self) -> None:
-        if not self.disk_full:
-            warnings.warn(
-                f"record cache {self.directory}: keeping {DISK_RESERVE_BYTES / 1e9:g} GB of disk free, no more "
-                "records are written; the others are rebuilt when needed (--cache-gb bounds the cache, "
-                "--cache none keeps none)", stacklevel=3)
+        """The disk reserve is reached: no more records are written by this store."""
+        self._warn_once(f"keeping {DISK_RESERVE_BYTES / 1e9:g} GB of disk free")
         self.disk_full = True
+
+    def _warn_once(self, why: str) -> None:
+        if not self.warned:
+            warnings.warn(
+                f"record cache {self.directory}: {why}, records past it are not written; they are rebuilt "
+                "when needed (--cache-gb bounds the cache, --cache none keeps none)", stacklevel=4)
+            self.warned = True
 
 
 def _exit_with_parent(parent: int) -> None:

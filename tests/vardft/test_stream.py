@@ -192,6 +192,32 @@ def test_cache_keeps_the_disk_reserve_and_survives_a_full_disk(water, tmp_path, 
     assert np.isfinite(np.asarray(sets[0].take([0, 1]).h_base)).all()
 
 
+def test_unbounded_cache_takes_at_most_half_the_free_disk(water, tmp_path, monkeypatch):
+    """A QM9 cache ran to the disk reserve and left no room to install packages on the
+    same disk: without --cache-gb a store takes at most half of the space free when it
+    opens, besides what it already holds."""
+    import shutil
+    from collections import namedtuple
+
+    config = _config()
+    task = MoleculeTask(config)
+    model = _model(config, water.train)
+    (sets,) = task.prepare(water.train[:1], model, IntegralCache(str(tmp_path / "first")))
+    record_bytes = sets.store.used
+    usage = namedtuple("usage", "total used free")
+    free = int(1.5 * record_bytes)  # room for the record, but half of it is not
+    monkeypatch.setattr(stream, "DISK_RESERVE_BYTES", 0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+    half = tmp_path / "half"
+    with pytest.warns(UserWarning, match="full at its bound"):
+        (sets,) = task.prepare(water.train[:1], model, IntegralCache(str(half)))
+    assert sets.store.max_bytes == free // 2 and sets.store.written == 0 and _only_size_notes(half)
+    # what the directory holds already counts on top of the share
+    (tmp_path / "first" / "other.h5").write_bytes(b"0" * 1000)
+    reopened = stream.RecordStore(str(tmp_path / "first"), task.record_settings())
+    assert reopened.max_bytes == record_bytes + 1000 + free // 2
+
+
 @pytest.mark.slow  # two trainings with compilation (~90 s on 2 cores); the batch test above covers the data
 def test_jax_backend_training_reproduces_host_losses(water, tmp_path):
     losses = {}

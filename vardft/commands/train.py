@@ -150,7 +150,8 @@ def register(sub) -> None:
                         "nothing on disk, crystals' Bloch AOs all in memory)")
     p.add_argument("--cache-gb", type=float, default=None,
                    help="molecules with --backend jax, and crystals: most disk the cache may take, GB; past it "
-                        "records are recomputed when needed (default: no bound; 5 GB of disk are always left free)")
+                        "records are recomputed when needed (default: what it holds plus half the disk space free when "
+                        "training starts; 5 GB of disk are always left free)")
     p.add_argument("--hold-gb", type=float, default=None,
                    help="training records held in memory once read, GB: padded molecule records (on the GPU "
                         "when there is one) and crystals' Bloch AOs; the rest are read per batch. Default: a quarter "
