@@ -349,7 +349,8 @@ class IntegralCache:
 
     ``directory=None`` disables the disk cache (integrals are computed each time).
     ``max_bytes`` bounds the records of the ``"jax"`` backend (:mod:`vardft.stream`):
-    past it they are recomputed when needed instead of being written. ``memory_bytes``:
+    past it they are recomputed when needed instead of being written (default:
+    :meth:`record_bound`). ``memory_bytes``:
     how much of the crystals' Bloch AO records is also held in memory
     (:class:`vardft.crystal_stream.BlochStore`), and of the molecules' padded records on
     the device (:class:`vardft.stream.ResidentRecords`); ``None``, the default, is
@@ -364,6 +365,17 @@ class IntegralCache:
         self.memory_bytes = memory_bytes
         self.hits = 0
         self.misses = 0
+
+    def record_bound(self) -> int | None:
+        """The bound of the ``"jax"`` backend's records: ``max_bytes``, else fixed at the
+        first call (what the directory holds plus half of the free disk,
+        :func:`vardft.stream.default_max_bytes`), so a run's training and held-out stores
+        share one bound."""
+        if self.max_bytes is None and self.directory is not None:
+            from vardft.stream import default_max_bytes
+
+            self.max_bytes = default_max_bytes(self.directory)
+        return self.max_bytes
 
     def path(self, system: System, xc: str, basis: str, grid_level: int) -> str | None:
         if self.directory is None:

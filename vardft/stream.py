@@ -247,10 +247,16 @@ opens (besides the records it already holds): a QM9 cache that ran to the 5 GB r
 left too little disk for installing packages on the same machine."""
 
 
-def default_max_bytes(directory: str, used: int) -> int:
-    """The size bound of a disk store given none: ``used`` (bytes already in ``directory``)
-    plus :data:`DEFAULT_DISK_SHARE` of the free space of its file system."""
-    return used + int(DEFAULT_DISK_SHARE * shutil.disk_usage(directory).free)
+def stored_bytes(directory: str) -> int:
+    """Bytes of the ``.h5`` files in ``directory`` (what a store's bound counts)."""
+    return sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".h5"))
+
+
+def default_max_bytes(directory: str) -> int:
+    """The size bound of a disk store given none: what ``directory`` holds now plus
+    :data:`DEFAULT_DISK_SHARE` of the free space of its file system."""
+    os.makedirs(directory, exist_ok=True)
+    return stored_bytes(directory) + int(DEFAULT_DISK_SHARE * shutil.disk_usage(directory).free)
 
 
 class RecordStore:
@@ -281,9 +287,9 @@ class RecordStore:
         self.warned = False
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
-            self.used = sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".h5"))
+            self.used = stored_bytes(directory)
             if max_bytes is None:
-                self.max_bytes = default_max_bytes(directory, self.used)
+                self.max_bytes = default_max_bytes(directory)
 
     def write_file(self, path: str, record) -> None:
         save_record(path, record)

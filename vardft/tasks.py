@@ -472,7 +472,7 @@ class MoleculeTask:
         systems = [self.to_frame(s)[0] for s in systems]
         buckets = size_buckets(systems, self.config.basis, self.config.bucket_aos, min_size=min_bucket)
         if self.config.backend == "jax":
-            store = stream.RecordStore(cache.directory, self.record_settings(), cache.max_bytes)
+            store = stream.RecordStore(cache.directory, self.record_settings(), cache.record_bound())
             if resident is None:
                 budget = resident_budget(cache.memory_bytes, device_count(self.config.devices),
                                          step_memory_bytes(systems, self.config))
@@ -847,7 +847,7 @@ class CrystalTask:
             raise InputError("crystals of one training set must have the same atoms (same number of AOs)")
         nao = n_aos.pop()  # the batch's AO slots may be more (bucketed); the loss uses these
         cache = cache or IntegralCache(None)
-        store = BlochStore(cache.directory, self.bloch_settings(), cache.max_bytes, memory_budget(cache.memory_bytes))
+        store = BlochStore(cache.directory, self.bloch_settings(), cache.record_bound(), memory_budget(cache.memory_bytes))
         ints, Xs, masks, bases, offmesh, filters = [], [], [], [], [], []
         for s in tqdm(systems, desc="integrals", unit="cell", disable=not progress, leave=False):
             i, X, mask, base, off, G = self._cell(s, nao)

@@ -212,10 +212,12 @@ def test_unbounded_cache_takes_at_most_half_the_free_disk(water, tmp_path, monke
     with pytest.warns(UserWarning, match="full at its bound"):
         (sets,) = task.prepare(water.train[:1], model, IntegralCache(str(half)))
     assert sets.store.max_bytes == free // 2 and sets.store.written == 0 and _only_size_notes(half)
-    # what the directory holds already counts on top of the share
+    # what the directory holds already counts on top of the share, and the bound is fixed once per cache
     (tmp_path / "first" / "other.h5").write_bytes(b"0" * 1000)
-    reopened = stream.RecordStore(str(tmp_path / "first"), task.record_settings())
-    assert reopened.max_bytes == record_bytes + 1000 + free // 2
+    cache = IntegralCache(str(tmp_path / "first"))
+    assert cache.record_bound() == record_bytes + 1000 + free // 2
+    (tmp_path / "first" / "more.h5").write_bytes(b"0" * 1000)
+    assert cache.record_bound() == record_bytes + 1000 + free // 2
 
 
 @pytest.mark.slow  # two trainings with compilation (~90 s on 2 cores); the batch test above covers the data
