@@ -22,10 +22,11 @@ behind by a killed process never blocks the next run.
 Example:
     >>> import os, tempfile
     >>> from vardft.rundir import claim_run_directory
-    >>> run = os.path.join(tempfile.mkdtemp(), "run")
-    >>> with claim_run_directory(run, "molecule", resume=False):
-    ...     pass  # write config.json, checkpoint.msgpack, log.jsonl
-    >>> sorted(os.listdir(run))
+    >>> with tempfile.TemporaryDirectory() as parent:
+    ...     run = os.path.join(parent, "run")
+    ...     with claim_run_directory(run, "molecule", resume=False):
+    ...         pass  # write config.json, checkpoint.msgpack, log.jsonl
+    ...     sorted(os.listdir(run))
     ['.lock', 'vardft-run.json']
 """
 
