@@ -22,16 +22,19 @@ import functools
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 
-from basis.errors import InputError
+from basis.errors import InputError, MalformedFileError
 from basis.system import System
 
 QM9_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 """The CSV files of ``qm9pack`` that hold the molecules (in QM9's index order)."""
 
 _Z = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,14 @@ class QM9Molecule:
 
     @property
     def positions(self) -> np.ndarray:
-        return np.asarray(json.loads(self.xyz), dtype=np.float64).reshape(-1, 3)
+        """``(n_atoms, 3)`` coordinates, Å. The CSV's text is a JSON-like nested list whose
+        numbers may end in a bare point (``0.``, ``1.``: five linear molecules such as index 4,
+        C#C), which JSON refuses; each number is read as a float instead."""
+        numbers = [float(x) for x in _NUMBER.findall(self.xyz)]
+        if len(numbers) != 3 * len(self.symbols):
+            raise MalformedFileError(f"qm9 molecule {self.index}: {len(numbers)} coordinates for "
+                                     f"{len(self.symbols)} atoms")
+        return np.asarray(numbers, dtype=np.float64).reshape(-1, 3)
 
     @property
     def heavy_atoms(self) -> int:

@@ -1,5 +1,6 @@
 """The built-in qm9 dataset: deterministic splits by molecule, the size split, labels in the run."""
 
+import numpy as np
 import pytest
 
 from vardft.config import make_config
@@ -20,6 +21,18 @@ def test_qm9_is_read_whole_and_closed_shell(qm9):
     assert (first.index, first.smiles, first.symbols) == (1, "C", ("C", "H", "H", "H", "H"))
     assert first.positions.shape == (5, 3)
     assert max(m.heavy_atoms for m in qm9) == 9
+
+
+def test_every_qm9_geometry_is_read(qm9):
+    """The default qm9-ood split (1,000 molecules) met a geometry written with bare points
+    (``0.``, not JSON) and failed in validation; every molecule's coordinates must parse."""
+    for m in qm9:
+        positions = m.positions
+        assert positions.shape == (len(m.symbols), 3) and np.isfinite(positions).all(), m.index
+    acetylene = qm9[3]  # index 4, C#C, stored as [[0.5995394918,0.,1.],...]
+    assert acetylene.index == 4
+    np.testing.assert_array_equal(acetylene.positions[:, 1:], [[0.0, 1.0]] * 4)
+    np.testing.assert_allclose(acetylene.positions[:, 0], [0.5995394918, -0.5995394918, -1.6616385861, 1.6616385861])
 
 
 def test_split_is_deterministic_and_nested(qm9):
