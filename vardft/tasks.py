@@ -462,20 +462,23 @@ class MoleculeTask:
         return PreparedSet(systems=tuple(systems), arrays=arrays)
 
     def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None,
-                resident: stream.ResidentRecords | None = None) -> list:
+                resident: stream.ResidentRecords | None = None, sizing=None) -> list:
         """Size buckets of ``systems`` (width ``config.bucket_aos``), every molecule in its
         own frame (:meth:`to_frame`): :class:`PreparedSet` in memory for the host backend,
         :class:`vardft.stream.StreamedSet` (records on disk, built by ``pool``) for JAX.
         ``resident``: the device budget to share with sets prepared before (a run's training,
-        held-out and distillation sets hold one budget); a new one by default."""
+        held-out and distillation sets hold one budget); a new one by default, cut for the
+        largest step over ``sizing`` (default ``systems``; a run passes its held-out
+        molecules too, which in ``qm9-ood`` are the larger ones)."""
         cache = cache or IntegralCache(None)
+        sizing = systems if sizing is None else sizing
         systems = [self.to_frame(s)[0] for s in systems]
         buckets = size_buckets(systems, self.config.basis, self.config.bucket_aos, min_size=min_bucket)
         if self.config.backend == "jax":
             store = stream.RecordStore(cache.directory, self.record_settings(), cache.record_bound())
             if resident is None:
                 budget = resident_budget(cache.memory_bytes, device_count(self.config.devices),
-                                         step_memory_bytes(systems, self.config))
+                                         step_memory_bytes(sizing, self.config))
                 resident = stream.ResidentRecords(budget)
             return [self.stream_bucket(b, model_config, store, pool, progress, resident) for b in buckets]
         return [self.prepare_bucket(b, model_config, cache, progress=progress) for b in buckets]
@@ -835,11 +838,12 @@ class CrystalTask:
         return BlochRecord(arrays)
 
     def prepare(self, systems, model_config, cache=None, progress=False, min_bucket=1, pool=None,
-                resident=None) -> list[CrystalSet]:
+                resident=None, sizing=None) -> list[CrystalSet]:
         """One :class:`~vardft.crystal_stream.CrystalSet` of all ``systems`` (they must have
         the same atoms); integrals at the config's k-mesh and FFT mesh (:meth:`resolve`
         first). The Bloch AOs go to a store in ``cache``'s directory (read back per batch)
-        or, without one, stay in memory (its own budget: ``resident`` is for molecules)."""
+        or, without one, stay in memory (its own budget: ``resident`` and ``sizing`` are
+        for molecules)."""
         systems = [System.from_any(s) for s in systems]
         batch = prepare_batch(systems, model_config)
         n_aos = {int(n) for n in np.asarray(batch.nao)}

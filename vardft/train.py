@@ -429,8 +429,10 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     task = task_for(config)
     cache = cache or IntegralCache(None)
     min_bucket = config.batch_size or 1
-    sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool)
     evaluate = bool(dataset.validation) and evaluates_held_out(config)
+    sizing = list(dataset.train) + (list(dataset.validation) if evaluate else [])
+    sets = task.prepare(dataset.train, model_config, cache, progress=progress, min_bucket=min_bucket, pool=pool,
+                        sizing=sizing)
     # held-out structures are evaluated label-free: no SCF labels built for them
     val_task = task if config.distill_target == "minao" else task_for(dataclasses.replace(config, distill_target="minao"))
     resident = getattr(sets[0], "resident", None)  # one device budget for every set of the run

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from basis.integrals import build_integrals
+from basis.system import System
 from solvers.energy import energy_and_fock
 from vardft.config import make_config
 from vardft.data import IntegralCache, load_dataset
@@ -112,6 +113,16 @@ def test_default_hold_leaves_room_for_the_training_step(water, tmp_path, monkeyp
     roomy = MoleculeTask(config).prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
     assert roomy.resident.budget == int(0.25 * 1000 * step)
     assert tasks.resident_budget(123, 1, 10 * memory) == 123  # --hold-gb is taken as it is
+    # a run sizes the budget over its held-out molecules too (qm9-ood holds out the larger ones)
+    from ase.build import molecule
+
+    larger = [*water.train[:3], System.from_atoms(molecule("C6H6"))]
+    larger_step = tasks.step_memory_bytes(larger, config)
+    memory = int(larger_step / 0.75)
+    monkeypatch.setattr(tasks, "machine_memory_bytes", lambda: memory)
+    alone = MoleculeTask(config).prepare(water.train[:3], model, IntegralCache(str(tmp_path)))[0]
+    sized = MoleculeTask(config).prepare(water.train[:3], model, IntegralCache(str(tmp_path)), sizing=larger)[0]
+    assert larger_step > step and alone.resident.budget > 0 and sized.resident.budget <= 1
 
 
 def test_records_hold_no_ao_values_and_the_process_keeps_none(water, tmp_path):
