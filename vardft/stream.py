@@ -242,8 +242,8 @@ DISK_RESERVE_BYTES = 5 * 10**9
 ~0.1 GB: 1,100 of them filled a 79 GB disk before the reserve existed)."""
 
 DEFAULT_DISK_SHARE = 0.5
-"""Without a size bound, a disk store takes at most this share of the space free when it
-opens (besides the records it already holds): a QM9 cache that ran to the 5 GB reserve
+"""Without ``--cache-gb``, a run's record cache takes at most this share of the space free
+when training starts (besides the records it already holds): a QM9 cache that ran to the 5 GB reserve
 left too little disk for installing packages on the same machine."""
 
 
@@ -253,7 +253,7 @@ def stored_bytes(directory: str) -> int:
 
 
 def default_max_bytes(directory: str) -> int:
-    """The size bound of a disk store given none: what ``directory`` holds now plus
+    """The default bound of a run's record cache (no ``--cache-gb``): what ``directory`` holds now plus
     :data:`DEFAULT_DISK_SHARE` of the free space of its file system."""
     os.makedirs(directory, exist_ok=True)
     return stored_bytes(directory) + int(DEFAULT_DISK_SHARE * shutil.disk_usage(directory).free)
@@ -265,8 +265,9 @@ class RecordStore:
     overriding :attr:`prefix`, :meth:`write_file` and :meth:`read_file`.
 
     The disk store holds at most ``max_bytes`` of records (files already in the
-    directory count; default :func:`default_max_bytes`) and never fills its file system beyond :data:`DISK_RESERVE_BYTES`
-    of free space (a full disk met while writing counts the same); a record that does not
+    directory count; ``None``: no bound — a run's stores get
+    :meth:`vardft.data.IntegralCache.record_bound`) and never fills its file system
+    beyond :data:`DISK_RESERVE_BYTES` of free space (a full disk met while writing counts the same); a record that does not
     fit is not written, and is rebuilt each time it is needed. The in-memory store (no
     directory) keeps every record.
     """
@@ -288,8 +289,6 @@ class RecordStore:
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             self.used = stored_bytes(directory)
-            if max_bytes is None:
-                self.max_bytes = default_max_bytes(directory)
 
     def write_file(self, path: str, record) -> None:
         save_record(path, record)
