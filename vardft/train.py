@@ -47,7 +47,7 @@ from vardft.data import Dataset, IntegralCache, check_dataset, displaced_copies
 from vardft.model import ModelConfig, init_params
 from vardft.parallel import AXIS, data_mesh, fetch, is_writer, local_rows, pad_rows, replicate, shard_rows
 from vardft.rundir import claim_run_directory
-from vardft.stream import worker_pool
+from vardft.stream import distillation_sets, worker_pool
 from vardft.tasks import PreparedSet, model_config_for, task_for
 
 
@@ -464,6 +464,8 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
         extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
         distill_sets = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
                                    min_bucket=min_bucket, pool=pool, resident=resident)
+    if step < ending.n_distill:  # distillation reads only the baseline and target of each record
+        distill_sets = distillation_sets(distill_sets, progress)
     step_fn, eval_fn = compiled_step(key, mesh)
     if ending.n_distill and step <= ending.n_distill:
         distill_fn = compiled_step(key, mesh, distill=True)[0]

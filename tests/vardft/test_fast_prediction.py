@@ -275,3 +275,31 @@ def test_sap_runs_saved_before_the_frozen_network_load_as_one_network():
     config = legacy_config({"kind": "molecule", "train": old})
     assert not config.frozen_distilled and config.delta_scale == 0.1 and config.n_distill == 10
     assert legacy_config({"kind": "molecule", "train": saved}).frozen_distilled
+
+
+def test_streamed_distillation_reads_only_baselines_and_targets(trained, water, tmp_path, monkeypatch):
+    """With records on disk (the ``"jax"`` backend) the distillation steps repeat the
+    in-memory run's losses, and pad no whole record (grid, DF factor) for any of their
+    batches: each record is read once for its baseline and target."""
+    from vardft import stream
+
+    _, reference = trained
+    padded = []
+    real_pad = stream.pad_record
+    monkeypatch.setattr(stream, "pad_record", lambda *a, **k: padded.append(1) or real_pad(*a, **k))
+
+    padded_before_last = []
+
+    def stop(record):  # the last distillation step loads the first label-free batch beside it
+        if record["step"] == CONFIG.n_distill - 1:
+            padded_before_last.append(len(padded))
+        if record["step"] == CONFIG.n_distill:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    config = dataclasses.replace(CONFIG, backend="jax", workers=0)
+    streamed = train(water, str(tmp_path / "run"), config, cache=IntegralCache(str(tmp_path / "records")),
+                     progress=False, on_step=stop)
+    assert streamed.step == CONFIG.n_distill and padded_before_last == [0]
+    got = [r["loss"] for r in streamed.history]
+    want = [r["loss"] for r in reference.history[: CONFIG.n_distill]]
+    np.testing.assert_allclose(got, want, rtol=1e-8)
