@@ -228,10 +228,38 @@ def read_arrays(path: str, fields: Callable, version: tuple[str, int], verify: b
         return None
 
 
+TARGET_FIELDS = ("h_base", DISTILL_FIELD)
+"""What distillation reads of a record (:class:`TargetSet`); records written since it
+existed also carry a checksum of each of these (``checksum:NAME``), so that they can be
+read and verified alone (:func:`load_fields`)."""
+
+
 def save_record(path: str, record: MoleculeRecord) -> None:
-    """Write ``record`` atomically with its checksum."""
+    """Write ``record`` atomically with its checksum and those of its :data:`TARGET_FIELDS`."""
+    own = {f"checksum:{name}": arrays_checksum(record.arrays, (name,)) for name in TARGET_FIELDS
+           if name in record.arrays}
     write_arrays(path, record.arrays, record_fields(record.arrays), ("record_version", RECORD_VERSION),
-                 {"n_electrons": record.n_electrons, "auxbasis": record.auxbasis})
+                 {"n_electrons": record.n_electrons, "auxbasis": record.auxbasis, **own})
+
+
+def load_fields(path: str, names: Sequence[str]) -> dict | None:
+    """``{name: array}`` of a record's ``names`` alone, each verified against its own
+    checksum; ``None`` if the file is missing, of another version, written without those
+    checksums (older records: read them whole), unreadable or damaged (with a warning)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("record_version", -1)) != RECORD_VERSION:
+                return None
+            sums = {name: f.attrs.get(f"checksum:{name}") for name in names}
+            if any(v is None for v in sums.values()):
+                return None
+            arrays = {name: f[name][()] for name in names}
+    except (OSError, KeyError):
+        return None
+    if any(str(sums[name]) != arrays_checksum(arrays, (name,)) for name in names):
+        warnings.warn(f"{path}: cached record fails its checksum (damaged file); recomputing it", stacklevel=2)
+        return None
+    return arrays
 
 
 def load_record(path: str, verify: bool = True) -> MoleculeRecord | None:
@@ -319,6 +347,14 @@ class RecordStore:
             self.read += 1
             self.verified.add(path)
         return record
+
+    def lookup_fields(self, system: System, names: Sequence[str]) -> dict | None:
+        """``{name: array}`` of a stored record's ``names`` without reading the rest
+        (:func:`load_fields`), or ``None`` (then :meth:`lookup` the whole record)."""
+        if self.directory is None:
+            record = self.memory.get(self.settings.key(system))
+            return None if record is None else {name: record.arrays[name] for name in names}
+        return load_fields(self.path(system), names)
 
     def sizes(self, system: System) -> tuple[int, int] | None:
         """``(naux, ngrid)`` of a stored record without reading its arrays, or ``None``."""
@@ -641,10 +677,13 @@ class TargetSet:
 
     @classmethod
     def of(cls, streamed: StreamedSet, progress: bool = False) -> TargetSet:
-        """The targets of ``streamed``, each record read (or rebuilt) once."""
+        """The targets of ``streamed``: each record's :data:`TARGET_FIELDS` alone, or (older
+        records, and records the store had no room for) the whole record read or rebuilt once."""
         base, target = [], []
         for i in tqdm(range(len(streamed)), desc="distillation targets", unit="mol", disable=not progress, leave=False):
-            arrays = streamed.records([i])[0].arrays
+            arrays = streamed.store.lookup_fields(streamed.systems[i], TARGET_FIELDS)
+            if arrays is None:
+                arrays = streamed.records([i])[0].arrays
             base.append(np.array(arrays["h_base"]))
             target.append(np.array(arrays[DISTILL_FIELD]))
         return cls(streamed.systems, streamed.shapes.graph, streamed.shapes.nao, tuple(base), tuple(target),

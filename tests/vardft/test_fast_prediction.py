@@ -284,22 +284,30 @@ def test_streamed_distillation_reads_only_baselines_and_targets(trained, water, 
     from vardft import stream
 
     _, reference = trained
-    padded = []
-    real_pad = stream.pad_record
+    padded, whole = [], []
+    real_pad, real_load = stream.pad_record, stream.load_record
     monkeypatch.setattr(stream, "pad_record", lambda *a, **k: padded.append(1) or real_pad(*a, **k))
+    monkeypatch.setattr(stream, "load_record", lambda *a, **k: whole.append(1) or real_load(*a, **k))
 
     padded_before_last = []
 
     def stop(record):  # the last distillation step loads the first label-free batch beside it
         if record["step"] == CONFIG.n_distill - 1:
-            padded_before_last.append(len(padded))
+            padded_before_last.append((len(padded), len(whole)))
         if record["step"] == CONFIG.n_distill:
             os.kill(os.getpid(), signal.SIGTERM)
 
     config = dataclasses.replace(CONFIG, backend="jax", workers=0)
     streamed = train(water, str(tmp_path / "run"), config, cache=IntegralCache(str(tmp_path / "records")),
                      progress=False, on_step=stop)
-    assert streamed.step == CONFIG.n_distill and padded_before_last == [0]
+    assert streamed.step == CONFIG.n_distill and padded_before_last == [(0, 0)]
     got = [r["loss"] for r in streamed.history]
     want = [r["loss"] for r in reference.history[: CONFIG.n_distill]]
     np.testing.assert_allclose(got, want, rtol=1e-8)
+    # a damaged target is caught by its own checksum; the whole record is then read (and rebuilt)
+    path = next(str(p) for p in (tmp_path / "records").iterdir() if p.name.endswith(".h5"))
+    assert set(stream.load_fields(path, stream.TARGET_FIELDS)) == set(stream.TARGET_FIELDS)
+    with h5py.File(path, "r+") as f:
+        f[stream.DISTILL_FIELD][0, 0] += 1e-3
+    with pytest.warns(UserWarning, match="checksum"):
+        assert stream.load_fields(path, stream.TARGET_FIELDS) is None
