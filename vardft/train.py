@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -48,7 +49,7 @@ from vardft.model import ModelConfig, init_params
 from vardft.parallel import AXIS, data_mesh, fetch, is_writer, local_rows, pad_rows, replicate, shard_rows
 from vardft.rundir import claim_run_directory
 from vardft.stream import distillation_sets, worker_pool
-from vardft.tasks import PreparedSet, model_config_for, task_for
+from vardft.tasks import PreparedSet, available_memory_bytes, hold_budget, model_config_for, task_for
 
 
 # ------------------------------------------------------------ optimisation
@@ -332,7 +333,9 @@ class TrainResult:
 
     ``seconds``: wall time of the call (integrals, compilation, steps); ``step``: steps
     done in total; ``interrupted``: stopped by Ctrl-C / SIGTERM; ``skipped_steps``:
-    steps whose loss, gradients or parameters were not finite (nothing changed).
+    steps whose loss, gradients or parameters were not finite (nothing changed);
+    ``step_bytes``, ``hold_bytes``: a streamed run's compiled step (with the next batch) and
+    the records it held at most (:func:`vardft.tasks.hold_budget`), when it sized that itself.
     """
 
     params: Any
@@ -343,6 +346,8 @@ class TrainResult:
     skipped_steps: int
     seconds: float
     history: list
+    step_bytes: int | None = None
+    hold_bytes: int | None = None
 
 
 def train(
@@ -467,6 +472,13 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     if step < ending.n_distill:  # distillation reads only the baseline and target of each record
         distill_sets = distillation_sets(distill_sets, progress)
     step_fn, eval_fn = compiled_step(key, mesh)
+    step_bytes = hold = None
+    if resident is not None and cache.memory_bytes is None and mesh.size == 1:
+        step_bytes = compiled_step_bytes(step_fn, params, opt_state, largest_set(sets), config.batch_size, mesh)
+        resident.budget = hold = hold_budget(None, mesh.size, step_bytes, available_memory_bytes())
+        if progress:
+            print(f"training step: {step_bytes / 1e9:.1f} GB (compiled, with the next batch); "
+                  f"records held in memory: up to {hold / 1e9:.1f} GB", file=sys.stderr)
     if ending.n_distill and step <= ending.n_distill:
         distill_fn = compiled_step(key, mesh, distill=True)[0]
         if step == 0:
@@ -539,7 +551,25 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     bar.close()
     save()
     params = fetch(params)
-    return TrainResult(params, model_config, config, step, interrupted, skipped, time.perf_counter() - start, history)
+    return TrainResult(params, model_config, config, step, interrupted, skipped, time.perf_counter() - start, history,
+                       step_bytes, hold)
+
+
+def largest_set(sets: Sequence):
+    """The streamed set of ``sets`` whose padded batches are largest (AOs, then grid points)."""
+    return max(sets, key=lambda s: (s.shapes.nao, s.shapes.ngrid))
+
+
+def compiled_step_bytes(step_fn, params, opt_state, data, batch_size: int | None, mesh: Mesh) -> int:
+    """Bytes a training step on the largest batches of ``data`` (a streamed set) takes:
+    the compiled step's buffers (XLA's memory analysis: temporaries, arguments, outputs)
+    plus a second batch, loaded while it runs. One batch is read for its shapes (no record
+    held); the step is compiled here instead of at its first call (the compilation is reused)."""
+    rows = len(data) if batch_size is None else min(int(batch_size), len(data))
+    batch, weights = sharded_batch(dataclasses.replace(data, resident=None), np.arange(rows), mesh)
+    memory = step_fn.lower(params, opt_state, batch, weights).compile().memory_analysis()
+    batch_bytes = sum(int(np.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(batch))
+    return int(memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes + batch_bytes)
 
 
 def sharded_batch(data: PreparedSet, idx, mesh: Mesh):
@@ -583,5 +613,5 @@ def load_params(run_dir: str, model_config: ModelConfig, config: TrainConfig):
     return params, int(raw.get("step", 0))
 
 
-__all__ = ["TrainResult", "batch_indices", "compiled_step", "evaluate_sets", "frozen_part", "initial_params",
+__all__ = ["TrainResult", "batch_indices", "compiled_step", "compiled_step_bytes", "evaluate_sets", "frozen_part", "initial_params",
            "load_params", "make_optimizer", "read_run", "run_record", "sharded_batch", "step_batch", "train"]

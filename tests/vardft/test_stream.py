@@ -320,3 +320,29 @@ def test_record_workers_end_with_the_training_process(tmp_path):
     while alive(worker) and time.time() < deadline:
         time.sleep(0.2)
     assert not alive(worker)
+
+
+def test_run_holds_what_its_compiled_step_leaves(water, tmp_path, monkeypatch):
+    """Without ``--hold-gb`` a streamed run sizes its held records after compiling its step:
+    the memory available, less the compiled step's buffers with a second batch, less the
+    margin. Given room for exactly one record beyond that, it holds one record (never
+    more), and the step it measured covers at least two batches of the largest bucket."""
+    from vardft import tasks
+    from vardft import train as train_module
+
+    config = _config(batch_size=2, steps=2, eval_every=None)
+    first = train(water, None, config, cache=IntegralCache(str(tmp_path)), progress=False)
+    nao = water.train[0].to_mole(config.basis).nao_nr()
+    assert first.step_bytes > 2 * 2 * nao * nao * 8 and first.hold_bytes == tasks.memory_budget(None)
+    record = stream.load_record(next(str(p) for p in tmp_path.iterdir() if p.name.endswith(".h5")))
+    one = record.nbytes  # padded: at least this; two records are at least twice it
+    margin = int(tasks.HOLD_MARGIN_FRACTION * tasks.memory_capacity())
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: first.step_bytes + margin + int(1.5 * one))
+    held = []
+    offer = stream.ResidentRecords.offer
+    monkeypatch.setattr(stream.ResidentRecords, "offer",
+                        lambda self, key, padded: (offer(self, key, padded), held.append(len(self)))[0])
+    second = train(water, None, config, cache=IntegralCache(str(tmp_path)), progress=False)
+    assert second.step_bytes == first.step_bytes and second.hold_bytes == int(1.5 * one)
+    assert held and max(held) == 1
+    assert [h["loss"] for h in second.history] == [h["loss"] for h in first.history]
