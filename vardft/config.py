@@ -481,7 +481,10 @@ its batch (:func:`vardft.tasks.in_memory_bytes`; the forward pass's AO values ar
 the backward pass), for the default budget of held records only. Measured on a QM9 batch
 of 8 (B3LYP/def2-SVP, preset L, grid level 1; 7.3 GB estimated for the 8 largest training
 molecules): 15.0 GB resident (sampled every 30 s) without held records, and killed for
-memory at 23.2 GB holding at most 6.3 GB, so the step itself took at least 16.9 GB (2.3×)."""
+memory at 23.2 GB holding at most 6.3 GB, so the step itself took at least 16.9 GB (2.3×).
+It misses the network's own buffers (8.8 GB for preset L on that batch), so
+``vardft.train`` replaces this estimate by the compiled step's measured buffers
+(:func:`vardft.tasks.hold_budget`) before any record is held."""
 
 GRID_POINTS_PER_ATOM = {0: 900, 1: 3900, 2: 8300, 3: 12000, 4: 22200, 5: 33300}
 """PySCF grid points per atom by grid level (measured on benzene at def2-SVP, rounded up;

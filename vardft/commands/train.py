@@ -155,9 +155,10 @@ def register(sub) -> None:
     p.add_argument("--hold-gb", type=float, default=None,
                    help="training records held in memory once read, GB: padded molecule records (on the GPU "
                         "when there is one) and crystals' Bloch AOs; the rest are read per batch. Default: a quarter "
-                        "of the memory (of the GPU's on a GPU; molecules: less when the largest training step's "
-                        "estimated memory would leave under a quarter free, none with several devices); 0: read "
-                        "every batch, memory independent of the number of structures")
+                        "of the memory (of the GPU's on a GPU); molecules: at most what the memory available leaves "
+                        "beside the compiled training step, its next batch and 15%% of the memory (printed at the "
+                        "start), none with several devices; 0: read every batch, memory independent of the number "
+                        "of structures")
     p.add_argument("--kmesh", nargs=3, type=int, metavar=("N1", "N2", "N3"), default=None,
                    help="crystals: training k-mesh (default 2 per periodic direction, 1 along vacuum)")
     p.add_argument("--pseudo", default=None, help="crystals: GTH pseudopotential (default: matches --xc)")
