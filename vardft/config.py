@@ -98,6 +98,9 @@ H (for bases with nearly dependent directions, such as gth-dzvp in a crystal).""
 DISTILL_TARGETS = ("minao", "scf")
 """What distillation steps learn (:attr:`TrainConfig.distill_target`)."""
 
+DISTILL_BASES = ("ao", "orthonormal")
+"""Where the distillation loss measures H − target (:attr:`TrainConfig.distill_basis`)."""
+
 TRAIN_GRID_LEVEL = 1
 """PySCF grid level of the molecular training energy. Measured on water PBE/def2-SVP at
 the converged density: level 1 has 10,128 points (level 3: 33,704) and changes the Fock
@@ -163,6 +166,11 @@ class TrainConfig:
             level) — *supervised*, for comparison only: ``--steps 0 --distill-steps S``
             trains the same model and baseline on labels for S steps, which tells the
             model's limits from the label-free loss's. One network (no frozen part).
+        distill_basis: where the distillation loss measures H − target. ``"ao"``: mean
+            square over AO pairs. ``"orthonormal"``: over pairs of orthonormal orbitals
+            (Xᵀ(H − target)X, X the canonical orthogonalizer), which bounds the error of
+            H's orbital energies; an AO-basis error δ along a nearly dependent direction of
+            overlap eigenvalue s moves them by ~δ/s (QM9 at def2-SVP: s ≈ 1e-3).
         frozen_distillation: the distillation trains a network of its own (output
             × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
             train a second, freshly initialised network (output × ``output_scale``) on
@@ -238,6 +246,7 @@ class TrainConfig:
     distill_tolerance: float = DISTILL_TOLERANCE
     distill_displaced: int = 0
     distill_target: str = "minao"
+    distill_basis: str = "ao"
     frozen_distillation: bool = True
     seed: int = 0
     checkpoint_every: int = 100
@@ -300,7 +309,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance")
+MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance",
+                 "distill_basis")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy", "overlap_filter",
                 "cells_per_pass")
 
@@ -425,6 +435,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"distillation learning rate must be a positive finite number, got {config.distill_learning_rate}")
     if not (config.distill_tolerance >= 0 and config.distill_tolerance < float("inf")):
         raise InputError(f"distillation tolerance must be a finite number >= 0 (Hartree), got {config.distill_tolerance}")
+    if config.distill_basis not in DISTILL_BASES:
+        raise InputError(f"unknown distillation basis {config.distill_basis!r}; choose from {', '.join(DISTILL_BASES)}")
     if config.distill_displaced < 0:
         raise InputError(f"displaced copies for distillation must be >= 0, got {config.distill_displaced}")
     if config.distill_displaced and not config.n_distill:

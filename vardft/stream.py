@@ -228,7 +228,7 @@ def read_arrays(path: str, fields: Callable, version: tuple[str, int], verify: b
         return None
 
 
-TARGET_FIELDS = ("h_base", DISTILL_FIELD)
+TARGET_FIELDS = ("h_base", DISTILL_FIELD, "X")
 """What distillation reads of a record (:class:`TargetSet`); records written since it
 existed also carry a checksum of each of these (``checksum:NAME``), so that they can be
 read and verified alone (:func:`load_fields`)."""
@@ -653,11 +653,14 @@ class StreamedSet:
 @flax.struct.dataclass
 class TargetArrays:
     """What a distillation step reads of a batch (:meth:`vardft.tasks.MoleculeTask.distill_terms`):
-    ``batch`` (the model input), ``h_base`` and ``h_target`` (B, N, N), Hartree."""
+    ``batch`` (the model input), ``h_base`` and ``h_target`` (B, N, N), Hartree, and the
+    padded orthogonalizers ``X`` (B, N, N) with their ``mo_mask`` (B, N) as in a whole record."""
 
     batch: Any
     h_base: jax.Array
     h_target: jax.Array
+    X: jax.Array
+    mo_mask: jax.Array
 
 
 @dataclasses.dataclass
@@ -673,21 +676,23 @@ class TargetSet:
     nao: int
     h_base: tuple[np.ndarray, ...]
     h_target: tuple[np.ndarray, ...]
+    X: tuple[np.ndarray, ...]
     model_config: object
 
     @classmethod
     def of(cls, streamed: StreamedSet, progress: bool = False) -> TargetSet:
         """The targets of ``streamed``: each record's :data:`TARGET_FIELDS` alone, or (older
         records, and records the store had no room for) the whole record read or rebuilt once."""
-        base, target = [], []
+        base, target, X = [], [], []
         for i in tqdm(range(len(streamed)), desc="distillation targets", unit="mol", disable=not progress, leave=False):
             arrays = streamed.store.lookup_fields(streamed.systems[i], TARGET_FIELDS)
             if arrays is None:
                 arrays = streamed.records([i])[0].arrays
             base.append(np.array(arrays["h_base"]))
             target.append(np.array(arrays[DISTILL_FIELD]))
+            X.append(np.array(arrays["X"]))
         return cls(streamed.systems, streamed.shapes.graph, streamed.shapes.nao, tuple(base), tuple(target),
-                   streamed.model_config)
+                   tuple(X), streamed.model_config)
 
     def __len__(self) -> int:
         return len(self.systems)
@@ -700,8 +705,10 @@ class TargetSet:
         def padded(m):
             return np.pad(m, [(0, self.nao - m.shape[0]), (0, self.nao - m.shape[1])])
 
+        orthogonalizers = [pad_orthogonalizer(self.X[i], self.nao, self.nao) for i in idx]
         return TargetArrays(batch=batch, h_base=np.stack([padded(self.h_base[i]) for i in idx]),
-                            h_target=np.stack([padded(self.h_target[i]) for i in idx]))
+                            h_target=np.stack([padded(self.h_target[i]) for i in idx]),
+                            X=np.stack([x for x, _ in orthogonalizers]), mo_mask=np.stack([m for _, m in orthogonalizers]))
 
 
 def distillation_sets(sets: Sequence, progress: bool = False) -> list:

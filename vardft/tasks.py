@@ -604,14 +604,21 @@ class MoleculeTask:
         return terms.loss, metrics
 
     def distill_terms(self, params, data: MoleculeArrays):
-        """Distillation loss (B,): mean over AO pairs of (H − F[P_minao])², Eh², and metrics
-        {distill_mae (B,), distill_rmse (B,)}, Hartree."""
+        """Distillation loss (B,), Eh²: mean square of H − target over AO pairs, or over
+        pairs of orthonormal orbitals (``config.distill_basis``: Xᵀ(H − target)X); metrics
+        (B,), Hartree: distill_mae and distill_rmse over AO pairs, distill_orth_rmse over
+        orthonormal ones. ``data``: :class:`MoleculeArrays` or :class:`vardft.stream.TargetArrays`."""
         H = data.h_base + self.distilled_hamiltonian(params, data.batch)
         mask = data.batch.ao_mask[:, :, None] * data.batch.ao_mask[:, None, :]
         pairs = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
         diff = (H - data.h_target) * mask
         mse = jnp.sum(diff**2, axis=(1, 2)) / pairs
-        return mse, {"distill_mae": jnp.sum(jnp.abs(diff), axis=(1, 2)) / pairs, "distill_rmse": jnp.sqrt(mse)}
+        mo = data.mo_mask[:, :, None] * data.mo_mask[:, None, :]
+        orth = jnp.einsum("bmi,bmn,bnj->bij", data.X, diff, data.X) * mo
+        orth_mse = jnp.sum(orth**2, axis=(1, 2)) / jnp.maximum(jnp.sum(mo, axis=(1, 2)), 1.0)
+        loss = orth_mse if self.config.distill_basis == "orthonormal" else mse
+        return loss, {"distill_mae": jnp.sum(jnp.abs(diff), axis=(1, 2)) / pairs, "distill_rmse": jnp.sqrt(mse),
+                      "distill_orth_rmse": jnp.sqrt(orth_mse)}
 
     def hamiltonian(self, params, model_config: ModelConfig, system: System, ints: Integrals | None = None):
         """H (nao, nao) of a molecule already in its frame, Hartree, PySCF AO order.

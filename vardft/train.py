@@ -161,6 +161,7 @@ def _step_key(config: TrainConfig) -> TrainConfig:
     """The part of a config the compiled step depends on (the rest reset to defaults)."""
     fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
               "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "distill_target",
+              "distill_basis",
               "frozen_distillation", "self_consistency_basis", "baseline", "offmesh_self_consistency",
               "cells_per_pass")
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})

@@ -63,14 +63,40 @@ def test_first_distillation_loss_is_the_mean_square_to_pyscf_minao_fock(trained,
     params = initial_params(CONFIG, model.model_config)
     task = MoleculeTask(dataclasses.replace(model.config, output_scale=0.0))
     _, idx = step_batch(CONFIG.seed, 0, [len(water.train)], CONFIG.batch_size)
-    losses = []
+    losses, orthonormal = [], []
     for k in idx:
         inside = task.to_frame(water.train[k])[0]
         H = task.hamiltonian(params, model.model_config, inside)
-        losses.append(np.mean((H - _minao_fock(inside, CONFIG.grid_level)) ** 2))
+        error = H - _minao_fock(inside, CONFIG.grid_level)
+        losses.append(np.mean(error**2))
+        orthonormal.append(np.mean(_lowdin(error, inside) ** 2))
     first = result.history[0]
     assert "distill_mae" in first and "energy" not in first
     assert abs(first["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
+    # the orthonormal-orbital error (any orthonormal basis of the full space: the same mean square)
+    assert abs(first["distill_orth_rmse"] - np.sqrt(np.mean(orthonormal))) < 1e-8 * first["distill_orth_rmse"]
+
+
+def _lowdin(matrix, system):
+    """``matrix`` in Löwdin's orthonormal orbitals S^(-1/2) … S^(-1/2) (PySCF's overlap)."""
+    s, U = np.linalg.eigh(system.to_mole(BASIS).intor("int1e_ovlp"))
+    half = (U / np.sqrt(s)) @ U.T
+    return half @ matrix @ half
+
+
+def test_orthonormal_distillation_minimises_the_orthonormal_error(water, cache, tmp_path):
+    """``distill_basis="orthonormal"``: the loss is the orthonormal-orbital mean square (the
+    metric checked against Löwdin's orbitals above), not the AO one."""
+    config = dataclasses.replace(CONFIG, distill_basis="orthonormal", distill_steps=1)
+
+    def stop(record):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train(water, str(tmp_path / "run"), config, cache=cache, progress=False, on_step=stop).history[0]
+    assert abs(first["loss"] - first["distill_orth_rmse"] ** 2) < 1e-12 * first["loss"]
+    assert abs(first["loss"] - first["distill_rmse"] ** 2) > 0.1 * first["loss"]
+    with pytest.raises(InputError, match="distillation basis"):
+        make_config("molecule", baseline="sap", distill_basis="lowdin")
 
 
 def test_displaced_copies_join_the_distillation_only(trained, water, cache, tmp_path):
@@ -279,28 +305,28 @@ def test_sap_runs_saved_before_the_frozen_network_load_as_one_network():
 
 def test_streamed_distillation_reads_only_baselines_and_targets(trained, water, tmp_path, monkeypatch):
     """With records on disk (the ``"jax"`` backend) the distillation steps repeat the
-    in-memory run's losses, and pad no whole record (grid, DF factor) for any of their
-    batches: each record is read once for its baseline and target."""
+    in-memory run's losses, and read or pad no whole record (grid, DF factor) for any of
+    their batches: each record's baseline, target and orthogonalizer are read once, alone."""
     from vardft import stream
 
     _, reference = trained
-    padded, whole = [], []
-    real_pad, real_load = stream.pad_record, stream.load_record
+    padded, whole, alone = [], [], []
+    real_pad, real_load, real_fields = stream.pad_record, stream.load_record, stream.load_fields
     monkeypatch.setattr(stream, "pad_record", lambda *a, **k: padded.append(1) or real_pad(*a, **k))
     monkeypatch.setattr(stream, "load_record", lambda *a, **k: whole.append(1) or real_load(*a, **k))
-
-    padded_before_last = []
+    monkeypatch.setattr(stream, "load_fields", lambda *a, **k: alone.append(real_fields(*a, **k)) or alone[-1])
+    counts = {}
 
     def stop(record):  # the last distillation step loads the first label-free batch beside it
-        if record["step"] == CONFIG.n_distill - 1:
-            padded_before_last.append((len(padded), len(whole)))
+        counts[record["step"]] = (len(padded), len(whole))
         if record["step"] == CONFIG.n_distill:
             os.kill(os.getpid(), signal.SIGTERM)
 
     config = dataclasses.replace(CONFIG, backend="jax", workers=0)
     streamed = train(water, str(tmp_path / "run"), config, cache=IntegralCache(str(tmp_path / "records")),
                      progress=False, on_step=stop)
-    assert streamed.step == CONFIG.n_distill and padded_before_last == [(0, 0)]
+    assert streamed.step == CONFIG.n_distill and counts[1] == counts[CONFIG.n_distill - 1]
+    assert len(alone) == len(water.train) and all(a is not None for a in alone)
     got = [r["loss"] for r in streamed.history]
     want = [r["loss"] for r in reference.history[: CONFIG.n_distill]]
     np.testing.assert_allclose(got, want, rtol=1e-8)

@@ -15,7 +15,7 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import (BASELINES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, SELF_CONSISTENCY_BASES,
+from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, SELF_CONSISTENCY_BASES,
                            default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
@@ -38,6 +38,7 @@ FLAGS = {
     "distill_steps": "distill_steps",
     "distill_displaced": "distill_displaced",
     "distill_target": "distill_target",
+    "distill_basis": "distill_basis",
     "distill_tolerance": "distill_tolerance",
     "grid_level": "grid_level",
     "backend": "backend",
@@ -118,6 +119,11 @@ def register(sub) -> None:
                         "scf: PySCF's converged Kohn-Sham matrix of each training molecule, an SCF each -- supervised, "
                         "for comparing with label-free training: --steps 0 --distill-steps S trains the same model "
                         f"and baseline on labels ({m.distill_target})")
+    p.add_argument("--distill-basis", default=None, choices=list(DISTILL_BASES),
+                   help="molecules, distillation: where its loss measures H minus the target. ao: mean square over "
+                        "AO pairs; orthonormal: over orthonormal orbitals, which bounds the error of H's orbital "
+                        "energies (an AO error along a nearly dependent direction moves them by error/overlap "
+                        f"eigenvalue) ({m.distill_basis})")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
