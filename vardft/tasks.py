@@ -292,18 +292,14 @@ def available_memory_bytes() -> int:
     return machine_memory_bytes() - peak
 
 
-def hold_budget(requested: int | None, devices: int, step_bytes: int, available: int) -> int:
-    """Bytes of records a run holds (:class:`vardft.stream.ResidentRecords`) once its step is
-    compiled: ``requested``; else none over several devices; else what is ``available``
+def hold_budget(step_bytes: int, available: int) -> int:
+    """Bytes of records a one-device run without ``--hold-gb`` holds
+    (:class:`vardft.stream.ResidentRecords`) once its step is compiled: what is ``available``
     (:func:`available_memory_bytes`) after a step of ``step_bytes`` (its compiled buffers and
     a second batch, loaded while it runs: :func:`vardft.train.compiled_step_bytes`) and
     :data:`HOLD_MARGIN_FRACTION` of the capacity, at most :func:`memory_budget`. It replaces
     :func:`resident_budget`'s estimate, which missed the network: a preset-L step of 8 QM9
     molecules takes 8.8 GB of buffers for the network alone (1.7 GB of integrals)."""
-    if requested is not None:
-        return int(requested)
-    if devices > 1:
-        return 0
     spare = int(available) - int(step_bytes) - int(HOLD_MARGIN_FRACTION * memory_capacity())
     return max(0, min(memory_budget(None), spare))
 

@@ -476,7 +476,7 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     step_bytes = hold = None
     if resident is not None and cache.memory_bytes is None and mesh.size == 1:
         step_bytes = compiled_step_bytes(step_fn, params, opt_state, largest_set(sets), config.batch_size, mesh)
-        resident.budget = hold = hold_budget(None, mesh.size, step_bytes, available_memory_bytes())
+        resident.budget = hold = hold_budget(step_bytes, available_memory_bytes())
         if progress:
             print(f"training step: {step_bytes / 1e9:.1f} GB (compiled, with the next batch); "
                   f"records held in memory: up to {hold / 1e9:.1f} GB", file=sys.stderr)
