@@ -18,7 +18,11 @@ after compilation of:
            again (padded records held on the device where the budget allows,
            ``vardft.stream.ResidentRecords``; ``--resident-gb 0``: read every batch);
 
-and with ``--train-steps N`` an end-to-end ``train`` of N steps (records built by the
+and the bytes XLA's memory analysis gives the compiled step and network (temporaries,
+arguments and outputs). ``--network-dtype float64 float32`` profiles each precision of
+the network's parameters and activations (``vardft train --network-dtype``; H, energies and
+losses stay float64) and reports how far the single-precision ΔH is from the double one
+with the same (cast) parameters. With ``--train-steps N`` an end-to-end ``train`` of N steps (records built by the
 workers first; s/step is the median of the steps after the first pass through the
 buckets, which compiles). Runs on whatever device JAX uses (CPU here; a GPU where one
 is present), so the same command gives both columns of "steps per second against this
@@ -27,6 +31,7 @@ CPU". Each row is printed to stderr as soon as it is measured.
 Usage (from the repository root; nothing else should be running):
     .venv/bin/python benchmarks/step_profile.py --buckets largest          # table
     .venv/bin/python benchmarks/step_profile.py --train-steps 12 --json
+    .venv/bin/python benchmarks/step_profile.py --buckets largest --network-dtype float64 float32
     .venv/bin/python benchmarks/step_profile.py --write-molecules qm9_16.xyz  # for a machine without qm9pack
 """
 
@@ -50,7 +55,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vardft.config import make_config  # noqa: E402
+from vardft.config import NETWORK_DTYPES, make_config  # noqa: E402
 from vardft.data import Dataset, IntegralCache, load_dataset, read_systems, size_buckets  # noqa: E402
 from vardft.parallel import data_mesh, replicate  # noqa: E402
 from vardft.stream import worker_pool  # noqa: E402
@@ -84,14 +89,21 @@ def _cache(cache_dir: str, args) -> IntegralCache:
     return IntegralCache(cache_dir, memory_bytes=memory)
 
 
-def config_for(args, steps: int):
+def config_for(args, steps: int, network_dtype: str = "float64"):
     return make_config("molecule", dataset="qm9", steps=steps, eval_every=None, backend="jax",
-                       batch_size=args.batch, workers=args.workers)
+                       batch_size=args.batch, workers=args.workers, network_dtype=network_dtype)
 
 
-def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
-    """One row per chosen bucket: step / network / energy seconds on its first batch."""
-    config = config_for(args, steps=1)
+def _compiled_bytes(fn, *args) -> int:
+    """Temporaries, arguments and outputs of ``fn`` compiled for ``args`` (XLA's memory analysis)."""
+    m = fn.lower(*args).compile().memory_analysis()
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+
+
+def profile_buckets(dataset: Dataset, args, cache_dir: str, network_dtype: str = "float64") -> tuple[list[dict], dict]:
+    """One row per chosen bucket: step / network / energy seconds on its first batch and
+    the compiled step's and network's bytes; and each bucket's ΔH of that batch."""
+    config = config_for(args, steps=1, network_dtype=network_dtype)
     elements = sorted({s for m in dataset.train for s in m.symbols})
     task = task_for(config)
     config = task.resolve(dataset.train)
@@ -119,7 +131,7 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
         return jax.grad(lambda h: jnp.sum(task.hamiltonian_terms(h, data)[0]))(H)
 
     chosen = range(len(sets)) if args.buckets == "all" else [len(sets) - 1]
-    rows = []
+    rows, deltas = [], {}
     for b in chosen:
         # the first step that training draws from bucket b: the first pass visits the costliest first
         s = len(sets) - 1 - b
@@ -127,12 +139,13 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
         assert bucket == b
         load_first, load_s = _median_time(lambda: sharded_batch(sets[b], idx, mesh), args.repeats)
         data, weights = sharded_batch(sets[b], idx, mesh)
-        H = data.h_base + task.network_hamiltonian(params, data.batch)
+        deltas[b] = np.asarray(task.network_hamiltonian(params, data.batch))
+        H = data.h_base + deltas[b]
         compile_step, step_s = _median_time(lambda: step_fn(params, opt_state, data, weights), args.repeats)
         compile_net, net_s = _median_time(lambda: network(params, data), args.repeats)
         compile_energy, energy_s = _median_time(lambda: energy(H, data), args.repeats)
         rows.append(dict(
-            bucket=b, molecules_in_bucket=sizes[b], batch=len(idx), padded_aos=int(H.shape[-1]),
+            network_dtype=network_dtype, bucket=b, molecules_in_bucket=sizes[b], batch=len(idx), padded_aos=int(H.shape[-1]),
             atoms=[int(n) for n in np.asarray(data.batch.atom_mask).sum(axis=1)],
             grid_points=int(data.ints.weights.shape[-1]),
             load_first_s=round(load_first, 3), load_s=round(load_s, 3),
@@ -141,15 +154,17 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str) -> list[dict]:
             network_share=round(net_s / step_s, 3), energy_share=round(energy_s / step_s, 3),
             compile_step_s=round(compile_step, 1), compile_network_s=round(compile_net, 1),
             compile_energy_s=round(compile_energy, 1), records_s=round(records_s, 1),
+            step_gb=round(_compiled_bytes(step_fn, params, opt_state, data, weights) / 1e9, 2),
+            network_gb=round(_compiled_bytes(network, params, data) / 1e9, 2),
         ))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return rows
+    return rows, deltas
 
 
 def end_to_end(dataset: Dataset, args, cache_dir: str) -> dict:
     """``train`` for ``--train-steps`` steps: s/step after the first pass through the buckets."""
     times = []
-    config = config_for(args, args.train_steps)
+    config = config_for(args, args.train_steps, args.network_dtype[0])
     result = train(dataset, None, config, cache=_cache(cache_dir, args),
                    progress=False, on_step=lambda r: times.append(r["time"]))
     n_buckets = len(size_buckets(dataset.train, config.basis, config.bucket_aos, min_size=config.batch_size or 1))
@@ -176,6 +191,10 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=0, help="also train end to end for N steps")
     p.add_argument("--resident-gb", type=float, default=None,
                    help="budget for padded records held on the device, GB (default: vardft train's, a quarter of the memory)")
+    p.add_argument("--network-dtype", nargs="+", choices=NETWORK_DTYPES, default=["float64"],
+                   help="precisions of the network to profile (default float64; the end-to-end run uses the first)")
+    p.add_argument("--cache", default=None,
+                   help="integral cache directory to use and keep (default: a temporary one, ~1.7 GB for 16 QM9 molecules)")
     p.add_argument("--skip-profile", action="store_true", help="only the end-to-end run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -186,20 +205,32 @@ def main(argv=None) -> int:
         write(args.write_molecules, [m.to_atoms() for m in dataset.train], format="extxyz")
         print(f"wrote {len(dataset.train)} molecules to {args.write_molecules}", file=sys.stderr)
         return 0
-    with tempfile.TemporaryDirectory(prefix="vardft-step-profile-") as cache_dir:  # ~1.7 GB of records for QM9
-        rows = [] if args.skip_profile else profile_buckets(dataset, args, cache_dir)
+    rows, deltas = [], {}
+    with tempfile.TemporaryDirectory(prefix="vardft-step-profile-") as scratch:
+        cache_dir = args.cache or scratch
+        for dtype in ([] if args.skip_profile else args.network_dtype):
+            got, deltas[dtype] = profile_buckets(dataset, args, cache_dir, dtype)
+            rows += got
         e2e = end_to_end(dataset, args, cache_dir) if args.train_steps else None
+    if "float64" in deltas:
+        for r in rows:
+            ref = deltas["float64"][r["bucket"]]
+            r["delta_h_max_diff_eh"] = float(np.abs(deltas[r["network_dtype"]][r["bucket"]] - ref).max())
     out = {"machine": machine_info(), "device": str(jax.devices()[0]), "molecules": len(dataset.train),
            "buckets": rows, "end_to_end": e2e}
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
     print(f"{out['device']} ({out['machine']['jax_backend']}), {len(dataset.train)} molecules, batch {args.batch}")
-    print("| bucket | padded AOs | step s | network s (share) | energy s (share) | load s first / again | compile step s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| network | bucket | padded AOs | step s | network s (share) | energy s (share) | load s first / again "
+          "| compile step s | step GB | network GB | max ΔH diff vs float64, Eh |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['bucket']} | {r['padded_aos']} | {r['step_s']} | {r['network_s']} ({r['network_share']:.0%}) "
-              f"| {r['energy_s']} ({r['energy_share']:.0%}) | {r['load_first_s']} / {r['load_s']} | {r['compile_step_s']} |")
+        diff = r.get("delta_h_max_diff_eh")
+        print(f"| {r['network_dtype']} | {r['bucket']} | {r['padded_aos']} | {r['step_s']} "
+              f"| {r['network_s']} ({r['network_share']:.0%}) | {r['energy_s']} ({r['energy_share']:.0%}) "
+              f"| {r['load_first_s']} / {r['load_s']} | {r['compile_step_s']} | {r['step_gb']} | {r['network_gb']} "
+              f"| {'' if diff is None else f'{diff:.1e}'} |")
     if e2e:
         print(f"end to end: {e2e['s_per_step']} s/step (median of {e2e['warm_steps']} warm steps), "
               f"first step after {e2e['until_first_step_s']} s")

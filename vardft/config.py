@@ -101,6 +101,9 @@ DISTILL_TARGETS = ("minao", "scf")
 DISTILL_BASES = ("ao", "orthonormal")
 """Where the distillation loss measures H − target (:attr:`TrainConfig.distill_basis`)."""
 
+NETWORK_DTYPES = ("float64", "float32")
+"""Precisions of the network's parameters and activations (:attr:`TrainConfig.network_dtype`)."""
+
 TRAIN_GRID_LEVEL = 1
 """PySCF grid level of the molecular training energy. Measured on water PBE/def2-SVP at
 the converged density: level 1 has 10,128 points (level 3: 33,704) and changes the Fock
@@ -130,6 +133,10 @@ class TrainConfig:
             plateaus at a self-consistency RMSE of 1.4 mEh, 7 Å reaches 0.96 mEh; after
             250 steps 8 Å gives a held-out band MAE of 50.8 meV, 10 Å 43.7 meV.
         model_overrides: ((field, value), ...) of :class:`vardft.model.ModelConfig`.
+        network_dtype: one of :data:`NETWORK_DTYPES`, the precision of the network's
+            parameters and activations. Its output, H and every energy and loss stay
+            float64; ``"float32"`` halves the network's memory and speeds it up on
+            hardware with fast single precision (:mod:`benchmarks.network_precision`).
         steps: optimizer steps.
         batch_size: structures per step (``None``: all of them every step).
         learning_rate: peak learning rate (linear warm-up over ``warmup_steps``, cosine
@@ -229,6 +236,7 @@ class TrainConfig:
     preset: str = "L"
     cutoff: float = 8.0
     model_overrides: tuple = ()
+    network_dtype: str = "float64"
     steps: int = 3000
     batch_size: int | None = 8
     learning_rate: float = 1e-2
@@ -435,6 +443,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"distillation learning rate must be a positive finite number, got {config.distill_learning_rate}")
     if not (config.distill_tolerance >= 0 and config.distill_tolerance < float("inf")):
         raise InputError(f"distillation tolerance must be a finite number >= 0 (Hartree), got {config.distill_tolerance}")
+    if config.network_dtype not in NETWORK_DTYPES:
+        raise InputError(f"unknown network precision {config.network_dtype!r}; choose from {', '.join(NETWORK_DTYPES)}")
     if config.distill_basis not in DISTILL_BASES:
         raise InputError(f"unknown distillation basis {config.distill_basis!r}; choose from {', '.join(DISTILL_BASES)}")
     if config.distill_displaced < 0:

@@ -104,10 +104,10 @@ class PreparedSet:
 
 
 def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfig:
-    """The model of a run: size preset, overrides, basis, cutoff; elements ordered by Z."""
+    """The model of a run: size preset, precision, overrides, basis, cutoff; elements ordered by Z."""
     return ModelConfig.preset(
         config.preset,
-        **dict(config.model_overrides),
+        **{"dtype": config.network_dtype, **dict(config.model_overrides)},
         basis=config.basis,
         elements=tuple(sorted(set(elements), key=atomic_number)),
         cutoff=config.cutoff,

@@ -211,3 +211,36 @@ def test_prediction_outside_the_training_charges_warns(trained):
     assert model.record["charges"] == [0]
     with pytest.warns(UserWarning, match="trained on charge"):
         model.predict(water_molecule().replace(charge=2))
+
+
+def test_float32_network_trains_resumes_and_predicts_in_float64(trained, water, cache, tmp_path):
+    """--network-dtype float32: the network's parameters are single precision, everything
+    compared with PySCF stays float64, and a resumed run repeats the uninterrupted one."""
+    import jax
+
+    config = dataclasses.replace(CONFIG, steps=6, checkpoint_every=3, eval_every=None, network_dtype="float32")
+    whole = train(water, str(tmp_path / "whole"), config, cache=cache, progress=False)
+    # the same initial parameters, cast: the first loss (before any update) agrees to float32 round-off
+    first64 = trained[1].history[0]["loss"]
+    assert abs(whole.history[0]["loss"] - first64) <= 1e-4 * abs(first64)
+    assert whole.history[0]["loss"] != first64
+
+    run_dir = str(tmp_path / "split")
+
+    def interrupt(record):
+        if record["step"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train(water, run_dir, config, cache=cache, progress=False, on_step=interrupt).interrupted
+    resumed = train(water, run_dir, config, cache=cache, progress=False, resume=True)
+    assert resumed.step == config.steps
+    ref = {r["step"]: r["loss"] for r in whole.history}
+    assert {r["step"]: r["loss"] for r in resumed.history} == {s: ref[s] for s in range(5, config.steps + 1)}
+
+    model = load(run_dir)
+    assert {leaf.dtype for leaf in jax.tree.leaves(model.params)} == {np.dtype("float32")}
+    pred = model.predict(water_molecule(), energy=True)
+    assert pred.hamiltonian.dtype == np.float64 and isinstance(pred.energy, float)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(water, run_dir, dataclasses.replace(config, network_dtype="float64"), cache=cache, progress=False,
+              resume=True)

@@ -15,8 +15,8 @@ from basis.functional import parse_functional
 from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
-from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, SELF_CONSISTENCY_BASES,
-                           default_config, make_config, with_overrides)
+from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, NETWORK_DTYPES,
+                           SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -26,6 +26,7 @@ FLAGS = {
     "xc": "xc",
     "basis": "basis",
     "preset": "preset",
+    "network_dtype": "network_dtype",
     "steps": "steps",
     "batch_size": "batch_size",
     "lr": "learning_rate",
@@ -75,6 +76,9 @@ def register(sub) -> None:
     p.add_argument("--xc", default=None, help=f"functional, PySCF name ({m.xc})")
     p.add_argument("--basis", default=None, help=f"basis set, PySCF name ({m.basis}; {c.basis})")
     p.add_argument("--preset", default=None, choices=["S", "M", "L"], help=f"model size ({m.preset}; {c.preset})")
+    p.add_argument("--network-dtype", default=None, choices=list(NETWORK_DTYPES),
+                   help="precision of the network's parameters and activations; H, energies and losses stay "
+                        f"float64 (float32: half the network's memory, faster where single precision is) ({m.network_dtype})")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps ({m.steps}; {c.steps})")
     p.add_argument("--batch-size", type=int, default=None, help=f"structures per step ({m.batch_size}; {c.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({m.learning_rate}; {c.learning_rate})")
