@@ -60,7 +60,7 @@ from vardft.data import Dataset, IntegralCache, load_dataset, read_systems, size
 from vardft.parallel import data_mesh, replicate  # noqa: E402
 from vardft.stream import worker_pool  # noqa: E402
 from vardft.tasks import model_config_for, task_for  # noqa: E402
-from vardft.train import compiled_step, initial_params, make_optimizer, sharded_batch, step_batch, train  # noqa: E402
+from vardft.train import compiled_bytes, compiled_step, initial_params, make_optimizer, sharded_batch, step_batch, train  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> tuple[float, float]:
@@ -92,12 +92,6 @@ def _cache(cache_dir: str, args) -> IntegralCache:
 def config_for(args, steps: int, network_dtype: str = "float64"):
     return make_config("molecule", dataset="qm9", steps=steps, eval_every=None, backend="jax",
                        batch_size=args.batch, workers=args.workers, network_dtype=network_dtype)
-
-
-def _compiled_bytes(fn, *args) -> int:
-    """Temporaries, arguments and outputs of ``fn`` compiled for ``args`` (XLA's memory analysis)."""
-    m = fn.lower(*args).compile().memory_analysis()
-    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
 def profile_buckets(dataset: Dataset, args, cache_dir: str, network_dtype: str = "float64") -> tuple[list[dict], dict]:
@@ -154,8 +148,8 @@ def profile_buckets(dataset: Dataset, args, cache_dir: str, network_dtype: str =
             network_share=round(net_s / step_s, 3), energy_share=round(energy_s / step_s, 3),
             compile_step_s=round(compile_step, 1), compile_network_s=round(compile_net, 1),
             compile_energy_s=round(compile_energy, 1), records_s=round(records_s, 1),
-            step_gb=round(_compiled_bytes(step_fn, params, opt_state, data, weights) / 1e9, 2),
-            network_gb=round(_compiled_bytes(network, params, data) / 1e9, 2),
+            step_gb=round(compiled_bytes(step_fn, params, opt_state, data, weights) / 1e9, 2),
+            network_gb=round(compiled_bytes(network, params, data) / 1e9, 2),
         ))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows, deltas

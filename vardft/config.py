@@ -136,7 +136,8 @@ class TrainConfig:
         network_dtype: one of :data:`NETWORK_DTYPES`, the precision of the network's
             parameters and activations. Its output, H and every energy and loss stay
             float64; ``"float32"`` halves the network's memory and speeds it up on
-            hardware with fast single precision (:mod:`benchmarks.network_precision`).
+            hardware with fast single precision (measured by ``benchmarks/step_profile.py
+            --network-dtype float64 float32``).
         steps: optimizer steps.
         batch_size: structures per step (``None``: all of them every step).
         learning_rate: peak learning rate (linear warm-up over ``warmup_steps``, cosine

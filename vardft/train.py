@@ -568,9 +568,15 @@ def compiled_step_bytes(step_fn, params, opt_state, data, batch_size: int | None
     held); the step is compiled here instead of at its first call (the compilation is reused)."""
     rows = len(data) if batch_size is None else min(int(batch_size), len(data))
     batch, weights = sharded_batch(dataclasses.replace(data, resident=None), np.arange(rows), mesh)
-    memory = step_fn.lower(params, opt_state, batch, weights).compile().memory_analysis()
     batch_bytes = sum(int(np.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(batch))
-    return int(memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes + batch_bytes)
+    return compiled_bytes(step_fn, params, opt_state, batch, weights) + batch_bytes
+
+
+def compiled_bytes(fn, *args) -> int:
+    """Bytes of jitted ``fn`` compiled for ``args``: temporaries, arguments and outputs
+    (XLA's memory analysis)."""
+    memory = fn.lower(*args).compile().memory_analysis()
+    return int(memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
 
 
 def sharded_batch(data: PreparedSet, idx, mesh: Mesh):
