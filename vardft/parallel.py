@@ -4,8 +4,8 @@ The parameters and optimizer state are replicated; each step's batch is split al
 leading (structure) axis over a one-dimensional mesh of devices named :data:`AXIS`.
 Every device scores its rows with the task's ``batch_terms`` inside
 :func:`jax.shard_map` (where a host callback — the ``"host"`` XC backend — also works),
-and the weighted sums of losses, gradients and metrics are added over the mesh with
-``psum``. A batch whose size the device count does not divide is padded by repeating
+and the weighted sums of losses, gradients and metrics are added over the mesh by one
+all-reduce (:func:`psum_once`). A batch whose size the device count does not divide is padded by repeating
 its rows with weight zero, so the loss is the mean over the real structures whatever the
 number of devices: sharded and single-device runs agree to round-off.
 
@@ -28,7 +28,10 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from basis.errors import InputError
@@ -127,10 +130,34 @@ def fetch(tree):
     return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
 
 
+def psum_once(tree):
+    """Every leaf of ``tree`` summed over :data:`AXIS` (inside :func:`jax.shard_map`) by a
+    single all-reduce of one flat vector, summed in the widest dtype of its leaves.
+
+    Why one: XLA's CPU runtime waits for a collective on a worker of a thread pool about as
+    large as the device count. Independent collectives (one per gradient leaf) can each
+    hold a worker waiting while the device that has not arrived finds none free: the step
+    deadlocks (4 forced CPU devices on 2 cores: all-reduce stuck with 3 of 4 devices).
+    """
+    flat, unravel = ravel_pytree(tree)
+    return unravel(lax.psum(flat, AXIS))
+
+
+def all_gather_once(rows: dict) -> dict:
+    """``rows`` (name -> (b,) per-device values) gathered over :data:`AXIS` into
+    (b × devices,) arrays by a single all-gather (why one: :func:`psum_once`)."""
+    names = sorted(rows)
+    if not names:
+        return {}
+    stacked = jnp.stack([jnp.asarray(rows[k], jnp.result_type(*rows.values())) for k in names])
+    gathered = lax.all_gather(stacked, AXIS, axis=1, tiled=True)
+    return {k: gathered[i].astype(jnp.result_type(rows[k])) for i, k in enumerate(names)}
+
+
 def is_writer() -> bool:
     """Whether this process writes the run directory (process 0)."""
     return jax.process_index() == 0
 
 
-__all__ = ["AXIS", "batch_sharding", "data_mesh", "device_count", "fetch", "is_writer", "local_rows", "pad_rows",
-           "replicate", "shard_rows", "start_distributed"]
+__all__ = ["AXIS", "all_gather_once", "batch_sharding", "data_mesh", "device_count", "fetch", "is_writer", "local_rows", "pad_rows",
+           "psum_once", "replicate", "shard_rows", "start_distributed"]

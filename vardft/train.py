@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -46,7 +45,8 @@ from vardft.config import (DISTILL_WINDOW, TrainConfig, check_config, default_co
                            legacy_config)
 from vardft.data import Dataset, IntegralCache, check_dataset, displaced_copies
 from vardft.model import ModelConfig, init_params
-from vardft.parallel import AXIS, data_mesh, fetch, is_writer, local_rows, pad_rows, replicate, shard_rows
+from vardft.parallel import (AXIS, all_gather_once, data_mesh, fetch, is_writer, local_rows, pad_rows, psum_once,
+                             replicate, shard_rows)
 from vardft.rundir import claim_run_directory
 from vardft.stream import distillation_sets, worker_pool
 from vardft.tasks import PreparedSet, available_memory_bytes, hold_budget, model_config_for, task_for
@@ -219,14 +219,10 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
 
     def local_gradient(params, data, weights):
         (loss, metrics), grads = jax.value_and_grad(weighted_sum, has_aux=True)(params, data, weights)
-        total = lax.psum(jnp.sum(weights), AXIS)
-
-        def mean(x):
-            return lax.psum(x, AXIS) / total
-
-        out = {k: jnp.sqrt(mean(jnp.sum(weights * v**2))) if k.endswith("rmse") else mean(jnp.sum(weights * v))
-               for k, v in metrics.items()}
-        return jax.tree.map(mean, grads), {"loss": mean(loss), **out}
+        sums = {k: jnp.sum(weights * v**2) if k.endswith("rmse") else jnp.sum(weights * v) for k, v in metrics.items()}
+        total, loss, grads, sums = psum_once((jnp.sum(weights), loss, grads, sums))
+        out = {k: jnp.sqrt(v / total) if k.endswith("rmse") else v / total for k, v in sums.items()}
+        return jax.tree.map(lambda g: g / total, grads), {"loss": loss / total, **out}
 
     # check_vma off: the host XC's custom VJP returns untyped (non-varying) cotangents
     gradient = jax.shard_map(local_gradient, mesh=mesh, in_specs=(whole, rows, rows), out_specs=(whole, whole),
@@ -246,7 +242,7 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
 
     def local_metrics(params, data):
         metrics = task.batch_terms(params, data)[1]
-        return {k: lax.all_gather(v, AXIS, tiled=True) for k, v in metrics.items()}
+        return all_gather_once(metrics)
 
     evaluate = jax.jit(jax.shard_map(local_metrics, mesh=mesh, in_specs=(whole, rows), out_specs=whole,
                                      check_vma=False))

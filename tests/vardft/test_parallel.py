@@ -11,6 +11,7 @@ The energy runs in JAX (``backend="jax"``): the host backend is refused on sever
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -59,14 +60,27 @@ CHILD = textwrap.dedent(
 )
 
 
+COLLECTIVE = re.compile(r" (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(-start)?\(")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The child's results, and the collectives of its compiled steps (XLA's optimized HLO
+    of every ``jit_step`` and ``jit_local_metrics``, dumped as text)."""
     out = tmp_path_factory.mktemp("sharded")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    dump = out / "hlo"
+    # XLA aborts a CPU collective some device has not reached after 40 s; a loaded 2-core
+    # machine can starve one device's thread that long, so the child waits 10 minutes
+    flags = ["--xla_force_host_platform_device_count=4", "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+             f"--xla_dump_to={dump}", "--xla_dump_hlo_module_re=jit_(step|local_metrics)", "--xla_dump_hlo_pass_re=^$"]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
     done = subprocess.run([sys.executable, "-c", CHILD, str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT "):])
+    result["collectives"] = {f.name: [m.group(1) for m in COLLECTIVE.finditer(f.read_text())]
+                             for f in dump.glob("*after_optimizations.txt")}
+    return result
 
 
 def _close(a, b):
@@ -79,6 +93,20 @@ def test_sharded_losses_equal_single_device(runs):
     """Also with a padding row: 3 molecules on 4 devices, the fourth scores a repeat with weight 0."""
     assert len(runs["four"]) == 4 and len(runs["four"][-1]) == 4  # the last step holds the held-out energy
     _close(runs["four"], runs["one"])
+
+
+def test_a_sharded_step_waits_on_one_collective(runs):
+    """A training step adds everything over the devices in one all-reduce and an evaluation
+    gathers in one all-gather: collectives that could run side by side on XLA's CPU thread
+    pool (about one thread per device) could each hold a thread waiting for a device that
+    then finds none free."""
+    steps = {k: v for k, v in runs["collectives"].items() if ".jit_step." in k}
+    evaluations = {k: v for k, v in runs["collectives"].items() if ".jit_local_metrics." in k}
+    assert steps and evaluations
+    assert all(v in ([], ["all-reduce"]) for v in steps.values()), steps  # one device: none
+    assert ["all-reduce"] in steps.values()
+    assert all(v in ([], ["all-gather"]) for v in evaluations.values()), evaluations
+    assert ["all-gather"] in evaluations.values()
 
 
 def test_sharded_run_resumes_exactly(runs):
