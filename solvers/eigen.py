@@ -49,6 +49,7 @@ __all__ = [
     "canonical_orthogonalizer",
     "canonical_orthogonalizer_fixed",
     "overlap_filter",
+    "overlap_filter_from_orthogonalizer",
     "pad_orthogonalizer",
     "solve_hamiltonian",
 ]
@@ -241,6 +242,32 @@ def overlap_filter(S, tau: float) -> np.ndarray:
     s, U = _hermitian_eigh(np.asarray(S), np)
     g = s**2 / (s**2 + tau**2)
     return (U * g[..., None, :]) @ np.conj(np.swapaxes(U, -1, -2))
+
+
+def overlap_filter_from_orthogonalizer(X, tau: float, xp=jnp):
+    """:func:`overlap_filter` G = g(S) built from a canonical orthogonalizer of S instead
+    of S: jit-able and batched, for the molecules of a training batch, whose padded
+    orthogonalizers are at hand and whose S is not.
+
+    X = U s^{-1/2} (:func:`canonical_orthogonalizer`, zero columns allowed) holds S's
+    eigenvalues s_i = 1/|x_i|² and eigenvectors x_i √s_i, so G = Σ_i g(s_i) s_i x_i x_i†.
+    Directions the orthogonalizer dropped (s ≤ :data:`LINDEP_THRESHOLD`) get 0 where
+    :func:`overlap_filter` gives g(s) ≤ (threshold/τ)².
+
+    Args:
+        X: (..., nao, nmo) real or complex canonical orthogonalizers, zero-padded.
+        tau: the filter's scale, an overlap eigenvalue (> 0).
+        xp: ``jax.numpy`` (default) or ``numpy``.
+
+    Returns:
+        G: (..., nao, nao).
+    """
+    if not tau > 0:
+        raise ValueError(f"the filter scale must be > 0, got {tau}")
+    norm2 = xp.sum(xp.abs(X) ** 2, axis=-2)
+    s = xp.where(norm2 > 0, 1.0 / xp.where(norm2 > 0, norm2, 1.0), 0.0)
+    weights = s**3 / (s**2 + tau**2)
+    return (X * weights[..., None, :]) @ xp.conj(xp.swapaxes(X, -1, -2))
 
 
 def pad_orthogonalizer(X, nmo: int, nao: int | None = None):

@@ -218,11 +218,14 @@ class TrainConfig:
         offmesh_self_consistency: also require H(q) = F(q)[P] at the k-mesh shifted by
             half a step (F(q) from the potential of the training density, as PySCF's
             ``get_bands``): the training mesh alone fixes ΔH(R) only up to aliasing.
-        overlap_filter: τ > 0 confines the network's correction and the self-consistency
-            residual at each k to the well-conditioned directions of S(k): ΔH(k) →
-            G ΔH(k) G with G = g(S(k)), g(s) = s²/(s² + τ²) (:func:`solvers.eigen.overlap_filter`);
-            0 (default) leaves them as they are. For nearly linearly dependent bases
-            (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6).
+        overlap_filter: τ > 0 confines the network's correction to the well-conditioned
+            directions of the overlap: ΔH → G ΔH G with G = g(S), g(s) = s²/(s² + τ²)
+            (:func:`solvers.eigen.overlap_filter`), 0 (default) leaves it as it is; in
+            training, distillation and prediction alike. Crystals: at each k, the
+            self-consistency residuals filtered too; for nearly linearly dependent bases
+            (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6). Molecules: the
+            residuals are not filtered; for bases whose S has eigenvalues ~1e-3
+            (def2-SVP on QM9), where an AO-basis error δ moves orbital energies by ~δ/s.
         cells_per_pass: crystals whose loss is evaluated at once. ``None`` (default): the
             whole batch, vectorised. ``k``: k cells at a time, each pass rematerialised
             under autodiff, so the loss holds the intermediates of k cells instead of the
@@ -320,7 +323,7 @@ class TrainConfig:
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance",
                  "distill_basis")
-CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy", "overlap_filter",
+CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy",
                 "cells_per_pass")
 
 LOSS_WEIGHT_OVERRIDES = ("self_consistency", "band_energy")
@@ -431,8 +434,6 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError("the band-energy weight is for crystals (the bands of their window)")
     if not (config.overlap_filter >= 0 and config.overlap_filter < float("inf")):
         raise InputError(f"the overlap filter must be a finite number >= 0, got {config.overlap_filter}")
-    if config.overlap_filter and config.kind != "crystal":
-        raise InputError("the overlap filter is for crystals (the overlap spectrum at each k-point)")
     if config.cells_per_pass is not None and config.cells_per_pass < 1:
         raise InputError(f"cells per pass must be >= 1, got {config.cells_per_pass}")
     if config.self_consistency_basis == "window" and config.kind != "crystal":

@@ -74,7 +74,8 @@ from basis.sap import sap_hamiltonian
 from basis.shells import ao_shells
 from basis.system import System, atomic_number
 from solvers import periodic
-from solvers.eigen import canonical_orthogonalizer, overlap_filter, pad_orthogonalizer
+from solvers.eigen import (canonical_orthogonalizer, overlap_filter, overlap_filter_from_orthogonalizer,
+                           pad_orthogonalizer)
 from solvers.energy import energy_and_fock
 from vardft import stream
 from vardft.config import (CRYSTAL_KPOINTS_PER_DIRECTION, DISTILLED_SCALE, GRID_POINTS_PER_ATOM, HOST_MEMORY_FRACTION,
@@ -579,9 +580,20 @@ class MoleculeTask:
             return DISTILLED_SCALE * predict_hamiltonian(params["distilled"], batch)
         return self.network_hamiltonian(params, batch)
 
+    def filter_correction(self, delta, X, xp=jnp):
+        """The network's part of H as the model adds it: G ΔH G with G = g(S)
+        (``config.overlap_filter`` τ; :func:`solvers.eigen.overlap_filter_from_orthogonalizer`
+        of the molecules' canonical orthogonalizers X, (..., N, N)); ΔH itself without a filter.
+        The same function in training, distillation and prediction."""
+        tau = self.config.overlap_filter
+        if not tau:
+            return delta
+        G = overlap_filter_from_orthogonalizer(X, tau, xp)
+        return G @ delta @ G
+
     def batch_terms(self, params, data: MoleculeArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""
-        H = data.h_base + self.network_hamiltonian(params, data.batch)
+        H = data.h_base + self.filter_correction(self.network_hamiltonian(params, data.batch), data.X)
         return self.hamiltonian_terms(H, data)
 
     def hamiltonian_terms(self, H, data: MoleculeArrays):
@@ -604,7 +616,7 @@ class MoleculeTask:
         pairs of orthonormal orbitals (``config.distill_basis``: Xᵀ(H − target)X); metrics
         (B,), Hartree: distill_mae and distill_rmse over AO pairs, distill_orth_rmse over
         orthonormal ones. ``data``: :class:`MoleculeArrays` or :class:`vardft.stream.TargetArrays`."""
-        H = data.h_base + self.distilled_hamiltonian(params, data.batch)
+        H = data.h_base + self.filter_correction(self.distilled_hamiltonian(params, data.batch), data.X)
         mask = data.batch.ao_mask[:, :, None] * data.batch.ao_mask[:, None, :]
         pairs = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
         diff = (H - data.h_target) * mask
@@ -645,6 +657,9 @@ class MoleculeTask:
                     out[k] = delta[row, :n, :n]
         c = self.config
         for k, s in enumerate(systems):
+            if c.overlap_filter:  # one-electron overlap only
+                X = canonical_orthogonalizer(s.to_mole(c.basis).intor_symmetric("int1e_ovlp"))
+                out[k] = self.filter_correction(out[k], X, np)
             if bases is not None:
                 out[k] = out[k] + bases[k]
                 continue

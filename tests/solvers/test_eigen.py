@@ -18,6 +18,7 @@ from solvers.eigen import (
     canonical_orthogonalizer_fixed,
     eigh,
     overlap_filter,
+    overlap_filter_from_orthogonalizer,
     pad_orthogonalizer,
     solve_hamiltonian,
 )
@@ -215,6 +216,33 @@ def test_overlap_filter_is_the_rational_function_of_s():
     np.testing.assert_allclose(overlap_filter(V @ S @ V.conj().T, tau), V @ G @ V.conj().T, atol=1e-10)
     with pytest.raises(ValueError):
         overlap_filter(S, 0.0)
+
+
+def test_overlap_filter_from_a_padded_orthogonalizer_is_the_filter_of_s():
+    """Built from the canonical orthogonalizer (zero-padded as in a training batch, in JAX
+    and in NumPy) G is :func:`overlap_filter` of S, on a def2-SVP molecule with overlap
+    eigenvalues near τ and on a matrix with a direction the orthogonalizer drops."""
+    mol = gto.M(atom="C 0 0 0; O 0 0 1.2; H 0 0.94 -0.54; H 0 -0.94 -0.54", basis="def2-svp")
+    S = mol.intor_symmetric("int1e_ovlp")
+    tau = 3e-2
+    assert np.linalg.eigvalsh(S)[0] < tau  # the filter acts on this molecule
+    X = canonical_orthogonalizer(S)
+    G = overlap_filter(S, tau)
+    np.testing.assert_allclose(overlap_filter_from_orthogonalizer(X, tau, np), G, atol=1e-12, rtol=0)
+    n = S.shape[0]
+    padded = np.zeros((n + 3, n + 3))
+    padded[:n, : X.shape[1]] = X
+    G_jax = np.asarray(jax.jit(lambda x: overlap_filter_from_orthogonalizer(x, tau))(jnp.asarray(padded[None])))[0]
+    np.testing.assert_allclose(G_jax[:n, :n], G, atol=1e-12, rtol=0)
+    assert not G_jax[n:].any() and not G_jax[:, n:].any()
+    U, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(5, 5)))
+    s = np.array([1e-8, 1e-3, 0.02, 0.5, 1.5])  # the first is dropped: LINDEP_THRESHOLD
+    S = (U * s) @ U.T
+    X = canonical_orthogonalizer(S)
+    assert X.shape[1] == 4
+    np.testing.assert_allclose(overlap_filter_from_orthogonalizer(X, tau, np), overlap_filter(S, tau), atol=1e-12)
+    with pytest.raises(ValueError):
+        overlap_filter_from_orthogonalizer(X, 0.0, np)
 
 
 # --- smearing ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from vardft.api import load
 from vardft.cli import main
 from vardft.config import LossWeights, TrainConfig, make_config
 from vardft.data import Dataset, IntegralCache, load_dataset
-from vardft.tasks import MoleculeTask
+from vardft.tasks import MoleculeTask, model_config_for
 from vardft.train import initial_params, step_batch, train
 from vardft.testing import assert_equivariant
 
@@ -232,6 +232,34 @@ def test_fast_prediction_energy_equals_pyscf_energy_of_its_density(trained, wate
     assert abs(pred.energy - mf.energy_tot(dm=D @ pred.density_matrix @ D.T)) < 1e-8
     S = system.to_mole(BASIS).intor("int1e_ovlp")
     assert abs(np.trace(pred.density_matrix @ S) - mol.nelectron) < 1e-10
+
+
+def test_filtered_correction_is_the_same_in_training_distillation_and_prediction(water, cache, monkeypatch):
+    """``overlap_filter`` on molecules: the H a label-free step's loss sees and the H a
+    distillation step compares with F[P_minao] (built from the batch's padded
+    orthogonalizers) equal what prediction returns (built from S); the filter acts."""
+    config = dataclasses.replace(CONFIG, overlap_filter=0.3, backend="jax")
+    task = MoleculeTask(config)
+    model_config = model_config_for(config, ("H", "O"))
+    params = initial_params(config, model_config)
+    params = jax.tree.map(lambda a: a * 3.0, params)  # a correction large enough to see
+    (bucket,) = task.prepare(water.train, model_config, cache)
+    seen = []
+    monkeypatch.setattr(MoleculeTask, "hamiltonian_terms", lambda self, H, data: seen.append(np.asarray(H)) or (None, {}))
+    data = bucket.take([2, 0])
+    task.batch_terms(params, data)
+    distill_mse = np.asarray(task.distill_terms(params, data)[1]["distill_rmse"]) ** 2
+    unfiltered = MoleculeTask(dataclasses.replace(config, overlap_filter=0.0))
+    distilled_only = MoleculeTask(dataclasses.replace(config, output_scale=0.0))  # the correction network off
+    for row, k in enumerate([2, 0]):
+        inside = task.to_frame(water.train[k])[0]
+        H = task.hamiltonian(params, model_config, inside)
+        n = H.shape[0]
+        np.testing.assert_allclose(seen[0][row, :n, :n], H, atol=1e-11, rtol=0)
+        distilled = distilled_only.hamiltonian(params, model_config, inside)  # what distillation trains
+        target = _minao_fock(inside, config.grid_level)
+        assert abs(distill_mse[row] - np.mean((distilled - target) ** 2)) < 1e-10 * distill_mse[row]
+        assert np.abs(H - unfiltered.hamiltonian(params, model_config, inside)).max() > 1e-4
 
 
 def test_sap_model_prediction_is_equivariant_to_round_off(tmp_path):

@@ -94,10 +94,11 @@ def register(sub) -> None:
                         "the window bands, which the mean over pairs dilutes) "
                         f"({c.loss.band_energy})")
     p.add_argument("--overlap-filter", type=float, default=None, metavar="TAU",
-                   help="crystals: confine the network's correction and the self-consistency residual at each k to "
-                        "the well-conditioned directions of S(k), G dH G with G = S^2 (S^2 + TAU^2)^-1: for nearly "
-                        "linearly dependent bases such as gth-dzvp (1e-3 there); predictions are then H(k), not H(R) "
-                        f"blocks ({c.overlap_filter:g}: off)")
+                   help="confine the network's correction to the well-conditioned directions of the overlap S, "
+                        "G dH G with G = S^2 (S^2 + TAU^2)^-1, in training and prediction. Crystals: at each k, and "
+                        "the self-consistency residual too, for nearly linearly dependent bases such as gth-dzvp "
+                        "(1e-3 there; predictions are then H(k), not H(R) blocks). Molecules: for bases whose S has "
+                        f"eigenvalues near 1e-3, such as def2-SVP on QM9 ({c.overlap_filter:g}: off)")
     p.add_argument("--cells-per-pass", type=int, default=None, metavar="K",
                    help="crystals: evaluate the loss K cells at a time, recomputing each pass in the backward pass: "
                         "memory of K cells instead of the whole batch, for one more forward evaluation per step "
