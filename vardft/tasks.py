@@ -526,7 +526,9 @@ class MoleculeTask:
     def stream_bucket(self, systems, model_config, store: stream.RecordStore, pool=None, progress=False,
                       resident: stream.ResidentRecords | None = None):
         """A :class:`vardft.stream.StreamedSet` of one size bucket: records missing from
-        ``store`` are built (by ``pool``'s workers when given) and kept while it has room;
+        ``store`` are built (by ``pool``'s workers when given) and kept while it has room
+        (also those rebuilt for a batch: a store once full, or whose bound is raised,
+        fills again);
         the bucket's padded shapes are fixed from every molecule's sizes; ``resident``
         holds padded records on the device (shared by the buckets)."""
         systems = tuple(systems)
@@ -554,7 +556,10 @@ class MoleculeTask:
             del record
 
         def rebuild(ks):
-            return list(stream.bounded_map(pool, stream.build_record, [systems[k] for k in ks], settings))
+            records = list(stream.bounded_map(pool, stream.build_record, [systems[k] for k in ks], settings))
+            for k, record in zip(ks, records):  # kept if the store has room again: read, not rebuilt, next time
+                store.keep(systems[k], record)
+            return records
 
         return stream.StreamedSet(
             systems=systems, shells=tuple(shells), shapes=stream.bucket_shapes(graph, sizes), store=store,
