@@ -163,7 +163,7 @@ def _step_key(config: TrainConfig) -> TrainConfig:
               "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "distill_target",
               "distill_basis",
               "frozen_distillation", "self_consistency_basis", "baseline", "offmesh_self_consistency",
-              "cells_per_pass")
+              "cells_per_pass", "overlap_filter")
     return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
 
 

@@ -262,6 +262,32 @@ def test_filtered_correction_is_the_same_in_training_distillation_and_prediction
         assert np.abs(H - unfiltered.hamiltonian(params, model_config, inside)).max() > 1e-4
 
 
+def test_a_filtered_run_trains_through_the_filter(water, cache, tmp_path):
+    """End to end: the first distillation loss of a ``train`` run with ``overlap_filter``
+    (its compiled step) is the mean square of the filtered H its saved model predicts
+    against PySCF's F[P_minao], not that of the unfiltered H."""
+    config = dataclasses.replace(CONFIG, overlap_filter=0.3, distill_steps=1)
+
+    def stop(record):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_dir = str(tmp_path / "run")
+    first = train(water, run_dir, config, cache=cache, progress=False, on_step=stop).history[0]
+    model = load(run_dir)
+    params = initial_params(config, model.model_config)
+    _, idx = step_batch(config.seed, 0, [len(water.train)], config.batch_size)
+    errors = {}
+    for tau in (0.3, 0.0):
+        task = MoleculeTask(dataclasses.replace(model.config, output_scale=0.0, overlap_filter=tau))
+        errors[tau] = []
+        for k in idx:
+            inside = task.to_frame(water.train[k])[0]
+            H = task.hamiltonian(params, model.model_config, inside)
+            errors[tau].append(np.mean((H - _minao_fock(inside, config.grid_level)) ** 2))
+    assert abs(first["loss"] - np.mean(errors[0.3])) < 1e-10 * first["loss"]
+    assert abs(first["loss"] - np.mean(errors[0.0])) > 1e-6 * first["loss"]
+
+
 def test_sap_model_prediction_is_equivariant_to_round_off(tmp_path):
     """No grid anywhere on the fast path: H of a rotated, inverted, shifted and permuted
     molecule transforms exactly (the minao path is limited by the lab-fixed grid's frames)."""
