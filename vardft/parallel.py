@@ -5,9 +5,10 @@ leading (structure) axis over a one-dimensional mesh of devices named :data:`AXI
 Every device scores its rows with the task's ``batch_terms`` inside
 :func:`jax.shard_map` (where a host callback — the ``"host"`` XC backend — also works),
 and the weighted sums of losses, gradients and metrics are added over the mesh by one
-all-reduce (:func:`psum_once`). A batch whose size the device count does not divide is padded by repeating
-its rows with weight zero, so the loss is the mean over the real structures whatever the
-number of devices: sharded and single-device runs agree to round-off.
+all-reduce (:func:`psum_once`). A batch whose size the device count does not divide is
+padded by repeating its rows with weight zero, so the loss is the mean over the real
+structures whatever the number of devices: sharded and single-device runs agree to
+round-off.
 
 Several hosts: start one process per host with the same command, after
 :func:`start_distributed` (``vardft train --distributed``: the coordinator address,
@@ -134,10 +135,12 @@ def psum_once(tree):
     """Every leaf of ``tree`` summed over :data:`AXIS` (inside :func:`jax.shard_map`) by a
     single all-reduce of one flat vector, summed in the widest dtype of its leaves.
 
-    Why one: XLA's CPU runtime waits for a collective on a worker of a thread pool about as
-    large as the device count. Independent collectives (one per gradient leaf) can each
-    hold a worker waiting while the device that has not arrived finds none free: the step
-    deadlocks (4 forced CPU devices on 2 cores: all-reduce stuck with 3 of 4 devices).
+    Why one, by construction rather than by XLA's all-reduce combiner: XLA's CPU runtime
+    waits for a collective on a worker of a thread pool about as large as the device count,
+    so collectives that run side by side could each hold a worker while a device that has
+    not arrived finds none free. (Once, on a loaded 2-core machine, a step's all-reduce
+    waited for the 4th of 4 forced CPU devices past XLA's 40 s limit; the cause was not
+    established, and that step already compiled to one all-reduce.)
     """
     flat, unravel = ravel_pytree(tree)
     return unravel(lax.psum(flat, AXIS))
@@ -149,7 +152,8 @@ def all_gather_once(rows: dict) -> dict:
     names = sorted(rows)
     if not names:
         return {}
-    stacked = jnp.stack([jnp.asarray(rows[k], jnp.result_type(*rows.values())) for k in names])
+    common = jnp.result_type(*rows.values())
+    stacked = jnp.stack([jnp.asarray(rows[k], common) for k in names])
     gathered = lax.all_gather(stacked, AXIS, axis=1, tiled=True)
     return {k: gathered[i].astype(jnp.result_type(rows[k])) for i, k in enumerate(names)}
 
@@ -159,5 +163,5 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-__all__ = ["AXIS", "all_gather_once", "batch_sharding", "data_mesh", "device_count", "fetch", "is_writer", "local_rows", "pad_rows",
-           "psum_once", "replicate", "shard_rows", "start_distributed"]
+__all__ = ["AXIS", "all_gather_once", "batch_sharding", "data_mesh", "device_count", "fetch", "is_writer",
+           "local_rows", "pad_rows", "psum_once", "replicate", "shard_rows", "start_distributed"]
