@@ -869,7 +869,7 @@ class CrystalTask:
         S = blocks.bloch(np.asarray(ints.kpts), "overlap") if blocks is not None else np.asarray(ints.overlap)
         return jnp.asarray(overlap_filter(S, tau))
 
-    def filter_correction(self, h_base, h, S):
+    def filtered_hamiltonian(self, h_base, h, S):
         """H = H_base + G (H_full − H_base) G at each k (numpy, (nk, N, N)): the network's part
         of ``h`` filtered as in training; ``h`` itself without a filter."""
         if not self.config.overlap_filter:
@@ -1005,7 +1005,7 @@ class CrystalTask:
             blocks = self._real_space(params, model_config, system, base)
             S = blocks.bloch(kpts, "overlap")
             h = blocks.bloch(kpts)
-            return (self.filter_correction(base.bloch(kpts), h, S) if c.overlap_filter else h), S
+            return (self.filtered_hamiltonian(base.bloch(kpts), h, S) if c.overlap_filter else h), S
         batch = prepare_batch([system], model_config)
         nao = int(np.asarray(batch.nao)[0])
         H_R = c.delta_scale * predict_hamiltonian(params, batch)
@@ -1013,7 +1013,7 @@ class CrystalTask:
         cell = to_cell(system, basis=c.basis, pseudo=c.pseudo, mesh=c.mesh)
         if c.baseline == "none":
             S = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts), dtype=np.complex128).reshape(-1, nao, nao)
-            return self.filter_correction(np.zeros_like(dH), dH, S), S
+            return self.filtered_hamiltonian(np.zeros_like(dH), dH, S), S
         if ints is None:
             ints = build_periodic_integrals(system, c.xc, c.basis, c.pseudo, c.kmesh, c.mesh)
         v = self.baseline_potential(ints)
@@ -1024,7 +1024,7 @@ class CrystalTask:
             Hb.append(np.asarray(self.baseline(chunk, v))[:n])
             S.append(np.asarray(chunk.overlap)[:n])
         Hb, S = np.concatenate(Hb), np.concatenate(S)
-        return self.filter_correction(Hb, Hb + dH, S), S
+        return self.filtered_hamiltonian(Hb, Hb + dH, S), S
 
 
 TASKS = {"molecule": MoleculeTask, "crystal": CrystalTask}
