@@ -16,7 +16,7 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, NETWORK_DTYPES,
-                           SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
+                           QM9_PRESET, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -48,6 +48,7 @@ FLAGS = {
     "seed": "seed",
     "minutes": "max_minutes",
     "checkpoint_every": "checkpoint_every",
+    "eval_every": "eval_every",
     "kmesh": "kmesh",
     "pseudo": "pseudo",
     "mesh": "mesh",
@@ -139,6 +140,9 @@ def register(sub) -> None:
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time (checkpoint kept)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"steps between checkpoints ({m.checkpoint_every}; {c.checkpoint_every})")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"steps between label-free evaluations of the held-out structures, logged as val_* "
+                        f"({m.eval_every}; qm9: {QM9_PRESET['eval_every']}; none for crystals); may change on --resume")
     p.add_argument("--grid-level", type=int, default=None, help=f"molecules: PySCF grid level of the training energy ({m.grid_level})")
     p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="molecules: where the energy's XC term runs. host = libxc in a host callback on AO values "
