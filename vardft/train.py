@@ -157,14 +157,18 @@ def _load_state(run_dir: str, state: dict, config: TrainConfig) -> dict:
         return {**loaded, "n_distill": config.n_distill, "distill_recent": state["distill_recent"]}
 
 
+STEP_INDEPENDENT = ("seed", "max_minutes", "checkpoint_every", "eval_every", "workers", "devices",
+                    "distill_tolerance", "distill_displaced")
+"""Settings the compiled step does not read (the devices come as its mesh). Every other
+setting is part of :func:`_step_key`, so a new one over-keys (a compile more) instead of
+under-keying (a run silently trained by the step of other settings)."""
+
+
 def _step_key(config: TrainConfig) -> TrainConfig:
-    """The part of a config the compiled step depends on (the rest reset to defaults)."""
-    fields = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "adam_eps",
-              "grad_clip", "loss", "output_scale", "distill_steps", "distill_learning_rate", "distill_target",
-              "distill_basis",
-              "frozen_distillation", "self_consistency_basis", "baseline", "offmesh_self_consistency",
-              "cells_per_pass", "overlap_filter")
-    return dataclasses.replace(default_config(config.kind), **{f: getattr(config, f) for f in fields})
+    """The config as :func:`compiled_step` sees it: :data:`STEP_INDEPENDENT` reset to the
+    kind's defaults, so runs differing only in those share one compiled step."""
+    defaults = default_config(config.kind)
+    return dataclasses.replace(config, **{f: getattr(defaults, f) for f in STEP_INDEPENDENT})
 
 
 def initial_params(config: TrainConfig, model_config: ModelConfig):

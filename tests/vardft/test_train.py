@@ -244,3 +244,31 @@ def test_float32_network_trains_resumes_and_predicts_in_float64(trained, water, 
     with pytest.raises(CheckpointError, match="other settings"):
         train(water, run_dir, dataclasses.replace(config, network_dtype="float64"), cache=cache, progress=False,
               resume=True)
+
+
+@pytest.mark.parametrize("kind", ["molecule", "crystal"])
+def test_every_setting_the_step_may_read_is_in_its_cache_key(kind):
+    """Runs share a compiled step only when they differ in settings listed as not read by
+    it: changing any other setting of the config (one added later included) changes the
+    step's cache key, so a run is never trained by the step of another's settings."""
+    from vardft.config import default_config
+    from vardft.train import STEP_INDEPENDENT, _step_key
+
+    base = default_config(kind)
+    changed = {"kind": "crystal" if kind == "molecule" else "molecule",
+               "loss": LossWeights(self_consistency=7.0), "model_overrides": (("lmax", 1),), "kmesh": (3, 3, 3),
+               "mesh": (9, 9, 9)}
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(base, field.name)
+        if field.name in changed:
+            other = changed[field.name]
+        elif isinstance(value, bool):
+            other = not value
+        elif isinstance(value, (int, float)):
+            other = value + 1
+        elif value is None:
+            other = 3
+        else:
+            other = value + "x"
+        key = _step_key(dataclasses.replace(base, **{field.name: other}))
+        assert (key == _step_key(base)) == (field.name in STEP_INDEPENDENT), field.name
