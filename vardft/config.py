@@ -98,7 +98,7 @@ H (for bases with nearly dependent directions, such as gth-dzvp in a crystal).""
 DISTILL_TARGETS = ("minao", "scf")
 """What distillation steps learn (:attr:`TrainConfig.distill_target`)."""
 
-DISTILL_BASES = ("ao", "orthonormal")
+DISTILL_BASES = ("ao", "orthonormal", "both")
 """Where the distillation loss measures H − target (:attr:`TrainConfig.distill_basis`)."""
 
 NETWORK_DTYPES = ("float64", "float32")
@@ -179,6 +179,9 @@ class TrainConfig:
             (Xᵀ(H − target)X, X the canonical orthogonalizer), which bounds the error of
             H's orbital energies; an AO-basis error δ along a nearly dependent direction of
             overlap eigenvalue s moves them by ~δ/s (QM9 at def2-SVP: s ≈ 1e-3).
+            ``"both"``: the sum of the two mean squares (Eh²), so that neither the AO
+            error along well-overlapping directions nor the orthonormal error along
+            nearly dependent ones is left free.
         frozen_distillation: the distillation trains a network of its own (output
             × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
             train a second, freshly initialised network (output × ``output_scale``) on

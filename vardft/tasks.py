@@ -617,8 +617,8 @@ class MoleculeTask:
         return terms.loss, metrics
 
     def distill_terms(self, params, data: MoleculeArrays):
-        """Distillation loss (B,), Eh²: mean square of H − target over AO pairs, or over
-        pairs of orthonormal orbitals (``config.distill_basis``: Xᵀ(H − target)X); metrics
+        """Distillation loss (B,), Eh²: mean square of H − target over AO pairs, over pairs
+        of orthonormal orbitals (Xᵀ(H − target)X), or their sum (``config.distill_basis``); metrics
         (B,), Hartree: distill_mae and distill_rmse over AO pairs, distill_orth_rmse over
         orthonormal ones. ``data``: :class:`MoleculeArrays` or :class:`vardft.stream.TargetArrays`."""
         H = data.h_base + self.filter_correction(self.distilled_hamiltonian(params, data.batch), data.X)
@@ -629,7 +629,7 @@ class MoleculeTask:
         mo = data.mo_mask[:, :, None] * data.mo_mask[:, None, :]
         orth = jnp.einsum("bmi,bmn,bnj->bij", data.X, diff, data.X) * mo
         orth_mse = jnp.sum(orth**2, axis=(1, 2)) / jnp.maximum(jnp.sum(mo, axis=(1, 2)), 1.0)
-        loss = orth_mse if self.config.distill_basis == "orthonormal" else mse
+        loss = {"ao": mse, "orthonormal": orth_mse, "both": mse + orth_mse}[self.config.distill_basis]
         return loss, {"distill_mae": jnp.sum(jnp.abs(diff), axis=(1, 2)) / pairs, "distill_rmse": jnp.sqrt(mse),
                       "distill_orth_rmse": jnp.sqrt(orth_mse)}
 

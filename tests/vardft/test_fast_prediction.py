@@ -84,17 +84,21 @@ def _lowdin(matrix, system):
     return half @ matrix @ half
 
 
-def test_orthonormal_distillation_minimises_the_orthonormal_error(water, cache, tmp_path):
+@pytest.mark.parametrize("basis", ["orthonormal", "both"])
+def test_orthonormal_distillation_minimises_the_orthonormal_error(basis, water, cache, tmp_path):
     """``distill_basis="orthonormal"``: the loss is the orthonormal-orbital mean square (the
-    metric checked against Löwdin's orbitals above), not the AO one."""
-    config = dataclasses.replace(CONFIG, distill_basis="orthonormal", distill_steps=1)
+    metric checked against Löwdin's orbitals above), not the AO one; ``"both"``: their sum."""
+    config = dataclasses.replace(CONFIG, distill_basis=basis, distill_steps=1)
 
     def stop(record):
         os.kill(os.getpid(), signal.SIGTERM)
 
     first = train(water, str(tmp_path / "run"), config, cache=cache, progress=False, on_step=stop).history[0]
-    assert abs(first["loss"] - first["distill_orth_rmse"] ** 2) < 1e-12 * first["loss"]
+    expected = first["distill_orth_rmse"] ** 2 + (first["distill_rmse"] ** 2 if basis == "both" else 0.0)
+    assert abs(first["loss"] - expected) < 1e-12 * first["loss"]
     assert abs(first["loss"] - first["distill_rmse"] ** 2) > 0.1 * first["loss"]
+    if basis == "both":  # the AO term is not negligible, so the sum is tested
+        assert first["distill_rmse"] ** 2 > 1e-3 * first["loss"]
     with pytest.raises(InputError, match="distillation basis"):
         make_config("molecule", baseline="sap", distill_basis="lowdin")
 

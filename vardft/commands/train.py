@@ -129,7 +129,7 @@ def register(sub) -> None:
                    help="molecules, distillation: where its loss measures H minus the target. ao: mean square over "
                         "AO pairs; orthonormal: over orthonormal orbitals, which bounds the error of H's orbital "
                         "energies (an AO error along a nearly dependent direction moves them by error/overlap "
-                        f"eigenvalue) ({m.distill_basis})")
+                        f"eigenvalue); both: the sum of the two ({m.distill_basis})")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
