@@ -64,7 +64,7 @@ def run(sap_dir: str, minao_dir: str | None, data: str, frames: int) -> dict:
     from vardft.api import load
     from vardft.stream import minao_fock
     from vardft.tasks import MoleculeTask
-    from vardft.validate import frame_metrics, held_out_structures
+    from vardft.validate import frame_metrics, held_out_structures, pyscf_reference
 
     sap = load(sap_dir, kind="molecule")
     if not sap.config.frozen_distilled:
@@ -82,11 +82,12 @@ def run(sap_dir: str, minao_dir: str | None, data: str, frames: int) -> dict:
         if minao is not None:
             variants["minao-model"] = minao.task.hamiltonian(minao.params, minao.model_config, inside)
         row = {"formula": system.formula, "nao": int(variants["minao"].shape[0])}
+        reference = pyscf_reference(inside, sap.xc, sap.basis)
         for name, H in variants.items():
-            m = frame_metrics(inside, H, sap.xc, sap.basis)
+            m = frame_metrics(inside, H, sap.xc, sap.basis, reference=reference)
             row[name] = {k: m[k] for k in METRICS}
             print(f"{system.formula} {name}: " + ", ".join(f"{k} {m[k]:.4g}" for k in METRICS), file=sys.stderr)
-        overlap = inside.to_mole(sap.basis).intor("int1e_ovlp")
+        overlap = np.asarray(reference[2].overlap)
         row["distilled_error_by_overlap_eigenvalue"] = band_errors(variants["distilled"] - variants["minao"], overlap)
         out.append(row)
     return {"sap_run": sap_dir, "minao_run": minao_dir, "data": data, "xc": sap.xc, "basis": sap.basis,

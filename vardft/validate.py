@@ -160,18 +160,21 @@ def orbital_cosine(c_pred: np.ndarray, c_ref: np.ndarray) -> float:
     return float(np.mean(num / den))
 
 
-def frame_metrics(system: System, hamiltonian: np.ndarray, xc: str, basis: str, grid_level: int = 3) -> dict:
+def frame_metrics(system: System, hamiltonian: np.ndarray, xc: str, basis: str, grid_level: int = 3,
+                  reference: tuple[Reference, object, Integrals] | None = None) -> dict:
     """Every metric of issue 4 for one frame.
 
     Args:
         system: the molecule.
         hamiltonian: (nao, nao) predicted H in PySCF's AO order, Hartree.
+        reference: :func:`pyscf_reference` of the same arguments, to score several
+            Hamiltonians of one molecule against one SCF (computed when ``None``).
 
     Returns:
         dict with the keys of :data:`METRIC_KEYS` (Hartree, or ratios), plus
         ``energy_predicted``, ``energy_pyscf``, ``scf_cycles`` and ``scf_cycles_from_prediction``.
     """
-    ref, mf, ints = pyscf_reference(system, xc, basis, grid_level)
+    ref, mf, ints = reference if reference is not None else pyscf_reference(system, xc, basis, grid_level)
     H = np.asarray(hamiltonian, dtype=np.float64)
     X = canonical_orthogonalizer(np.asarray(ints.overlap))
     pred = solve_hamiltonian(jnp.asarray(H), jnp.asarray(X), ints.n_electrons)
