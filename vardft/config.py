@@ -188,6 +188,10 @@ class TrainConfig:
             top of it: H = H_SAP + D_frozen + ΔH_θ, which gives the label-free steps the
             minao baseline's starting point and step sizes. ``False`` (runs before it
             existed): one network, distilled and then trained on.
+        distilled_lr_fraction: with :attr:`frozen_distilled`, the label-free steps move the
+            distilled network too, at this fraction of their learning rate (its output is
+            :data:`DISTILLED_SCALE` / ``output_scale`` times the correction's, so 0.1 moves
+            H as fast through either network); 0 (default): it stays frozen.
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
@@ -263,6 +267,7 @@ class TrainConfig:
     distill_target: str = "minao"
     distill_basis: str = "ao"
     frozen_distillation: bool = True
+    distilled_lr_fraction: float = 0.0
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = 100
@@ -325,7 +330,7 @@ class TrainConfig:
 
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance",
-                 "distill_basis")
+                 "distill_basis", "distilled_lr_fraction")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy",
                 "cells_per_pass")
 
@@ -448,6 +453,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"distillation learning rate must be a positive finite number, got {config.distill_learning_rate}")
     if not (config.distill_tolerance >= 0 and config.distill_tolerance < float("inf")):
         raise InputError(f"distillation tolerance must be a finite number >= 0 (Hartree), got {config.distill_tolerance}")
+    if not (config.distilled_lr_fraction >= 0 and config.distilled_lr_fraction <= 1):
+        raise InputError(f"the distilled network's learning-rate fraction must be in [0, 1], got {config.distilled_lr_fraction}")
     if config.network_dtype not in NETWORK_DTYPES:
         raise InputError(f"unknown network precision {config.network_dtype!r}; choose from {', '.join(NETWORK_DTYPES)}")
     if config.distill_basis not in DISTILL_BASES:

@@ -570,12 +570,13 @@ class MoleculeTask:
     def network_hamiltonian(self, params, batch) -> jax.Array:
         """What the network adds to the baseline, (B, N, N) Hartree: output ×
         ``delta_scale``; with a frozen distilled network (``config.frozen_distilled``)
-        its output × :data:`~vardft.config.DISTILLED_SCALE` (no gradient) plus the
-        correction network's."""
+        its output × :data:`~vardft.config.DISTILLED_SCALE` (no gradient, unless
+        ``config.distilled_lr_fraction`` trains it too) plus the correction network's."""
         c = self.config
         if not c.frozen_distilled:
             return c.delta_scale * predict_hamiltonian(params, batch)
-        frozen = predict_hamiltonian(jax.lax.stop_gradient(params["distilled"]), batch)
+        distilled = params["distilled"] if c.distilled_lr_fraction else jax.lax.stop_gradient(params["distilled"])
+        frozen = predict_hamiltonian(distilled, batch)
         return DISTILLED_SCALE * frozen + c.delta_scale * predict_hamiltonian(params["correction"], batch)
 
     def distilled_hamiltonian(self, params, batch) -> jax.Array:

@@ -183,11 +183,18 @@ def initial_params(config: TrainConfig, model_config: ModelConfig):
 
 
 def frozen_part(config: TrainConfig, distill: bool) -> str | None:
-    """The part of the parameters a step leaves unchanged: the correction network while
-    distilling, the distilled one afterwards (``config.frozen_distilled``), else none."""
+    """The part of the parameters whose updates a step scales by :func:`frozen_rate`: the
+    correction network while distilling, the distilled one afterwards
+    (``config.frozen_distilled``), else none."""
     if not config.frozen_distilled:
         return None
     return "correction" if distill else "distilled"
+
+
+def frozen_rate(config: TrainConfig, distill: bool) -> float:
+    """The fraction of its updates :func:`frozen_part` receives: 0 while distilling (the
+    correction waits), ``config.distilled_lr_fraction`` in the label-free steps."""
+    return 0.0 if distill else config.distilled_lr_fraction
 
 
 def distill_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -214,7 +221,7 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     task = task_for(config)
     optimizer = distill_optimizer(config) if distill else make_optimizer(config)
     terms = task.distill_terms if distill else task.batch_terms
-    frozen = frozen_part(config, distill)
+    frozen, rate = frozen_part(config, distill), frozen_rate(config, distill)
     rows, whole = PartitionSpec(AXIS), PartitionSpec()
 
     def weighted_sum(params, data, weights):
@@ -236,8 +243,8 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     def step(params, opt_state, data, weights):
         grads, out = gradient(params, data, weights)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        if frozen is not None:  # weight decay would move it otherwise
-            updates = {**updates, frozen: jax.tree.map(jnp.zeros_like, updates[frozen])}
+        if frozen is not None:  # scaled after Adam (weight decay included), so 0 leaves it exactly as it is
+            updates = {**updates, frozen: jax.tree.map(lambda u: rate * u, updates[frozen])}
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731

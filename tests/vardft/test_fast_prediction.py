@@ -169,6 +169,27 @@ def test_resume_across_the_distillation_boundary_reproduces_losses(trained, wate
     assert not same(resumed.params["correction"], first.params["correction"])
 
 
+def test_label_free_steps_move_the_distilled_network_at_its_fraction_of_the_rate(trained, water, cache):
+    """``distilled_lr_fraction`` f: the label-free steps train the distilled network too, by f
+    times the update it would get at f = 1, and leave the correction's updates as at f = 0.
+    Step 7 (the first label-free one) is at learning rate 0 (warm-up), so before step 8 the
+    runs have equal parameters, and step 8 computes the same gradient in each."""
+    _, frozen = trained
+    half, whole = (train(water, None, dataclasses.replace(CONFIG, distilled_lr_fraction=f), cache=cache,
+                         progress=False) for f in (0.5, 1.0))
+    leaves = lambda result, part: jax.tree.leaves(result.params[part])  # noqa: E731
+    for a, b, c in zip(leaves(frozen, "correction"), leaves(half, "correction"), leaves(whole, "correction")):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(c, a, rtol=0, atol=1e-12)
+    moved = 0.0
+    for a, b, c in zip(leaves(frozen, "distilled"), leaves(half, "distilled"), leaves(whole, "distilled")):
+        np.testing.assert_allclose(np.asarray(b) - a, 0.5 * (np.asarray(c) - a), rtol=0, atol=1e-12)
+        moved = max(moved, float(np.max(np.abs(np.asarray(c) - a))))
+    assert moved > 1e-6
+    with pytest.raises(InputError, match="fraction"):
+        make_config("molecule", baseline="sap", distilled_lr_fraction=1.5)
+
+
 def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(trained, water, cache, tmp_path,
                                                                                   monkeypatch):
     """With a tolerance met at step 4 of 6 (window of 2 batch MAEs), distillation ends there

@@ -41,6 +41,7 @@ FLAGS = {
     "distill_target": "distill_target",
     "distill_basis": "distill_basis",
     "distill_tolerance": "distill_tolerance",
+    "distilled_lr_fraction": "distilled_lr_fraction",
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
@@ -130,6 +131,10 @@ def register(sub) -> None:
                         "AO pairs; orthonormal: over orthonormal orbitals, which bounds the error of H's orbital "
                         "energies (an AO error along a nearly dependent direction moves them by error/overlap "
                         f"eigenvalue); both: the sum of the two ({m.distill_basis})")
+    p.add_argument("--distilled-lr-fraction", type=float, default=None, metavar="F",
+                   help="molecules, --baseline sap: the label-free steps also train the distilled network, at F times "
+                        "their learning rate (0.1 moves H as fast through it as through the correction network; "
+                        f"0 keeps it frozen) ({m.distilled_lr_fraction:g})")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
