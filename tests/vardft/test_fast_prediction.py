@@ -360,6 +360,20 @@ def test_distillation_needs_the_sap_baseline_and_is_for_molecules():
     assert make_config("molecule").n_distill == 0
 
 
+def test_sap_molecule_runs_get_the_measured_recipe_unless_told_otherwise():
+    from vardft.config import SAP_MOLECULE_RECIPE
+
+    recipe = lambda c: {k: getattr(c, k) for k in SAP_MOLECULE_RECIPE}  # noqa: E731
+    assert recipe(make_config("molecule", "water", baseline="sap")) == SAP_MOLECULE_RECIPE
+    assert recipe(make_config("molecule", baseline="sap", overlap_filter=0.0, distilled_lr_fraction=0.0)) == {
+        **SAP_MOLECULE_RECIPE, "overlap_filter": 0.0, "distilled_lr_fraction": 0.0}
+    plain = TrainConfig()
+    for config in (make_config("molecule", baseline="minao"), make_config("crystal", baseline="sap"),
+                   make_config("molecule", baseline="sap", distill_target="scf", distill_steps=5, steps=0)):
+        assert config.overlap_filter == plain.overlap_filter and config.distill_basis == plain.distill_basis
+        assert config.kind == "crystal" or config.distilled_lr_fraction == plain.distilled_lr_fraction
+
+
 def test_many_sizes_share_a_few_padded_shapes():
     from vardft.tasks import PREDICT_SHAPES, _shape_groups
 

@@ -16,7 +16,7 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, NETWORK_DTYPES,
-                           QM9_PRESET, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
+                           QM9_PRESET, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import read_run, train
@@ -100,7 +100,8 @@ def register(sub) -> None:
                         "G dH G with G = S^2 (S^2 + TAU^2)^-1, in training and prediction. Crystals: at each k, and "
                         "the self-consistency residual too, for nearly linearly dependent bases such as gth-dzvp "
                         "(1e-3 there; predictions are then H(k), not H(R) blocks). Molecules: for bases whose S has "
-                        f"eigenvalues near 1e-3, such as def2-SVP on QM9 ({c.overlap_filter:g}: off)")
+                        f"eigenvalues near 1e-3, such as def2-SVP on QM9 ({SAP_MOLECULE_RECIPE['overlap_filter']:g} for molecules on "
+                        f"the sap baseline, else {c.overlap_filter:g}: off)")
     p.add_argument("--cells-per-pass", type=int, default=None, metavar="K",
                    help="crystals: evaluate the loss K cells at a time, recomputing each pass in the backward pass: "
                         "memory of K cells instead of the whole batch, for one more forward evaluation per step "
@@ -130,11 +131,11 @@ def register(sub) -> None:
                    help="molecules, distillation: where its loss measures H minus the target. ao: mean square over "
                         "AO pairs; orthonormal: over orthonormal orbitals, which bounds the error of H's orbital "
                         "energies (an AO error along a nearly dependent direction moves them by error/overlap "
-                        f"eigenvalue); both: the sum of the two ({m.distill_basis})")
+                        f"eigenvalue); both: the sum of the two ({SAP_MOLECULE_RECIPE['distill_basis']})")
     p.add_argument("--distilled-lr-fraction", type=float, default=None, metavar="F",
                    help="molecules, --baseline sap: the label-free steps also train the distilled network, at F times "
                         "their learning rate (0.1 moves H as fast through it as through the correction network; "
-                        f"0 keeps it frozen) ({m.distilled_lr_fraction:g})")
+                        f"0 keeps it frozen) ({SAP_MOLECULE_RECIPE['distilled_lr_fraction']:g})")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
