@@ -367,6 +367,7 @@ def train(
     cache: IntegralCache | None = None,
     progress: bool = True,
     on_step: Callable[[dict], None] | None = None,
+    stop_after_distillation: bool = False,
 ) -> TrainResult:
     """Train label-free on ``dataset.train``; checkpoints and log in ``run_dir``.
 
@@ -382,6 +383,10 @@ def train(
         resume: continue the run in ``run_dir`` from its checkpoint.
         cache: integral cache (molecules) and Bloch AO store (crystals); default none
             (crystals: every cell's Bloch AOs in memory).
+        stop_after_distillation: stop (checkpoint kept, as at ``max_minutes``) where the
+            distillation steps end, before the first label-free step, so the distilled
+            network can be looked at alone (``benchmarks/distilled_start.py``); ``resume``
+            continues the run from there. A run past its distillation is not stopped.
 
     Raises:
         CheckpointError: a new run into a directory holding a run, a resume without a
@@ -405,6 +410,8 @@ def train(
     else:
         config = check_config(config or default_config(dataset.kind))
     config = task_for(config).resolve(prepared_systems(dataset, config))
+    if stop_after_distillation and not config.n_distill:
+        raise InputError("--stop-after-distillation: this run has no distillation steps (molecules on the sap baseline)")
     data_mesh(config.devices)  # devices that are not there: refused before any work
     if not resume:
         model_config = model_config_for(config, elements)
@@ -413,7 +420,8 @@ def train(
     with claim:
         if writer and not resume:
             ckpt.save_config(run_dir, run_record(config, model_config, dataset))
-        return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start)
+        return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start,
+                    stop_after_distillation)
 
 
 def evaluates_held_out(config: TrainConfig) -> bool:
@@ -429,15 +437,18 @@ def prepared_systems(dataset: Dataset, config: TrainConfig) -> tuple:
     return tuple(dataset.train) + (tuple(dataset.validation) if evaluates_held_out(config) else ())
 
 
-def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start) -> TrainResult:
+def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start,
+         stop_after_distillation=False) -> TrainResult:
     """:func:`_loop` with the record workers of the ``"jax"`` backend running."""
     streamed = config.kind == "molecule" and config.backend == "jax"
     workers = (default_workers() if config.workers is None else config.workers) if streamed else 0
     with worker_pool(workers) as pool:
-        return _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool)
+        return _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool,
+                     stop_after_distillation)
 
 
-def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool) -> TrainResult:
+def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool,
+          stop_after_distillation=False) -> TrainResult:
     """The loop of :func:`train`, inside the claim of ``run_dir``."""
     task = task_for(config)
     cache = cache or IntegralCache(None)
@@ -555,6 +566,8 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
                 save()
             if stop.requested or (deadline is not None and time.perf_counter() > deadline):
                 interrupted = stop.requested
+                break
+            if stop_after_distillation and ending.n_distill and step == ending.n_distill:
                 break
     bar.close()
     save()

@@ -190,6 +190,19 @@ def test_label_free_steps_move_the_distilled_network_at_its_fraction_of_the_rate
         make_config("molecule", baseline="sap", distilled_lr_fraction=1.5)
 
 
+def test_stop_after_distillation_then_resume_repeats_the_uninterrupted_run(trained, water, cache, tmp_path):
+    _, reference = trained
+    run_dir = str(tmp_path / "run")
+    first = train(water, run_dir, CONFIG, cache=cache, progress=False, stop_after_distillation=True)
+    assert first.step == 6 and not first.interrupted and not any("energy" in r for r in first.history)
+    resumed = train(water, run_dir, CONFIG, cache=cache, progress=False, resume=True)
+    assert [r["step"] for r in resumed.history] == [7, 8]
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history[6:]]
+    with pytest.raises(InputError, match="no distillation"):
+        train(water, None, dataclasses.replace(CONFIG, baseline="minao", distill_steps=None), cache=cache,
+              progress=False, stop_after_distillation=True)
+
+
 def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(trained, water, cache, tmp_path,
                                                                                   monkeypatch):
     """With a tolerance met at step 4 of 6 (window of 2 batch MAEs), distillation ends there

@@ -144,6 +144,10 @@ def register(sub) -> None:
     p.add_argument("--n-train", type=int, default=None,
                    help="training structures of a built-in set (default: the set's own)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time (checkpoint kept)")
+    p.add_argument("--stop-after-distillation", action="store_true",
+                   help="--baseline sap: stop where the distillation ends, before the first label-free step "
+                        "(checkpoint kept; benchmarks/distilled_start.py scores the distilled network alone); "
+                        "--resume continues with the label-free steps")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"steps between checkpoints ({m.checkpoint_every}; {c.checkpoint_every})")
     p.add_argument("--eval-every", type=int, default=None,
@@ -244,7 +248,8 @@ def run(args) -> int:
     print(f"training on {dataset.name}: {len(dataset.train)} train / {len(dataset.validation)} held-out "
           f"{dataset.kind}s, {config.xc}/{config.basis}, preset {config.preset}, {config.baseline} baseline, "
           + (f"up to {config.n_distill} distillation + " if config.n_distill else "") + f"{config.steps} steps -> {args.out}")
-    result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet)
+    result = train(dataset, args.out, config, resume=args.resume, cache=cache, progress=not args.quiet,
+                   stop_after_distillation=args.stop_after_distillation)
     last = result.history[-1] if result.history else {}
     msg = f"step {result.step}, {result.seconds / 60:.1f} min"
     if "distill_mae" in last:
@@ -254,5 +259,11 @@ def run(args) -> int:
         msg += f", energy {last['energy']:.6f} Eh{per}, self-consistency rmse {last['sc_rmse'] * 1e6:.0f} μEh"
     if result.skipped_steps:
         msg += f", {result.skipped_steps} non-finite steps skipped"
-    print(("interrupted, checkpoint saved: " if result.interrupted else "done: ") + msg)
+    if result.interrupted:
+        status = "interrupted, checkpoint saved: "
+    elif args.stop_after_distillation and "distill_mae" in last:
+        status = "distillation done, checkpoint saved (--resume continues with the label-free steps): "
+    else:
+        status = "done: "
+    print(status + msg)
     return 130 if result.interrupted else 0
