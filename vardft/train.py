@@ -410,8 +410,7 @@ def train(
     else:
         config = check_config(config or default_config(dataset.kind))
     config = task_for(config).resolve(prepared_systems(dataset, config))
-    if stop_after_distillation and not config.n_distill:
-        raise InputError("--stop-after-distillation: this run has no distillation steps (molecules on the sap baseline)")
+    check_stop_after_distillation(config, stop_after_distillation)
     data_mesh(config.devices)  # devices that are not there: refused before any work
     if not resume:
         model_config = model_config_for(config, elements)
@@ -422,6 +421,12 @@ def train(
             ckpt.save_config(run_dir, run_record(config, model_config, dataset))
         return _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start,
                     stop_after_distillation)
+
+
+def check_stop_after_distillation(config: TrainConfig, stop_after_distillation: bool) -> None:
+    """Raise :class:`InputError` for a stop after a distillation the run does not have."""
+    if stop_after_distillation and not config.n_distill:
+        raise InputError("--stop-after-distillation: this run has no distillation steps (molecules on the sap baseline)")
 
 
 def evaluates_held_out(config: TrainConfig) -> bool:
@@ -640,5 +645,5 @@ def load_params(run_dir: str, model_config: ModelConfig, config: TrainConfig):
     return params, int(raw.get("step", 0))
 
 
-__all__ = ["TrainResult", "batch_indices", "compiled_step", "compiled_step_bytes", "evaluate_sets", "frozen_part", "initial_params",
+__all__ = ["TrainResult", "batch_indices", "check_stop_after_distillation", "compiled_step", "compiled_step_bytes", "evaluate_sets", "frozen_part", "initial_params",
            "load_params", "make_optimizer", "read_run", "run_record", "sharded_batch", "step_batch", "train"]

@@ -19,7 +19,7 @@ from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_T
                            QM9_PRESET, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
-from vardft.train import read_run, train
+from vardft.train import check_stop_after_distillation, read_run, train
 
 FLAGS = {
     # flag attribute: TrainConfig field
@@ -241,6 +241,7 @@ def run(args) -> int:
         config = with_overrides(saved, **given)
     else:
         config = make_config(dataset.kind, dataset=args.data.strip().lower(), **given)
+    check_stop_after_distillation(config, args.stop_after_distillation)
     if dataset.kind == "crystal":
         check_periodic_functional(config.xc)
     check_basis(config.basis, {s for m in dataset.train + dataset.validation for s in m.symbols})
