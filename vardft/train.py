@@ -244,7 +244,8 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
         grads, out = gradient(params, data, weights)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         if frozen is not None:  # scaled after Adam (weight decay included), so 0 leaves it exactly as it is
-            updates = {**updates, frozen: jax.tree.map(lambda u: rate * u, updates[frozen])}
+            scale = (lambda u: rate * u) if rate else jnp.zeros_like  # noqa: E731
+            updates = {**updates, frozen: jax.tree.map(scale, updates[frozen])}
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
