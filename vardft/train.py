@@ -182,19 +182,14 @@ def initial_params(config: TrainConfig, model_config: ModelConfig):
             "correction": init_params(key, model_config)}
 
 
-def frozen_part(config: TrainConfig, distill: bool) -> str | None:
-    """The part of the parameters whose updates a step scales by :func:`frozen_rate`: the
-    correction network while distilling, the distilled one afterwards
-    (``config.frozen_distilled``), else none."""
+def frozen_part(config: TrainConfig, distill: bool) -> tuple[str, float] | None:
+    """``(part, rate)``: the part of the parameters whose updates a step scales, and by how
+    much: the correction network while distilling (0: it waits), the distilled one in the
+    label-free steps (``config.distilled_lr_fraction``; 0: frozen), with
+    ``config.frozen_distilled``; else none."""
     if not config.frozen_distilled:
         return None
-    return "correction" if distill else "distilled"
-
-
-def frozen_rate(config: TrainConfig, distill: bool) -> float:
-    """The fraction of its updates :func:`frozen_part` receives: 0 while distilling (the
-    correction waits), ``config.distilled_lr_fraction`` in the label-free steps."""
-    return 0.0 if distill else config.distilled_lr_fraction
+    return ("correction", 0.0) if distill else ("distilled", config.distilled_lr_fraction)
 
 
 def distill_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -221,7 +216,7 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     task = task_for(config)
     optimizer = distill_optimizer(config) if distill else make_optimizer(config)
     terms = task.distill_terms if distill else task.batch_terms
-    frozen, rate = frozen_part(config, distill), frozen_rate(config, distill)
+    frozen = frozen_part(config, distill)
     rows, whole = PartitionSpec(AXIS), PartitionSpec()
 
     def weighted_sum(params, data, weights):
@@ -243,9 +238,10 @@ def compiled_step(config: TrainConfig, mesh: Mesh, distill: bool = False):
     def step(params, opt_state, data, weights):
         grads, out = gradient(params, data, weights)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        if frozen is not None:  # scaled after Adam (weight decay included), so 0 leaves it exactly as it is
+        if frozen is not None:  # scaled after Adam, weight decay included; rate 0: zeros, so it stays exactly
+            part, rate = frozen
             scale = (lambda u: rate * u) if rate else jnp.zeros_like  # noqa: E731
-            updates = {**updates, frozen: jax.tree.map(scale, updates[frozen])}
+            updates = {**updates, part: jax.tree.map(scale, updates[part])}
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
@@ -444,7 +440,7 @@ def prepared_systems(dataset: Dataset, config: TrainConfig) -> tuple:
 
 
 def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start,
-         stop_after_distillation=False) -> TrainResult:
+         stop_after_distillation) -> TrainResult:
     """:func:`_loop` with the record workers of the ``"jax"`` backend running."""
     streamed = config.kind == "molecule" and config.backend == "jax"
     workers = (default_workers() if config.workers is None else config.workers) if streamed else 0
@@ -454,7 +450,7 @@ def _run(dataset, run_dir, config, model_config, resume, cache, progress, on_ste
 
 
 def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_step, start, pool,
-          stop_after_distillation=False) -> TrainResult:
+          stop_after_distillation) -> TrainResult:
     """The loop of :func:`train`, inside the claim of ``run_dir``."""
     task = task_for(config)
     cache = cache or IntegralCache(None)
