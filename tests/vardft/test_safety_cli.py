@@ -145,6 +145,7 @@ def test_demo_replaces_its_own_run_and_only_its_files(tmp_path, monkeypatch, cap
     (["--hold-gb", "nan"], "--hold-gb must be a number >= 0"),
     (["--workers", "-2"], "workers must be >= 0"),
     (["--eval-every", "0"], "evaluation interval must be >= 1 step"),
+    (["--baseline", "sap", "--distill-lr", "0"], "distillation learning rate must be a positive finite number"),
 ])
 def test_train_refuses_bad_streaming_flags_before_any_work(tmp_path, flags, fragment):
     """One line, exit 2, nothing printed on stdout and no run directory created."""

@@ -38,6 +38,7 @@ FLAGS = {
     "remat_network": "remat_network",
     "baseline": "baseline",
     "distill_steps": "distill_steps",
+    "distill_lr": "distill_learning_rate",
     "distill_displaced": "distill_displaced",
     "distill_target": "distill_target",
     "distill_basis": "distill_basis",
@@ -119,6 +120,8 @@ def register(sub) -> None:
                         "Kohn-Sham matrix of superposed atomic densities built atom by atom (linear cost; supercells "
                         "consistent with their primitive cell; vardft predict --real-space); none: "
                         f"network only ({m.baseline}; {c.baseline})")
+    p.add_argument("--distill-lr", type=float, default=None, metavar="LR",
+                   help=f"peak learning rate of the distillation steps ({m.distill_learning_rate})")
     p.add_argument("--distill-steps", type=int, default=None,
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
