@@ -192,10 +192,6 @@ class TrainConfig:
             distilled network too, at this fraction of their learning rate (its output is
             :data:`DISTILLED_SCALE` / ``output_scale`` times the correction's, so 0.1 moves
             H as fast through either network); 0 (default): it stays frozen.
-        remat_network: the training steps keep none of the network's intermediate
-            values for the backward pass and recompute its forward pass there
-            (``jax.checkpoint``): less memory for one more forward pass of each network per
-            step. The same loss, gradients and parameters (to rounding).
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
@@ -272,7 +268,6 @@ class TrainConfig:
     distill_basis: str = "ao"
     frozen_distillation: bool = True
     distilled_lr_fraction: float = 0.0
-    remat_network: bool = False
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = 100

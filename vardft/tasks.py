@@ -104,13 +104,6 @@ class PreparedSet:
         return gather_rows(self.arrays, jnp.asarray(idx))
 
 
-def network_of(config: TrainConfig) -> Callable:
-    """``predict_hamiltonian`` as the training steps call it: rematerialised
-    (``jax.checkpoint``: its forward pass recomputed in the backward pass, none of its
-    intermediate values kept) with ``config.remat_network``."""
-    return jax.checkpoint(predict_hamiltonian) if config.remat_network else predict_hamiltonian
-
-
 def model_config_for(config: TrainConfig, elements: Sequence[str]) -> ModelConfig:
     """The model of a run: size preset, precision, overrides, basis, cutoff; elements ordered by Z."""
     return ModelConfig.preset(
@@ -580,18 +573,17 @@ class MoleculeTask:
         its output × :data:`~vardft.config.DISTILLED_SCALE` (no gradient, unless
         ``config.distilled_lr_fraction`` trains it too) plus the correction network's."""
         c = self.config
-        network = network_of(c)
         if not c.frozen_distilled:
-            return c.delta_scale * network(params, batch)
+            return c.delta_scale * predict_hamiltonian(params, batch)
         distilled = params["distilled"] if c.distilled_lr_fraction else jax.lax.stop_gradient(params["distilled"])
-        frozen = network(distilled, batch)
-        return DISTILLED_SCALE * frozen + c.delta_scale * network(params["correction"], batch)
+        frozen = predict_hamiltonian(distilled, batch)
+        return DISTILLED_SCALE * frozen + c.delta_scale * predict_hamiltonian(params["correction"], batch)
 
     def distilled_hamiltonian(self, params, batch) -> jax.Array:
         """What the distillation steps train, (B, N, N) Hartree: the distilled network
         alone (``config.frozen_distilled``), else the one network."""
         if self.config.frozen_distilled:
-            return DISTILLED_SCALE * network_of(self.config)(params["distilled"], batch)
+            return DISTILLED_SCALE * predict_hamiltonian(params["distilled"], batch)
         return self.network_hamiltonian(params, batch)
 
     def filter_correction(self, delta, X, xp=jnp):
@@ -963,7 +955,7 @@ class CrystalTask:
         """H(k) (B, nk, nao, nao) at the training k-points and, with off-mesh self-consistency,
         H(q) (B, nq, nao, nao) at the off-mesh ones (else ``None``): H_base + the network's
         Bloch sum, complex, Hartree — what the loss sees."""
-        H_R = self.config.delta_scale * network_of(self.config)(params, data.batch)
+        H_R = self.config.delta_scale * predict_hamiltonian(params, data.batch)
         nao = data.h_base.shape[-1]  # AO slots beyond it are bucket padding (zero rows and columns)
 
         def at(h_base, kpts, G):

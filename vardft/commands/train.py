@@ -35,7 +35,6 @@ FLAGS = {
     "band_weight": "band_energy",
     "overlap_filter": "overlap_filter",
     "cells_per_pass": "cells_per_pass",
-    "remat_network": "remat_network",
     "baseline": "baseline",
     "distill_steps": "distill_steps",
     "distill_lr": "distill_learning_rate",
@@ -108,11 +107,6 @@ def register(sub) -> None:
                    help="crystals: evaluate the loss K cells at a time, recomputing each pass in the backward pass: "
                         "memory of K cells instead of the whole batch, for one more forward evaluation per step "
                         "(large meshes, e.g. hBN) (default: the whole batch at once)")
-    p.add_argument("--remat-network", action="store_true", default=None,
-                   help="recompute the network's forward pass in the backward pass instead of keeping its "
-                        "intermediate values: less memory per step (the largest saving with two trained networks, "
-                        "--baseline sap with --distilled-lr-fraction > 0), one more forward pass per step; the "
-                        "same training otherwise")
     p.add_argument("--baseline", default=None, choices=list(BASELINES),
                    help="H = baseline + network. minao: the Kohn-Sham matrix of the minao guess density (prediction "
                         "then builds a DF factor and an XC grid); sap: superposed atomic potentials, one-electron "
