@@ -115,7 +115,8 @@ def register(sub) -> None:
                         "consistent with their primitive cell; vardft predict --real-space); none: "
                         f"network only ({m.baseline}; {c.baseline})")
     p.add_argument("--distill-lr", type=float, default=None, metavar="LR",
-                   help=f"peak learning rate of the distillation steps ({m.distill_learning_rate})")
+                   help="molecules, --baseline sap (or --distill-target scf): peak learning rate of the distillation "
+                        f"steps ({m.distill_learning_rate})")
     p.add_argument("--distill-steps", type=int, default=None,
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
