@@ -106,7 +106,10 @@ def table(result: dict, ref_name: str, cand_name: str) -> str:
     for metric, row in result["metrics"].items():
         unit, scale = UNITS.get(metric, ("", 1.0))
         label = f"{metric} ({unit})" if unit else metric
-        fmt = (lambda v: f"{v * scale:.4g}")
+
+        def fmt(value: float) -> str:
+            return f"{value * scale:.4g}"
+
         bound = fmt(row["bound"]) if "bound" in row else ""
         met = ("met" if row["met"] else "**missed**") if "met" in row else ""
         lines.append(f"| {label} | {fmt(row['reference'])} | {fmt(row['candidate'])} | {row['ratio']:.3f} | "
