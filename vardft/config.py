@@ -230,8 +230,11 @@ class TrainConfig:
             (:func:`solvers.eigen.overlap_filter`), 0 (default) leaves it as it is; in
             training, distillation and prediction alike. Crystals: at each k, the
             self-consistency residuals filtered too; for nearly linearly dependent bases
-            (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6). Molecules: the
-            residuals are not filtered; for bases whose S has eigenvalues ~1e-3
+            (gth-dzvp in a crystal: S(k) eigenvalues down to 3e-6). Molecules: only the
+            orthonormal residual is filtered (``self_consistency_basis="orthonormal"``:
+            unfiltered, its part along S's small eigenvalues grows like 1/s and the
+            filtered correction cannot reduce it); the AO residual is not, as in the runs
+            that chose the SAP recipe's τ. For bases whose S has eigenvalues ~1e-3
             (def2-SVP on QM9), where an AO-basis error δ moves orbital energies by ~δ/s.
         cells_per_pass: crystals whose loss is evaluated at once. ``None`` (default): the
             whole batch, vectorised. ``k``: k cells at a time, each pass rematerialised

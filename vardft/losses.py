@@ -71,6 +71,7 @@ def molecule_loss(
     n_electrons: jax.Array | int | None = None,
     self_consistency_basis: str = "ao",
     max_occupied: int | None = None,
+    G: jax.Array | None = None,
 ) -> LossTerms:
     """Loss of one predicted Hamiltonian.
 
@@ -89,6 +90,9 @@ def molecule_loss(
         max_occupied: static bound on the occupied orbitals (≥ n_electrons / 2): the
             energy then gets P as Y Yᵀ (:func:`solvers.eigen.density_factor`), which makes
             exact exchange several times cheaper. Default: the static count, if known.
+        G: (nao, nao) overlap filter (:func:`solvers.eigen.overlap_filter`) or ``None``:
+            the orthonormal penalty then measures G (H − F) G, the part of the residual a
+            filtered correction can reach. The AO penalty and the metrics are unfiltered.
     """
     n_electrons = ints.n_electrons if n_electrons is None else n_electrons
     res = solve_hamiltonian(H, X, n_electrons, mo_mask=mo_mask)
@@ -102,7 +106,11 @@ def molecule_loss(
     n_pair = jnp.sum(pair)
     diff = (H - F) * pair
     mse = jnp.sum(diff**2) / n_pair
-    penalty = mse if self_consistency_basis == "ao" else orthonormal_mse(diff[None], X[None], mo_mask[None], real=True)
+    if self_consistency_basis == "ao":
+        penalty = mse
+    else:
+        reachable = diff if G is None else G @ diff @ G
+        penalty = orthonormal_mse(reachable[None], X[None], mo_mask[None], real=True)
     loss = weights.energy * _value_with_gradient_of(E, jnp.sum(F * P))
     loss = loss + weights.self_consistency * penalty
     if weights.supervised and target_fock is not None:

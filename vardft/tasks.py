@@ -606,14 +606,16 @@ class MoleculeTask:
         """:meth:`batch_terms` of given Hamiltonians H (B, N, N), Hartree: eigensolver,
         energy, Fock and self-consistency — the step's part that is not the network."""
         c = self.config
+        filter_residual = c.overlap_filter and c.self_consistency_basis == "orthonormal"
+        G = overlap_filter_from_orthogonalizer(data.X, c.overlap_filter) if filter_residual else None
 
-        def one(H, ints, X, mo_mask, ao_mask, n_electrons):
+        def one(H, ints, X, mo_mask, ao_mask, n_electrons, G):
             return molecule_loss(
                 H, ints, X, mo_mask, ao_mask, c.loss, n_electrons=n_electrons,
-                self_consistency_basis=c.self_consistency_basis, max_occupied=data.max_electrons // 2 or None,
+                self_consistency_basis=c.self_consistency_basis, max_occupied=data.max_electrons // 2 or None, G=G,
             )
 
-        terms = jax.vmap(one)(H, data.ints, data.X, data.mo_mask, data.batch.ao_mask, data.n_electrons)
+        terms = jax.vmap(one)(H, data.ints, data.X, data.mo_mask, data.batch.ao_mask, data.n_electrons, G)
         metrics = {"energy": terms.energy, "sc_rmse": terms.self_consistency_rmse, "sc_mae": terms.self_consistency_mae}
         return terms.loss, metrics
 

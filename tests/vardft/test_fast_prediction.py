@@ -9,10 +9,12 @@ import h5py
 import jax
 import numpy as np
 import pytest
+import scipy.linalg
 from pyscf import dft
 
 from basis.errors import InputError
 from basis.integrals import make_mean_field
+from solvers.eigen import overlap_filter
 from vardft.api import load
 from vardft.cli import main
 from vardft.config import LossWeights, TrainConfig, make_config
@@ -298,6 +300,33 @@ def test_filtered_correction_is_the_same_in_training_distillation_and_prediction
         target = _minao_fock(inside, config.grid_level)
         assert abs(distill_mse[row] - np.mean((distilled - target) ** 2)) < 1e-10 * distill_mse[row]
         assert np.abs(H - unfiltered.hamiltonian(params, model_config, inside)).max() > 1e-4
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.3])
+def test_orthonormal_self_consistency_penalty_is_the_lowdin_residual_of_pyscf_fock(water, cache, tau):
+    """``self_consistency_basis="orthonormal"`` on molecules: the penalty is the mean square
+    of H − F[P(H)] in Löwdin's orthonormal orbitals, F from PySCF; with an overlap filter,
+    of G (H − F) G with G = g(S) built from PySCF's S (the task builds it from the batch's
+    padded orthogonalizers)."""
+    config = dataclasses.replace(CONFIG, overlap_filter=tau, backend="jax", self_consistency_basis="orthonormal",
+                                 loss=LossWeights(0.0, 1.0, 0.0))
+    task = MoleculeTask(config)
+    model_config = model_config_for(config, ("H", "O"))
+    params = jax.tree.map(lambda a: a * 3.0, initial_params(config, model_config))
+    (bucket,) = task.prepare(water.train, model_config, cache)
+    penalty = float(task.batch_terms(params, bucket.take([1]))[0][0])
+    inside = task.to_frame(water.train[1])[0]
+    H = task.hamiltonian(params, model_config, inside)
+    mf = make_mean_field(inside, config.xc, BASIS, config.grid_level)
+    mf.small_rho_cutoff = 0.0
+    S = mf.get_ovlp()
+    C = scipy.linalg.eigh(H, S)[1][:, : mf.mol.nelectron // 2]
+    residual = H - mf.get_fock(dm=2 * C @ C.T)
+    if tau:
+        G = overlap_filter(S, tau)
+        residual = G @ residual @ G
+    expected = np.mean(_lowdin(residual, inside) ** 2)
+    assert abs(penalty - expected) < 1e-8 * expected
 
 
 def test_a_filtered_run_trains_through_the_filter(water, cache, tmp_path):
