@@ -89,8 +89,9 @@ def register(sub) -> None:
                    help=f"weight of the self-consistency term, 1/Eh ({m.loss.self_consistency}; {c.loss.self_consistency})")
     p.add_argument("--sc-basis", default=None, choices=list(SELF_CONSISTENCY_BASES),
                    help="basis of the self-consistency residual H - F[P(H)]: ao (AO matrix elements), orthonormal "
-                        "(an orthonormal basis of each S(k), every direction alike; with --overlap-filter, the filtered residual), window (crystals: among H's "
-                        "occupied and lowest empty Bloch states, for nearly dependent bases such as gth-dzvp) "
+                        "(an orthonormal basis of each S(k), every direction alike; with --overlap-filter, the "
+                        "filtered residual), window (crystals: among H's occupied and lowest empty Bloch states, for "
+                        "nearly dependent bases such as gth-dzvp) "
                         f"({m.self_consistency_basis}; {c.self_consistency_basis})")
     p.add_argument("--band-weight", type=float, default=None,
                    help="crystals: weight, 1/Eh, of the band-energy residual (the first-order band-energy errors of "
