@@ -109,8 +109,8 @@ def molecule_loss(
     if self_consistency_basis == "ao":
         penalty = mse
     else:
-        reachable = diff if G is None else G @ diff @ G
-        penalty = orthonormal_mse(reachable[None], X[None], mo_mask[None], real=True)
+        reachable = filtered(diff[None], None if G is None else G[None])
+        penalty = orthonormal_mse(reachable, X[None], mo_mask[None], real=True)
     loss = weights.energy * _value_with_gradient_of(E, jnp.sum(F * P))
     loss = loss + weights.self_consistency * penalty
     if weights.supervised and target_fock is not None:
