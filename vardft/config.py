@@ -182,6 +182,13 @@ class TrainConfig:
             ``"both"``: the sum of the two mean squares (Eh²), so that neither the AO
             error along well-overlapping directions nor the orthonormal error along
             nearly dependent ones is left free.
+        distill_filtered: with ``overlap_filter`` τ, the distillation loss measures the
+            filtered difference G (H − target) G (G = g(S), the filter of the correction),
+            in whichever ``distill_basis``: the part of the target that the filtered
+            correction cannot reach (along S's eigenvalues s ≪ τ, where it would need
+            outputs ~(τ/s)² times the target) then adds nothing to the loss. ``False``
+            (default): the unfiltered difference. The logged ``distill_*`` metrics and the
+            ``distill_tolerance`` test stay unfiltered either way.
         frozen_distillation: the distillation trains a network of its own (output
             × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
             train a second, freshly initialised network (output × ``output_scale``) on
@@ -269,6 +276,7 @@ class TrainConfig:
     distill_displaced: int = 0
     distill_target: str = "minao"
     distill_basis: str = "ao"
+    distill_filtered: bool = False
     frozen_distillation: bool = True
     distilled_lr_fraction: float = 0.0
     seed: int = 0
@@ -333,7 +341,7 @@ class TrainConfig:
 
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance",
-                 "distill_basis", "distilled_lr_fraction")
+                 "distill_basis", "distill_filtered", "distilled_lr_fraction")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy",
                 "cells_per_pass")
 
@@ -414,15 +422,16 @@ def make_config(kind: str, dataset: str | None = None, **overrides) -> TrainConf
     config = default_config(kind)
     if dataset is not None:
         config = dataclasses.replace(config, **PRESETS.get(dataset, {}))
-    config = with_overrides(config, **overrides)
+    config = with_overrides(config, check=False, **overrides)
     if config.kind == "molecule" and config.baseline == "sap" and config.distill_target == "minao":
         recipe = {k: v for k, v in SAP_MOLECULE_RECIPE.items() if overrides.get(k) is None}
-        config = check_config(dataclasses.replace(config, **recipe))
-    return config
+        config = dataclasses.replace(config, **recipe)
+    return check_config(config)
 
 
-def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
-    """``config`` with ``overrides`` applied and checked (:func:`check_config`).
+def with_overrides(config: TrainConfig, check: bool = True, **overrides) -> TrainConfig:
+    """``config`` with ``overrides`` applied and checked (:func:`check_config`; ``check=False``:
+    for a caller that changes more before it checks).
 
     Overrides whose value is ``None`` are ignored (a flag not given); ``self_consistency``
     and ``band_energy`` set weights in ``loss``. A field that does not apply to the config's kind, or an
@@ -441,7 +450,8 @@ def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
     weights = {name: float(given.pop(name)) for name in LOSS_WEIGHT_OVERRIDES if name in given}
     if weights:
         given["loss"] = dataclasses.replace(given.get("loss", config.loss), **weights)
-    return check_config(dataclasses.replace(config, **given))
+    config = dataclasses.replace(config, **given)
+    return check_config(config) if check else config
 
 
 def check_config(config: TrainConfig) -> TrainConfig:
@@ -479,6 +489,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"unknown network precision {config.network_dtype!r}; choose from {', '.join(NETWORK_DTYPES)}")
     if config.distill_basis not in DISTILL_BASES:
         raise InputError(f"unknown distillation basis {config.distill_basis!r}; choose from {', '.join(DISTILL_BASES)}")
+    if config.distill_filtered and not config.overlap_filter:
+        raise InputError("a filtered distillation loss needs the correction's overlap filter: give --overlap-filter")
+    if config.distill_filtered and not config.n_distill:
+        raise InputError("a filtered distillation loss is for the distillation steps: they need --baseline sap")
     if config.distill_displaced < 0:
         raise InputError(f"displaced copies for distillation must be >= 0, got {config.distill_displaced}")
     if config.distill_displaced and not config.n_distill:

@@ -623,16 +623,25 @@ class MoleculeTask:
         """Distillation loss (B,), Eh²: mean square of H − target over AO pairs, over pairs
         of orthonormal orbitals (Xᵀ(H − target)X), or their sum (``config.distill_basis``); metrics
         (B,), Hartree: distill_mae and distill_rmse over AO pairs, distill_orth_rmse over
-        orthonormal ones. ``data``: :class:`MoleculeArrays` or :class:`vardft.stream.TargetArrays`."""
+        orthonormal ones, unfiltered (the loss filtered with ``config.distill_filtered``).
+        ``data``: :class:`MoleculeArrays` or :class:`vardft.stream.TargetArrays`."""
+        c = self.config
         H = data.h_base + self.filter_correction(self.distilled_hamiltonian(params, data.batch), data.X)
         mask = data.batch.ao_mask[:, :, None] * data.batch.ao_mask[:, None, :]
         pairs = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
         diff = (H - data.h_target) * mask
-        mse = jnp.sum(diff**2, axis=(1, 2)) / pairs
         mo = data.mo_mask[:, :, None] * data.mo_mask[:, None, :]
-        orth = jnp.einsum("bmi,bmn,bnj->bij", data.X, diff, data.X) * mo
-        orth_mse = jnp.sum(orth**2, axis=(1, 2)) / jnp.maximum(jnp.sum(mo, axis=(1, 2)), 1.0)
-        loss = {"ao": mse, "orthonormal": orth_mse, "both": mse + orth_mse}[self.config.distill_basis]
+
+        def mean_squares(diff):
+            orth = jnp.einsum("bmi,bmn,bnj->bij", data.X, diff, data.X) * mo
+            return (jnp.sum(diff**2, axis=(1, 2)) / pairs,
+                    jnp.sum(orth**2, axis=(1, 2)) / jnp.maximum(jnp.sum(mo, axis=(1, 2)), 1.0))
+
+        mse, orth_mse = mean_squares(diff)
+        loss_mse, loss_orth_mse = mse, orth_mse
+        if c.distill_filtered:
+            loss_mse, loss_orth_mse = mean_squares(filtered(diff, overlap_filter_from_orthogonalizer(data.X, c.overlap_filter)))
+        loss = {"ao": loss_mse, "orthonormal": loss_orth_mse, "both": loss_mse + loss_orth_mse}[c.distill_basis]
         return loss, {"distill_mae": jnp.sum(jnp.abs(diff), axis=(1, 2)) / pairs, "distill_rmse": jnp.sqrt(mse),
                       "distill_orth_rmse": jnp.sqrt(orth_mse)}
 

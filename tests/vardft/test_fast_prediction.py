@@ -329,6 +329,31 @@ def test_orthonormal_self_consistency_penalty_is_the_lowdin_residual_of_pyscf_fo
     assert abs(penalty - expected) < 1e-8 * expected
 
 
+def test_filtered_distillation_loss_is_the_filtered_difference_to_pyscf_minao_fock(water, cache):
+    """``distill_filtered``: the distillation loss (``both``) is the mean square of
+    G (H − F[P_minao]) G over AO pairs plus over Löwdin's orbitals, G = g(S) from PySCF's S
+    and F from PySCF; the logged metrics stay those of H − F itself."""
+    config = dataclasses.replace(CONFIG, overlap_filter=0.3, distill_basis="both", distill_filtered=True)
+    task = MoleculeTask(config)
+    model_config = model_config_for(config, ("H", "O"))
+    params = jax.tree.map(lambda a: a * 3.0, initial_params(config, model_config))
+    (bucket,) = task.prepare(water.train, model_config, cache)
+    loss, metrics = task.distill_terms(params, bucket.take([1]))
+    inside = task.to_frame(water.train[1])[0]
+    H = MoleculeTask(dataclasses.replace(config, output_scale=0.0)).hamiltonian(params, model_config, inside)
+    error = H - _minao_fock(inside, config.grid_level)
+    G = overlap_filter(inside.to_mole(BASIS).intor("int1e_ovlp"), config.overlap_filter)
+    expected = np.mean((G @ error @ G) ** 2) + np.mean(_lowdin(G @ error @ G, inside) ** 2)
+    assert abs(float(loss[0]) - expected) < 1e-8 * expected
+    unfiltered = np.mean(error**2) + np.mean(_lowdin(error, inside) ** 2)
+    assert abs(float(loss[0]) - unfiltered) > 1e-3 * unfiltered
+    assert abs(float(metrics["distill_rmse"][0]) ** 2 - np.mean(error**2)) < 1e-8 * np.mean(error**2)
+    with pytest.raises(InputError, match="overlap-filter"):
+        make_config("molecule", baseline="sap", overlap_filter=0.0, distill_filtered=True)
+    with pytest.raises(InputError, match="distillation steps"):
+        make_config("molecule", distill_filtered=True, overlap_filter=0.1)
+
+
 def test_a_filtered_run_trains_through_the_filter(water, cache, tmp_path):
     """End to end: the first distillation loss of a ``train`` run with ``overlap_filter``
     (its compiled step) is the mean square of the filtered H its saved model predicts

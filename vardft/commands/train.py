@@ -41,6 +41,7 @@ FLAGS = {
     "distill_displaced": "distill_displaced",
     "distill_target": "distill_target",
     "distill_basis": "distill_basis",
+    "distill_filtered": "distill_filtered",
     "distill_tolerance": "distill_tolerance",
     "distilled_lr_fraction": "distilled_lr_fraction",
     "grid_level": "grid_level",
@@ -137,6 +138,11 @@ def register(sub) -> None:
                         "AO pairs; orthonormal: over orthonormal orbitals, which bounds the error of H's orbital "
                         "energies (an AO error along a nearly dependent direction moves them by error/overlap "
                         f"eigenvalue); both: the sum of the two ({SAP_MOLECULE_RECIPE['distill_basis']})")
+    p.add_argument("--distill-filtered", action="store_const", const=True, default=None,
+                   help="molecules, distillation with --overlap-filter: its loss measures the filtered difference "
+                        "G (H - target) G, leaving out the part of the target that the filtered correction cannot "
+                        "reach (along overlap eigenvalues far below the filter's scale); the logged distill_* "
+                        "metrics stay unfiltered (off)")
     p.add_argument("--distilled-lr-fraction", type=float, default=None, metavar="F",
                    help="molecules, --baseline sap: the label-free steps also train the distilled network, at F times "
                         "their learning rate (0.1 moves H as fast through it as through the correction network; "
