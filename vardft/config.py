@@ -489,10 +489,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"unknown network precision {config.network_dtype!r}; choose from {', '.join(NETWORK_DTYPES)}")
     if config.distill_basis not in DISTILL_BASES:
         raise InputError(f"unknown distillation basis {config.distill_basis!r}; choose from {', '.join(DISTILL_BASES)}")
-    if config.distill_filtered and not config.overlap_filter:
-        raise InputError("a filtered distillation loss needs the correction's overlap filter: give --overlap-filter")
     if config.distill_filtered and not config.n_distill:
         raise InputError("a filtered distillation loss is for the distillation steps: they need --baseline sap")
+    if config.distill_filtered and not config.overlap_filter:
+        raise InputError("a filtered distillation loss needs the correction's overlap filter: give --overlap-filter")
     if config.distill_displaced < 0:
         raise InputError(f"displaced copies for distillation must be >= 0, got {config.distill_displaced}")
     if config.distill_displaced and not config.n_distill:
