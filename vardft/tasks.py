@@ -523,6 +523,30 @@ class MoleculeTask:
             return [self.stream_bucket(b, model_config, store, pool, progress, resident) for b in buckets]
         return [self.prepare_bucket(b, model_config, cache, progress=progress) for b in buckets]
 
+    def prepare_targets(self, systems, model_config, cache=None, progress=False, min_bucket=1) -> list:
+        """What distillation steps read of ``systems``, and nothing else: one
+        :class:`vardft.stream.TargetSet` per size bucket (each molecule's baseline, target and
+        orthogonalizer, unpadded, float64), its integrals built (or read from ``cache``),
+        used and dropped one molecule at a time. For distillation-only geometries
+        (``distill_displaced``) on the host backend, whose :class:`PreparedSet` would hold
+        the grid and DF arrays of every geometry (ethanol with 3 copies: > 24 GB)."""
+        cache = cache or IntegralCache(None)
+        c = self.config
+        systems = [self.to_frame(s)[0] for s in systems]
+        sets = []
+        for bucket in size_buckets(systems, c.basis, c.bucket_aos, min_size=min_bucket):
+            base, target, X = [], [], []
+            for s in tqdm(bucket, desc="distillation targets", unit="mol", disable=not progress, leave=False):
+                ints = cache.get(s, c.xc, c.basis, c.grid_level)
+                X.append(canonical_orthogonalizer(np.asarray(ints.overlap)))
+                base.append(np.asarray(self.frame_baseline(s, ints), np.float64))
+                target.append(np.asarray(self.distill_target(s, ints), np.float64))
+                del ints
+            graph = tuple(int(v) for v in np.max([_graph_shape(s, model_config) for s in bucket], axis=0))
+            sets.append(stream.TargetSet(tuple(bucket), graph, graph[2], tuple(base), tuple(target), tuple(X),
+                                         model_config))
+        return sets
+
     def stream_bucket(self, systems, model_config, store: stream.RecordStore, pool=None, progress=False,
                       resident: stream.ResidentRecords | None = None):
         """A :class:`vardft.stream.StreamedSet` of one size bucket: records missing from

@@ -488,8 +488,13 @@ def _loop(dataset, run_dir, config, model_config, resume, cache, progress, on_st
     key, total = _step_key(config), ending.n_distill + config.steps
     if config.distill_displaced and step < ending.n_distill:
         extra = displaced_copies(dataset.train, config.distill_displaced, config.seed)
-        distill_sets = task.prepare(list(dataset.train) + extra, model_config, cache, progress=progress,
-                                   min_bucket=min_bucket, pool=pool, resident=resident)
+        geometries = list(dataset.train) + extra
+        if config.backend == "jax":
+            distill_sets = task.prepare(geometries, model_config, cache, progress=progress,
+                                       min_bucket=min_bucket, pool=pool, resident=resident)
+        else:  # in-memory sets would hold every geometry's grid and DF arrays
+            distill_sets = task.prepare_targets(geometries, model_config, cache, progress=progress,
+                                                min_bucket=min_bucket)
     if step < ending.n_distill:  # distillation reads only the baseline and target of each record
         distill_sets = distillation_sets(distill_sets, progress)
     step_fn, eval_fn = compiled_step(key, mesh)

@@ -133,6 +133,25 @@ def test_displaced_copies_join_the_distillation_only(trained, water, cache, tmp_
         make_config("molecule", baseline="minao", distill_displaced=2)
 
 
+def test_distillation_targets_alone_give_the_loss_of_whole_records(trained, water, cache):
+    """``prepare_targets`` (what the host backend distils displaced copies on, without their
+    grid and DF arrays) gives the distillation loss and metrics of ``prepare``'s in-memory
+    records, molecule by molecule, with a trained distilled network."""
+    run_dir, result = trained
+    model = load(run_dir)
+    task = MoleculeTask(dataclasses.replace(model.config, distill_basis="both", backend="host"))
+    whole = task.prepare(water.train, model.model_config, cache)
+    alone = task.prepare_targets(water.train, model.model_config, cache)
+    assert [len(s) for s in alone] == [len(s) for s in whole] == [len(water.train)]
+    idx = np.array([2, 0, 1])
+    loss_whole, metrics_whole = task.distill_terms(result.params, whole[0].take(idx))
+    loss_alone, metrics_alone = task.distill_terms(result.params, alone[0].take(idx))
+    assert np.all(np.asarray(loss_whole) > 0)
+    np.testing.assert_allclose(loss_alone, loss_whole, rtol=1e-10)
+    for name in metrics_whole:
+        np.testing.assert_allclose(metrics_alone[name], metrics_whole[name], rtol=1e-10)
+
+
 def test_distillation_then_label_free_steps(trained):
     _, result = trained
     phases = ["energy" in r for r in result.history]
