@@ -382,7 +382,10 @@ class IntegralCache:
             return None
         return os.path.join(self.directory, f"{integral_key(system, xc, basis, grid_level)}.h5")
 
-    def get(self, system: System, xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL) -> Integrals:
+    def get(self, system: System, xc: str, basis: str, grid_level: int = DEFAULT_GRID_LEVEL,
+            save: bool = True) -> Integrals:
+        """The integrals of ``system``: read from the directory, else built (and written
+        there unless ``save`` is False: geometries used once, such as displaced copies)."""
         path = self.path(system, xc, basis, grid_level)
         if path is not None and os.path.exists(path):
             ints = _load_integrals(path)
@@ -391,7 +394,7 @@ class IntegralCache:
                 return ints
         self.misses += 1
         ints = build_integrals(system, xc=xc, basis=basis, grid_level=grid_level)
-        if path is not None:
+        if path is not None and save:
             _save_integrals(path, ints)
         return ints
 

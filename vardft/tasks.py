@@ -526,10 +526,11 @@ class MoleculeTask:
     def prepare_targets(self, systems, model_config, cache=None, progress=False, min_bucket=1) -> list:
         """What distillation steps read of ``systems``, and nothing else: one
         :class:`vardft.stream.TargetSet` per size bucket (each molecule's baseline, target and
-        orthogonalizer, unpadded, float64), its integrals built (or read from ``cache``),
-        used and dropped one molecule at a time. For distillation-only geometries
-        (``distill_displaced``) on the host backend, whose :class:`PreparedSet` would hold
-        the grid and DF arrays of every geometry (ethanol with 3 copies: > 24 GB)."""
+        orthogonalizer, unpadded, float64), its integrals read from ``cache`` or built (and
+        not written there), used and dropped one molecule at a time. For distillation-only
+        geometries (``distill_displaced``) on the host backend, whose :class:`PreparedSet`
+        would hold the grid and DF arrays of every geometry (ethanol with 3 copies: > 24 GB
+        in memory; in the disk cache 79 MB per copy)."""
         cache = cache or IntegralCache(None)
         c = self.config
         systems = [self.to_frame(s)[0] for s in systems]
@@ -537,7 +538,7 @@ class MoleculeTask:
         for bucket in size_buckets(systems, c.basis, c.bucket_aos, min_size=min_bucket):
             base, target, X = [], [], []
             for s in tqdm(bucket, desc="distillation targets", unit="mol", disable=not progress, leave=False):
-                ints = cache.get(s, c.xc, c.basis, c.grid_level)
+                ints = cache.get(s, c.xc, c.basis, c.grid_level, save=False)
                 X.append(canonical_orthogonalizer(np.asarray(ints.overlap)))
                 base.append(np.asarray(self.frame_baseline(s, ints), np.float64))
                 target.append(np.asarray(self.distill_target(s, ints), np.float64))

@@ -129,6 +129,9 @@ def test_displaced_copies_join_the_distillation_only(trained, water, cache, tmp_
         H = task.hamiltonian(params, result.model_config, inside)
         losses.append(np.mean((H - _minao_fock(inside, config.grid_level)) ** 2))
     assert result.step == 1 and abs(result.history[0]["loss"] - np.mean(losses)) < 1e-10 * np.mean(losses)
+    # the copies, used by this run only, are not written to the disk cache; the training structures are
+    cached = [os.path.exists(cache.path(task.to_frame(s)[0], config.xc, BASIS, config.grid_level)) for s in pool]
+    assert cached == [True] * len(water.train) + [False] * (len(pool) - len(water.train))
     with pytest.raises(InputError, match="distillation"):
         make_config("molecule", baseline="minao", distill_displaced=2)
 
