@@ -173,6 +173,12 @@ def _graph_shape(system: System, model_config: ModelConfig) -> tuple[int, int, i
     return tuple(bucket_size(int(v)) for v in (b.atom_mask.sum(), b.edge_mask.sum(), np.asarray(b.nao)[0]))
 
 
+def _bucket_graph(systems: Sequence[System], model_config: ModelConfig) -> tuple[int, int, int]:
+    """The padded (atoms, edges, aos) slots of a group of molecules: the elementwise largest
+    of their :func:`_graph_shape`."""
+    return tuple(int(v) for v in np.max([_graph_shape(s, model_config) for s in systems], axis=0))
+
+
 REAL_SPACE_EDGE_CHUNK = 8192
 """Edges per chunk of the network's per-edge work in :meth:`CrystalTask.real_space`
 (:attr:`vardft.model.HamiltonianModel.edge_chunk`): the chunks run one after the other, so
@@ -543,7 +549,7 @@ class MoleculeTask:
                 base.append(np.asarray(self.frame_baseline(s, ints), np.float64))
                 target.append(np.asarray(self.distill_target(s, ints), np.float64))
                 del ints
-            graph = tuple(int(v) for v in np.max([_graph_shape(s, model_config) for s in bucket], axis=0))
+            graph = _bucket_graph(bucket, model_config)
             sets.append(stream.TargetSet(tuple(bucket), graph, graph[2], tuple(base), tuple(target), tuple(X),
                                          model_config))
         return sets
@@ -563,7 +569,7 @@ class MoleculeTask:
         static = _static_electrons([m.nelectron for m in moles])
         largest = max(m.nelectron for m in moles)
         auxbasis = _merged_auxbasis([str(make_auxbasis(m)) for m in moles])
-        graph = tuple(int(v) for v in np.max([_graph_shape(s, model_config) for s in systems], axis=0))
+        graph = _bucket_graph(systems, model_config)
         sizes: list = [None] * len(systems)
         missing = []
         for k, s in enumerate(systems):
