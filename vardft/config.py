@@ -199,6 +199,11 @@ class TrainConfig:
             distilled network too, at this fraction of their learning rate (its output is
             :data:`DISTILLED_SCALE` / ``output_scale`` times the correction's, so 0.1 moves
             H as fast through either network); 0 (default): it stays frozen.
+        unfiltered_correction: with :attr:`frozen_distilled` and ``overlap_filter``, the
+            filter acts on the distilled network only: H = H_SAP + G D G + ΔH_θ, the
+            label-free correction entering unfiltered as a minao run's does (its output
+            scale is the minao run's, so its errors along S's small eigenvalues are as
+            small). ``False`` (default): H = H_SAP + G (D + ΔH_θ) G.
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
@@ -279,6 +284,7 @@ class TrainConfig:
     distill_filtered: bool = False
     frozen_distillation: bool = True
     distilled_lr_fraction: float = 0.0
+    unfiltered_correction: bool = False
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = 100
@@ -341,7 +347,7 @@ class TrainConfig:
 
 
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance",
-                 "distill_basis", "distill_filtered", "distilled_lr_fraction")
+                 "distill_basis", "distill_filtered", "distilled_lr_fraction", "unfiltered_correction")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy",
                 "cells_per_pass")
 
@@ -493,6 +499,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError("a filtered distillation loss is for the distillation steps: they need --baseline sap")
     if config.distill_filtered and not config.overlap_filter:
         raise InputError("a filtered distillation loss needs the correction's overlap filter: give --overlap-filter")
+    if config.unfiltered_correction and not (config.frozen_distilled and config.overlap_filter):
+        raise InputError("an unfiltered correction network needs a distilled network and an overlap filter: "
+                         "--baseline sap with distillation steps and --overlap-filter")
     if config.distill_displaced < 0:
         raise InputError(f"displaced copies for distillation must be >= 0, got {config.distill_displaced}")
     if config.distill_displaced and not config.n_distill:

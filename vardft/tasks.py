@@ -599,16 +599,34 @@ class MoleculeTask:
         )
 
     def network_hamiltonian(self, params, batch) -> jax.Array:
-        """What the network adds to the baseline, (B, N, N) Hartree: output ×
-        ``delta_scale``; with a frozen distilled network (``config.frozen_distilled``)
-        its output × :data:`~vardft.config.DISTILLED_SCALE` (no gradient, unless
-        ``config.distilled_lr_fraction`` trains it too) plus the correction network's."""
+        """What the network adds to the baseline, (B, N, N) Hartree, before any overlap
+        filter: the sum of :meth:`network_parts`."""
+        filtered_part, plain = self.network_parts(params, batch)
+        return filtered_part if plain is None else filtered_part + plain
+
+    def network_parts(self, params, batch) -> tuple[jax.Array, jax.Array | None]:
+        """The network's part of H, (B, N, N) Hartree, as (the part the overlap filter acts
+        on, the part added unfiltered or ``None``): output × ``delta_scale``; with a frozen
+        distilled network (``config.frozen_distilled``) its output ×
+        :data:`~vardft.config.DISTILLED_SCALE` (no gradient, unless
+        ``config.distilled_lr_fraction`` trains it too) plus the correction network's,
+        the latter unfiltered with ``config.unfiltered_correction``."""
         c = self.config
         if not c.frozen_distilled:
-            return c.delta_scale * predict_hamiltonian(params, batch)
+            return c.delta_scale * predict_hamiltonian(params, batch), None
         distilled = params["distilled"] if c.distilled_lr_fraction else jax.lax.stop_gradient(params["distilled"])
-        frozen = predict_hamiltonian(distilled, batch)
-        return DISTILLED_SCALE * frozen + c.delta_scale * predict_hamiltonian(params["correction"], batch)
+        frozen = DISTILLED_SCALE * predict_hamiltonian(distilled, batch)
+        correction = c.delta_scale * predict_hamiltonian(params["correction"], batch)
+        if c.unfiltered_correction:
+            return frozen, correction
+        return frozen + correction, None
+
+    def model_correction(self, params, batch, X, xp=jnp):
+        """H − baseline, (B, N, N) Hartree: :meth:`network_parts` with the filter applied
+        (:meth:`filter_correction`). Training's form of what :meth:`hamiltonians` adds."""
+        filtered_part, plain = self.network_parts(params, batch)
+        out = self.filter_correction(filtered_part, X, xp)
+        return out if plain is None else out + plain
 
     def distilled_hamiltonian(self, params, batch) -> jax.Array:
         """What the distillation steps train, (B, N, N) Hartree: the distilled network
@@ -630,7 +648,7 @@ class MoleculeTask:
 
     def batch_terms(self, params, data: MoleculeArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_mae} (B,) of the B molecules of ``data``."""
-        H = data.h_base + self.filter_correction(self.network_hamiltonian(params, data.batch), data.X)
+        H = data.h_base + self.model_correction(params, data.batch, data.X)
         return self.hamiltonian_terms(H, data)
 
     def hamiltonian_terms(self, H, data: MoleculeArrays):
@@ -699,15 +717,18 @@ class MoleculeTask:
             for first in range(0, len(members), rows):
                 chunk = members[first: first + rows]
                 batch = prepare_batch([systems[k] for k in chunk], model_config, batch_size=rows, pad_to=shape)
-                delta = np.asarray(self.network_hamiltonian(params, batch))
+                filtered_part, plain = (None if part is None else np.asarray(part)
+                                        for part in self.network_parts(params, batch))
                 for row, k in enumerate(chunk):
                     n = int(np.asarray(batch.nao)[row])
-                    out[k] = delta[row, :n, :n]
+                    out[k] = (filtered_part[row, :n, :n], None if plain is None else plain[row, :n, :n])
         c = self.config
         for k, s in enumerate(systems):
+            filtered_part, plain = out[k]
             if c.overlap_filter:  # one-electron overlap only
                 X = canonical_orthogonalizer(s.to_mole(c.basis).intor_symmetric("int1e_ovlp"))
-                out[k] = self.filter_correction(out[k], X, np)
+                filtered_part = self.filter_correction(filtered_part, X, np)
+            out[k] = filtered_part if plain is None else filtered_part + plain
             if bases is not None:
                 out[k] = out[k] + bases[k]
                 continue

@@ -324,6 +324,46 @@ def test_filtered_correction_is_the_same_in_training_distillation_and_prediction
         assert np.abs(H - unfiltered.hamiltonian(params, model_config, inside)).max() > 1e-4
 
 
+def test_unfiltered_correction_filters_the_distilled_network_only(water, cache, monkeypatch):
+    """``unfiltered_correction``: the H a label-free step sees equals what prediction
+    returns, and both equal H_SAP + G D G + ΔH_θ built from single-network predictions
+    (filtered distilled network alone; the unfiltered sum minus the unfiltered distilled
+    network), unlike the H with both networks filtered."""
+    config = dataclasses.replace(CONFIG, overlap_filter=0.3, backend="jax", unfiltered_correction=True)
+    task = MoleculeTask(config)
+    model_config = model_config_for(config, ("H", "O"))
+    params = jax.tree.map(lambda a: a * 3.0, initial_params(config, model_config))
+    (bucket,) = task.prepare(water.train, model_config, cache)
+    seen = []
+    monkeypatch.setattr(MoleculeTask, "hamiltonian_terms", lambda self, H, data: seen.append(np.asarray(H)) or (None, {}))
+    task.batch_terms(params, bucket.take([1, 0]))
+    plain = dataclasses.replace(config, unfiltered_correction=False)
+    both_filtered = MoleculeTask(plain)
+    distilled_filtered = MoleculeTask(dataclasses.replace(plain, output_scale=0.0))
+    everything_unfiltered = MoleculeTask(dataclasses.replace(plain, overlap_filter=0.0))
+    distilled_unfiltered = MoleculeTask(dataclasses.replace(plain, overlap_filter=0.0, output_scale=0.0))
+    for row, k in enumerate([1, 0]):
+        inside = task.to_frame(water.train[k])[0]
+        H = task.hamiltonian(params, model_config, inside)
+        n = H.shape[0]
+        np.testing.assert_allclose(seen[0][row, :n, :n], H, atol=1e-11, rtol=0)
+        correction = (everything_unfiltered.hamiltonian(params, model_config, inside)
+                      - distilled_unfiltered.hamiltonian(params, model_config, inside))
+        expected = distilled_filtered.hamiltonian(params, model_config, inside) + correction
+        np.testing.assert_allclose(H, expected, atol=1e-11, rtol=0)
+        assert np.abs(correction).max() > 1e-4
+        assert np.abs(H - both_filtered.hamiltonian(params, model_config, inside)).max() > 1e-5
+
+
+def test_unfiltered_correction_needs_a_distilled_network_and_a_filter():
+    """The flag has nothing to act on without both: an InputError, not a silent no-op."""
+    with pytest.raises(InputError, match="unfiltered correction"):
+        make_config("molecule", baseline="sap", overlap_filter=0.0, unfiltered_correction=True)
+    with pytest.raises(InputError, match="unfiltered correction"):
+        make_config("molecule", overlap_filter=0.03, unfiltered_correction=True)
+    assert make_config("molecule", baseline="sap", unfiltered_correction=True).unfiltered_correction
+
+
 @pytest.mark.parametrize("tau", [0.0, 0.3])
 def test_orthonormal_self_consistency_penalty_is_the_lowdin_residual_of_pyscf_fock(water, cache, tau):
     """``self_consistency_basis="orthonormal"`` on molecules: the penalty is the mean square

@@ -44,6 +44,7 @@ FLAGS = {
     "distill_filtered": "distill_filtered",
     "distill_tolerance": "distill_tolerance",
     "distilled_lr_fraction": "distilled_lr_fraction",
+    "unfiltered_correction": "unfiltered_correction",
     "grid_level": "grid_level",
     "backend": "backend",
     "workers": "workers",
@@ -147,6 +148,10 @@ def register(sub) -> None:
                    help="molecules, --baseline sap: the label-free steps also train the distilled network, at F times "
                         "their learning rate (0.1 moves H as fast through it as through the correction network; "
                         f"0 keeps it frozen) ({SAP_MOLECULE_RECIPE['distilled_lr_fraction']:g})")
+    p.add_argument("--unfiltered-correction", action="store_const", const=True, default=None,
+                   help="molecules, --baseline sap with --overlap-filter: the filter acts on the distilled network "
+                        "only, and the label-free correction network's output enters H unfiltered, as in a minao "
+                        "run (off: both filtered)")
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
