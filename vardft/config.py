@@ -201,9 +201,9 @@ class TrainConfig:
             H as fast through either network); 0 (default): it stays frozen.
         unfiltered_correction: with :attr:`frozen_distilled` and ``overlap_filter``, the
             filter acts on the distilled network only: H = H_SAP + G D G + ΔH_θ, the
-            label-free correction entering unfiltered as a minao run's does (its output
-            scale is the minao run's, so its errors along S's small eigenvalues are as
-            small). ``False`` (default): H = H_SAP + G (D + ΔH_θ) G.
+            label-free correction entering unfiltered, as a minao run's does (at the same
+            output scale). Measured on ethanol: no better than the default
+            (docs/results.md, issue 14). ``False`` (default): H = H_SAP + G (D + ΔH_θ) G.
         seed: parameter initialisation and data order.
         checkpoint_every: steps between checkpoints.
         eval_every: steps between label-free evaluations of the held-out structures
