@@ -624,7 +624,12 @@ class MoleculeTask:
     def model_correction(self, params, batch, X, xp=jnp):
         """H − baseline, (B, N, N) Hartree: :meth:`network_parts` with the filter applied
         (:meth:`filter_correction`). Training's form of what :meth:`hamiltonians` adds."""
-        filtered_part, plain = self.network_parts(params, batch)
+        return self.assembled_correction(*self.network_parts(params, batch), X, xp)
+
+    def assembled_correction(self, filtered_part, plain, X, xp=jnp):
+        """H − baseline, (..., N, N) Hartree, from :meth:`network_parts`' two parts: the
+        first through :meth:`filter_correction` (X may be ``None`` without a filter), plus
+        the unfiltered one when there is one. Training and prediction both assemble H here."""
         out = self.filter_correction(filtered_part, X, xp)
         return out if plain is None else out + plain
 
@@ -724,11 +729,9 @@ class MoleculeTask:
                     out[k] = (filtered_part[row, :n, :n], None if plain is None else plain[row, :n, :n])
         c = self.config
         for k, s in enumerate(systems):
-            filtered_part, plain = out[k]
-            if c.overlap_filter:  # one-electron overlap only
-                X = canonical_orthogonalizer(s.to_mole(c.basis).intor_symmetric("int1e_ovlp"))
-                filtered_part = self.filter_correction(filtered_part, X, np)
-            out[k] = filtered_part if plain is None else filtered_part + plain
+            X = (canonical_orthogonalizer(s.to_mole(c.basis).intor_symmetric("int1e_ovlp"))  # one-electron overlap only
+                 if c.overlap_filter else None)
+            out[k] = self.assembled_correction(*out[k], X, np)
             if bases is not None:
                 out[k] = out[k] + bases[k]
                 continue
