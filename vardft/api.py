@@ -194,7 +194,7 @@ class MoleculeModel(Model):
             bases, overlaps = map(list, zip(*[sap_hamiltonian(mol) for mol in moles]))
         else:
             bases, overlaps = None, [mol.intor_symmetric("int1e_ovlp") for mol in moles]
-        Hs = self.task.hamiltonians(self.params, self.model_config, inside, bases=bases)
+        Hs = self.task.hamiltonians(self.params, self.model_config, inside, bases=bases, overlaps=overlaps)
         out = []
         for system, (inner, frame), H, mol, S in zip(systems, placed, Hs, moles, overlaps):
             res = aufbau_orbitals(H, canonical_orthogonalizer(S), mol.nelectron)
