@@ -194,10 +194,11 @@ class MoleculeModel(Model):
             bases, overlaps = map(list, zip(*[sap_hamiltonian(mol) for mol in moles]))
         else:
             bases, overlaps = None, [mol.intor_symmetric("int1e_ovlp") for mol in moles]
-        Hs = self.task.hamiltonians(self.params, self.model_config, inside, bases=bases, overlaps=overlaps)
+        Xs = [canonical_orthogonalizer(S) for S in overlaps]  # the filter's and the diagonalisation's
+        Hs = self.task.hamiltonians(self.params, self.model_config, inside, bases=bases, orthogonalizers=Xs)
         out = []
-        for system, (inner, frame), H, mol, S in zip(systems, placed, Hs, moles, overlaps):
-            res = aufbau_orbitals(H, canonical_orthogonalizer(S), mol.nelectron)
+        for system, (inner, frame), H, mol, S, X in zip(systems, placed, Hs, moles, overlaps, Xs):
+            res = aufbau_orbitals(H, X, mol.nelectron)
             D = ao_rotation(c.basis, system.symbols, frame.rotation)
             back = lambda m: D.T @ np.asarray(m) @ D  # noqa: E731  M_lab = Dᵀ M_frame D
             out.append(Prediction(

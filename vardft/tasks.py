@@ -709,14 +709,14 @@ class MoleculeTask:
         return self.hamiltonians(params, model_config, [system], [ints])[0]
 
     def hamiltonians(self, params, model_config: ModelConfig, systems: Sequence[System], ints=None,
-                     bases=None, overlaps=None, batch_size: int = PREDICT_BATCH) -> list[np.ndarray]:
+                     bases=None, orthogonalizers=None, batch_size: int = PREDICT_BATCH) -> list[np.ndarray]:
         """:meth:`hamiltonian` of many molecules in their frames: the network runs on
         batches of ``batch_size`` molecules of one padded shape, at most
         :data:`PREDICT_SHAPES` shapes (compilations) per call (:func:`_shape_groups`);
         ``ints`` a list (or None);
-        ``bases`` the molecules' :meth:`frame_baseline` and ``overlaps`` their S
-        (nao, nao), when the caller has them (S is integrated here for the overlap
-        filter otherwise)."""
+        ``bases`` the molecules' :meth:`frame_baseline` and ``orthogonalizers`` their
+        canonical orthogonalizers X of S (nao, m), when the caller has them (built here
+        for the overlap filter otherwise)."""
         ints = list(ints) if ints is not None else [None] * len(systems)
         out: list = [None] * len(systems)
         for shape, members in _shape_groups([_graph_shape(s, model_config) for s in systems]):
@@ -733,8 +733,8 @@ class MoleculeTask:
         for k, s in enumerate(systems):
             X = None
             if c.overlap_filter:
-                S = overlaps[k] if overlaps is not None else s.to_mole(c.basis).intor_symmetric("int1e_ovlp")
-                X = canonical_orthogonalizer(S)
+                X = (orthogonalizers[k] if orthogonalizers is not None
+                     else canonical_orthogonalizer(s.to_mole(c.basis).intor_symmetric("int1e_ovlp")))
             out[k] = self.assembled_correction(*out[k], X, np)
             if bases is not None:
                 out[k] = out[k] + bases[k]
