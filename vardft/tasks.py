@@ -377,18 +377,23 @@ class MoleculeTask:
     kind = "molecule"
 
     def resolve(self, systems: Sequence[System]) -> TrainConfig:
-        """The config with the backend chosen (:func:`choose_backend`) when it is ``None``.
+        """The config as a run directory saves it: the backend chosen (:func:`choose_backend`)
+        when it is ``None``, and the default number of distillation steps written out (so a
+        later change of :data:`~vardft.config.DISTILL_FRACTION` cannot change a saved run).
 
         Raises:
             InputError: the host backend asked for with a batch split over several devices
                 (its libxc callbacks stall the devices' collective: measured, 4 CPU devices).
         """
-        devices = device_count(self.config.devices)
-        if self.config.backend is None:
-            return dataclasses.replace(self.config, backend=choose_backend(systems, self.config))
-        if self.config.backend == "host" and devices > 1:
+        config = self.config
+        if config.distill_steps is None and config.n_distill:
+            config = dataclasses.replace(config, distill_steps=config.n_distill)
+        devices = device_count(config.devices)
+        if config.backend is None:
+            return dataclasses.replace(config, backend=choose_backend(systems, config))
+        if config.backend == "host" and devices > 1:
             raise InputError(f"the host backend runs on one device, not {devices}: use --backend jax or --devices 1")
-        return self.config
+        return config
 
     @staticmethod
     def to_frame(system: System) -> tuple[System, MolecularFrame]:

@@ -252,7 +252,9 @@ def test_distillation_ends_at_its_tolerance_and_resume_ends_it_at_the_same_step(
 def test_distillation_tolerance_checks_and_older_runs_run_every_step():
     from vardft.config import DISTILL_TOLERANCE, legacy_config
 
-    assert make_config("molecule", baseline="sap").distill_tolerance == DISTILL_TOLERANCE
+    assert TrainConfig(baseline="sap").distill_tolerance == DISTILL_TOLERANCE
+    assert make_config("molecule", baseline="sap").distill_tolerance == 0.0  # the recipe runs every step
+    assert make_config("molecule", baseline="sap", distill_tolerance=1e-3).distill_tolerance == 1e-3
     with pytest.raises(InputError, match="tolerance"):
         make_config("molecule", baseline="sap", distill_tolerance=-1e-3)
     with pytest.raises(InputError, match="molecules"):
@@ -413,7 +415,7 @@ def test_filtered_distillation_loss_is_the_filtered_difference_to_pyscf_minao_fo
     with pytest.raises(InputError, match="overlap-filter"):
         make_config("molecule", baseline="sap", overlap_filter=0.0, distill_filtered=True)
     with pytest.raises(InputError, match="distillation steps"):
-        make_config("molecule", distill_filtered=True, overlap_filter=0.1)
+        make_config("molecule", baseline="minao", distill_filtered=True, overlap_filter=0.1)
 
 
 def test_a_filtered_run_trains_through_the_filter(water, cache, tmp_path):
@@ -484,9 +486,9 @@ def test_distillation_needs_the_sap_baseline_and_is_for_molecules():
     assert crystal.n_distill == 0 and not crystal.frozen_distilled
     assert crystal.delta_scale == make_config("crystal").delta_scale
     sap = make_config("molecule", baseline="sap", steps=300)
-    assert sap.n_distill == 100 and sap.total_steps == 400 and sap.frozen_distilled
+    assert sap.n_distill == 400 and sap.total_steps == 700 and sap.frozen_distilled
     assert sap.delta_scale == make_config("molecule", baseline="minao").delta_scale  # the correction: minao's scale
-    assert make_config("molecule").n_distill == 0
+    assert make_config("molecule", baseline="minao").n_distill == 0
 
 
 def test_sap_molecule_runs_get_the_measured_recipe_unless_told_otherwise():
@@ -495,12 +497,48 @@ def test_sap_molecule_runs_get_the_measured_recipe_unless_told_otherwise():
     recipe = lambda c: {k: getattr(c, k) for k in SAP_MOLECULE_RECIPE}  # noqa: E731
     assert recipe(make_config("molecule", "water", baseline="sap")) == SAP_MOLECULE_RECIPE
     assert recipe(make_config("molecule", baseline="sap", overlap_filter=0.0, distilled_lr_fraction=0.0)) == {
-        **SAP_MOLECULE_RECIPE, "overlap_filter": 0.0, "distilled_lr_fraction": 0.0}
+        **SAP_MOLECULE_RECIPE, "overlap_filter": 0.0, "distilled_lr_fraction": 0.0, "distill_filtered": False}
     plain = TrainConfig()
     for config in (make_config("molecule", baseline="minao"), make_config("crystal", baseline="sap"),
                    make_config("molecule", baseline="sap", distill_target="scf", distill_steps=5, steps=0)):
         assert config.overlap_filter == plain.overlap_filter and config.distill_basis == plain.distill_basis
+        assert not config.distill_filtered and config.distill_tolerance == plain.distill_tolerance
         assert config.kind == "crystal" or config.distilled_lr_fraction == plain.distilled_lr_fraction
+
+
+def test_molecule_runs_default_to_the_fast_path_with_the_measured_distillation():
+    """Without flags a molecule run has the SAP baseline (prediction: a forward pass), the
+    recipe, 4/3 distillation steps per label-free step, and ethanol's displaced copies;
+    flags that leave nothing to distil or filter drop what needs it."""
+    from vardft.config import DISTILL_FRACTION, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE
+
+    for dataset in ("water", "ethanol", "qm9", None):
+        config = make_config("molecule", dataset)
+        assert config.baseline == "sap" and config.frozen_distilled
+        assert {k: getattr(config, k) for k in SAP_MOLECULE_RECIPE} == SAP_MOLECULE_RECIPE
+        assert config.n_distill == round(DISTILL_FRACTION * config.steps)
+        assert config.distill_displaced == SAP_DATASET_RECIPES.get(dataset, {}).get("distill_displaced", 0)
+    assert make_config("molecule", "ethanol").distill_displaced == 10
+    assert make_config("molecule", "qm9").n_distill == 200
+    untrained = make_config("molecule", "ethanol", steps=0)  # nothing to distil: no copies, no filtered loss
+    assert untrained.n_distill == 0 and untrained.distill_displaced == 0 and not untrained.distill_filtered
+    assert not make_config("molecule", overlap_filter=0.0).distill_filtered
+    assert not make_config("molecule", distill_filtered=False).distill_filtered
+    minao = make_config("molecule", "ethanol", baseline="minao")
+    assert minao.n_distill == 0 and minao.distill_displaced == 0 and minao.overlap_filter == 0.0
+
+
+def test_saved_runs_keep_their_number_of_distillation_steps(water):
+    """A run directory saves the distillation steps it runs; SAP runs saved with them unset
+    (before the default became 4/3 of ``steps``) load with a third of their steps."""
+    from vardft.config import legacy_config
+
+    resolved = MoleculeTask(make_config("molecule", steps=30)).resolve(water.train)
+    assert resolved.distill_steps == 40
+    old = {**make_config("molecule", steps=30).to_dict(), "distill_steps": None}
+    assert legacy_config({"kind": "molecule", "train": old}).n_distill == 10
+    minao = MoleculeTask(make_config("molecule", baseline="minao")).resolve(water.train)
+    assert minao.distill_steps is None and minao.n_distill == 0
 
 
 def test_many_sizes_share_a_few_padded_shapes():

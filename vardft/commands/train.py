@@ -7,7 +7,9 @@ not apply to the kind of DATA is a one-line error.
 
 from __future__ import annotations
 
+import argparse
 import os
+from fractions import Fraction
 
 from basis.crystal import check_kmesh
 from basis.errors import InputError
@@ -16,7 +18,7 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, NETWORK_DTYPES,
-                           QM9_PRESET, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
+                           QM9_PRESET, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import check_stop_after_distillation, read_run, train
@@ -124,11 +126,12 @@ def register(sub) -> None:
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
                         f"label-free on top; at most this many, fewer once --distill-tolerance is met (default: "
-                        f"{DISTILL_FRACTION:.2g} x --steps with sap, 0 otherwise)")
+                        f"{Fraction(DISTILL_FRACTION).limit_denominator(12)} x --steps "
+                        "with sap, 0 otherwise)")
     p.add_argument("--distill-tolerance", type=float, default=None, metavar="EH",
                    help="molecules, --baseline sap: distillation ends before --distill-steps once the mean absolute "
                         f"error to the minao Kohn-Sham matrix over the last {DISTILL_WINDOW} batches is at most EH "
-                        f"Hartree; 0 runs every distillation step ({m.distill_tolerance:g})")
+                        f"Hartree; 0 runs every distillation step ({SAP_MOLECULE_RECIPE['distill_tolerance']:g})")
     p.add_argument("--distill-target", default=None, choices=list(DISTILL_TARGETS),
                    help="molecules: what the distillation steps learn. minao: the minao Kohn-Sham matrix (label-free); "
                         "scf: PySCF's converged Kohn-Sham matrix of each training molecule, an SCF each -- supervised, "
@@ -139,11 +142,11 @@ def register(sub) -> None:
                         "AO pairs; orthonormal: over orthonormal orbitals, which bounds the error of H's orbital "
                         "energies (an AO error along a nearly dependent direction moves them by error/overlap "
                         f"eigenvalue); both: the sum of the two ({SAP_MOLECULE_RECIPE['distill_basis']})")
-    p.add_argument("--distill-filtered", action="store_const", const=True, default=None,
+    p.add_argument("--distill-filtered", action=argparse.BooleanOptionalAction, default=None,
                    help="molecules, distillation with --overlap-filter: its loss measures the filtered difference "
                         "G (H - target) G, leaving out the part of the target that the filtered correction cannot "
                         "reach (along overlap eigenvalues far below the filter's scale); the logged distill_* "
-                        "metrics stay unfiltered (off)")
+                        "metrics stay unfiltered (on with sap and an overlap filter; --no-distill-filtered: off)")
     p.add_argument("--distilled-lr-fraction", type=float, default=None, metavar="F",
                    help="molecules, --baseline sap: the label-free steps also train the distilled network, at F times "
                         "their learning rate (0.1 moves H as fast through it as through the correction network; "
@@ -155,7 +158,8 @@ def register(sub) -> None:
     p.add_argument("--distill-displaced", type=int, default=None, metavar="K",
                    help="--baseline sap: K thermally displaced copies of each training structure join the "
                         "distillation steps (more geometries for the distilled network; the label-free steps "
-                        f"use the training structures only) ({m.distill_displaced})")
+                        f"use the training structures only) ({m.distill_displaced}; ethanol: "
+                        f"{SAP_DATASET_RECIPES['ethanol']['distill_displaced']})")
     p.add_argument("--seed", type=int, default=None, help=f"initialisation and data-order seed ({m.seed})")
     p.add_argument("--n-train", type=int, default=None,
                    help="training structures of a built-in set (default: the set's own)")
