@@ -178,7 +178,8 @@ class MoleculeModel(Model):
         energies (and the energy) exactly invariant. The network runs on batches of
         molecules padded to at most :data:`vardft.tasks.PREDICT_SHAPES` shapes (one
         compilation each). What is built per
-        molecule depends on the run's baseline: ``"sap"`` (the fast path) needs only
+        molecule depends on the run's baseline: ``"sap"`` (the fast path; molecule runs'
+        default) needs only
         one-electron-type integrals (S, T, V_nuc and the tabulated atomic potentials) —
         no density-fitting factor, no XC grid — then one diagonalisation; ``"minao"``
         builds integrals on the run's training grid for its Kohn–Sham baseline. The
@@ -462,7 +463,8 @@ def load(run_dir: str, kind: str | None = None) -> Model:
 
 def initial_guess(run_dir_or_model, mol) -> np.ndarray:
     """Density matrix (nao, nao) for ``mf.kernel(dm0=...)`` from a model's prediction
-    (no energy computed; with a ``"sap"``-baseline model no DF factor or XC grid either).
+    (no energy computed; with a ``"sap"``-baseline model, the default of molecule runs, no
+    DF factor or XC grid either).
 
     Args:
         run_dir_or_model: a run directory or a loaded :class:`MoleculeModel`.

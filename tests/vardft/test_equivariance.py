@@ -138,9 +138,11 @@ def test_crystal_path_catches_ignored_lattice_shift():
 PREDICT_RTOL = 1e-10  # relative to max|H|, def2-SVP (issue 10's target)
 
 
-@pytest.fixture(scope="module")
-def untrained_run(tmp_path_factory):
-    """``vardft train FILE --steps 0``: an untrained run with the minao baseline (H, C, N, O)."""
+@pytest.fixture(scope="module", params=["sap", "minao"])
+def untrained_run(tmp_path_factory, request):
+    """``vardft train FILE --steps 0 --baseline B``: an untrained run (H, C, N, O) on the
+    default baseline (sap: one-electron integrals) and on minao (a Fock build on PySCF's
+    laboratory-fixed grid, made equivariant by the molecular frame)."""
     from ase.io import write
 
     from vardft.cli import main
@@ -149,7 +151,8 @@ def untrained_run(tmp_path_factory):
     data = str(folder / "mols.xyz")
     write(data, [molecule("HCOOH"), molecule("CH3CH2OH"), molecule("CH3NO2")])
     run_dir = str(folder / "run")
-    assert main(["train", data, "--out", run_dir, "--steps", "0", "--preset", "S", "--quiet", "--cache", "none"]) == 0
+    assert main(["train", data, "--out", run_dir, "--steps", "0", "--preset", "S", "--quiet", "--cache", "none",
+                 "--baseline", request.param]) == 0
     return run_dir
 
 

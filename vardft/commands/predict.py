@@ -25,7 +25,7 @@ def register(sub) -> None:
             "density_matrix, mo_energy, mo_coeff (PySCF AO order, Hartree), energy (with --energy) and "
             "attributes kind, basis, xc, symbols, positions_angstrom. Molecules go through the network "
             "in batches padded to at most 4 sizes (4 compilations per call); a model trained on the "
-            "sap baseline needs no density fitting or XC grid, so prediction costs two forward passes (the "
+            "sap baseline (the default for molecules) needs no density fitting or XC grid, so prediction costs two forward passes (the "
             "frozen distilled network and the correction), S and one "
             "diagonalisation. With a crystal model INPUT "
             "holds cells, and the datasets are at the run's k-mesh: kpts (nk, 3) 1/Bohr, "
