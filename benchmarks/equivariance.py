@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         for basis in args.basis:
             run = os.path.join(tmp, f"run-{basis}")
             assert vardft_main(["train", data, "--out", run, "--steps", "0", "--basis", basis, "--preset", "S",
-                                "--quiet", "--cache", "none"]) == 0
+                                "--quiet", "--cache", "none", "--baseline", "minao"]) == 0
             model = load(run)
             for name in args.molecules:
                 system = System.from_atoms(molecule(name))

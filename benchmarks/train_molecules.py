@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=["water", "ethanol", "g2-small"])
     p.add_argument("--minutes", type=float, default=30.0, help="training wall-time budget")
+    p.add_argument("--baseline", default=None, choices=["sap", "minao", "none"],
+                   help="H = baseline + network (default: that of vardft train, sap)")
     p.add_argument("--steps", type=int, default=None, help="override the default step count")
     p.add_argument("--preset", default=None)
     p.add_argument("--frames", type=int, default=None, help="validate at most this many held-out frames")
@@ -82,18 +84,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from vardft.config import TrainConfig
+    from vardft.config import make_config
     from vardft.data import IntegralCache, default_cache_dir, load_dataset
     from vardft.train import train
     from vardft.validate import validate_run
 
-    config = dataclasses.replace(TrainConfig(), max_minutes=args.minutes)
-    if args.steps is not None:
-        config = dataclasses.replace(config, steps=args.steps)
-    if args.preset is not None:
-        config = dataclasses.replace(config, preset=args.preset)
-    if args.batch_size is not None:
-        config = dataclasses.replace(config, batch_size=args.batch_size)
+    config = make_config("molecule", args.dataset, max_minutes=args.minutes, steps=args.steps, preset=args.preset,
+                         batch_size=args.batch_size, baseline=args.baseline)
     dataset = load_dataset(args.dataset, seed=config.seed, n_train=args.n_train)
     run_dir = args.out or tempfile.mkdtemp(prefix=f"vardft-{args.dataset}-")
     t0 = time.perf_counter()
