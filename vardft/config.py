@@ -163,7 +163,8 @@ class TrainConfig:
             Kohn–Sham matrix of the minao density, F[P_minao] − H_base (mean square over
             AO pairs; its own warm-up and cosine schedule, then the optimizer starts
             afresh); ``None``: ``steps`` × :data:`DISTILL_FRACTION` with the ``"sap"``
-            baseline, 0 with the others. No SCF and no label: the run stays label-free.
+            baseline, 0 with the others (a run directory saves the number). No SCF and no
+            label: the run stays label-free.
         distill_tolerance: distillation ends before ``distill_steps`` once the mean
             absolute error to F[P_minao] over the last :data:`DISTILL_WINDOW` training
             batches is at most this (Hartree; the step where it ended is kept in the
@@ -194,7 +195,8 @@ class TrainConfig:
             in whichever ``distill_basis``: the part of the target that the filtered
             correction cannot reach (along S's eigenvalues s ≪ τ, where it would need
             outputs ~(τ/s)² times the target) then adds nothing to the loss. ``False``
-            (default): the unfiltered difference. The logged ``distill_*`` metrics and the
+            (the dataclass default; :data:`SAP_MOLECULE_RECIPE` sets ``True``): the
+            unfiltered difference. The logged ``distill_*`` metrics and the
             ``distill_tolerance`` test stay unfiltered either way.
         frozen_distillation: the distillation trains a network of its own (output
             × :data:`DISTILLED_SCALE`) that is frozen afterwards, and the label-free steps
@@ -205,7 +207,8 @@ class TrainConfig:
         distilled_lr_fraction: with :attr:`frozen_distilled`, the label-free steps move the
             distilled network too, at this fraction of their learning rate (its output is
             :data:`DISTILLED_SCALE` / ``output_scale`` times the correction's, so 0.1 moves
-            H as fast through either network); 0 (default): it stays frozen.
+            H as fast through either network); 0 (the dataclass default; 0.1 in
+            :data:`SAP_MOLECULE_RECIPE`): it stays frozen.
         unfiltered_correction: with :attr:`frozen_distilled` and ``overlap_filter``, the
             filter acts on the distilled network only: H = H_SAP + G D G + ΔH_θ, the
             label-free correction entering unfiltered, as a minao run's does (at the same
