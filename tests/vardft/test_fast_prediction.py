@@ -516,10 +516,15 @@ def test_molecule_runs_default_to_the_fast_path_with_the_measured_distillation()
         config = make_config("molecule", dataset)
         assert config.baseline == "sap" and config.frozen_distilled
         assert {k: getattr(config, k) for k in SAP_MOLECULE_RECIPE} == SAP_MOLECULE_RECIPE
-        assert config.n_distill == round(DISTILL_FRACTION * config.steps)
-        assert config.distill_displaced == SAP_DATASET_RECIPES.get(dataset, {}).get("distill_displaced", 0)
+        extra = SAP_DATASET_RECIPES.get(dataset, {})
+        assert config.n_distill == round(extra.get("distill_fraction", DISTILL_FRACTION) * config.steps)
+        assert config.distill_displaced == extra.get("distill_displaced", 0)
+        assert config.network_dtype == extra.get("network_dtype", "float64")
     assert make_config("molecule", "ethanol").distill_displaced == 10
-    assert make_config("molecule", "qm9").n_distill == 200
+    assert make_config("molecule", "water").n_distill == 4000
+    qm9 = make_config("molecule", "qm9")
+    assert qm9.n_distill == 300 and qm9.network_dtype == "float32"  # the measured QM9 run
+    assert make_config("molecule", "qm9", distill_steps=7, network_dtype="float64").n_distill == 7
     untrained = make_config("molecule", "ethanol", steps=0)  # nothing to distil: no copies, no filtered loss
     assert untrained.n_distill == 0 and untrained.distill_displaced == 0 and not untrained.distill_filtered
     assert not make_config("molecule", overlap_filter=0.0).distill_filtered
@@ -556,7 +561,7 @@ def test_many_sizes_share_a_few_padded_shapes():
 def test_sap_runs_saved_before_the_frozen_network_load_as_one_network():
     from vardft.config import legacy_config
 
-    saved = make_config("molecule", baseline="sap", steps=30).to_dict()
+    saved = {**make_config("molecule", baseline="sap", steps=30).to_dict(), "distill_steps": None}  # as then saved
     old = {k: v for k, v in saved.items() if k != "frozen_distillation"}
     config = legacy_config({"kind": "molecule", "train": old})
     assert not config.frozen_distilled and config.delta_scale == 0.1 and config.n_distill == 10
