@@ -362,7 +362,7 @@ def test_unfiltered_correction_needs_a_distilled_network_and_a_filter():
     with pytest.raises(InputError, match="unfiltered correction"):
         make_config("molecule", baseline="sap", overlap_filter=0.0, unfiltered_correction=True)
     with pytest.raises(InputError, match="unfiltered correction"):
-        make_config("molecule", overlap_filter=0.03, unfiltered_correction=True)
+        make_config("molecule", baseline="minao", overlap_filter=0.03, unfiltered_correction=True)
     assert make_config("molecule", baseline="sap", unfiltered_correction=True).unfiltered_correction
 
 
