@@ -25,7 +25,9 @@ MATRIX_TOL = 1e-10  # Eh
 
 
 def _config(**kw):
-    return make_config("molecule", preset="S", basis="sto-3g", backend="jax", workers=0, **kw)
+    """Streaming is the same for both baselines; the distillation's streaming is tested in
+    test_fast_prediction. Minao keeps these runs to label-free steps."""
+    return make_config("molecule", preset="S", basis="sto-3g", backend="jax", workers=0, **{"baseline": "minao", **kw})
 
 
 def _model(config, systems):
@@ -268,7 +270,7 @@ def test_automatic_backend_counts_the_held_out_molecules_it_evaluates(water, mon
     that evaluates nothing keeps the host backend."""
     from vardft import tasks
 
-    config = make_config("molecule", preset="S", basis="sto-3g", steps=1, eval_every=1, workers=0)
+    config = make_config("molecule", preset="S", basis="sto-3g", steps=1, eval_every=1, workers=0, baseline="minao")
     train_bytes = tasks.in_memory_bytes(water.train, config)
     held_out = tasks.in_memory_bytes(water.validation, config)
     monkeypatch.setattr(tasks, "HOST_MEMORY_FRACTION", (train_bytes + held_out / 2) / tasks.machine_memory_bytes())
