@@ -72,8 +72,9 @@ DISTILL_FRACTION = 4 / 3
 steps a network of its own learns the minao Kohn–Sham matrix (no SCF, no label), which
 starts label-free training where the minao baseline starts it. Measured (docs/results.md,
 issue 14): ethanol's 3,000 label-free steps need 4,000 (1,500: held-out H MAE 194.5 against
-181.7 μEh); water at 4,000 stays within 10 % of the minao model (47.7 against 70.3 μEh).
-Runs saved before this rule had a third of ``steps`` (:data:`LEGACY_DISTILL_FRACTION`)."""
+181.7 μEh); water at 4,000 is better than the minao model (51.5 against 70.3 μEh). QM9 has
+its own (:data:`QM9_SAP_RECIPE`). Runs saved before this rule had a third of ``steps``
+(:data:`LEGACY_DISTILL_FRACTION`)."""
 
 LEGACY_DISTILL_FRACTION = 1 / 3
 """The distillation steps per label-free step of SAP runs saved with ``distill_steps`` unset,
@@ -466,15 +467,15 @@ def make_config(kind: str, dataset: str | None = None, **overrides) -> TrainConf
         config = dataclasses.replace(config, **PRESETS.get(dataset, {}))
     config = with_overrides(config, check=False, **overrides)
     if config.kind == "molecule" and config.baseline == "sap" and config.distill_target == "minao":
+        given = {k for k, v in overrides.items() if v is not None}
         recipe = {**SAP_MOLECULE_RECIPE, **SAP_DATASET_RECIPES.get(dataset or "", {})}
         fraction = recipe.pop("distill_fraction", DISTILL_FRACTION)
-        config = dataclasses.replace(config, **{k: v for k, v in recipe.items() if overrides.get(k) is None})
-        if overrides.get("distill_steps") is None:
+        config = dataclasses.replace(config, **{k: v for k, v in recipe.items() if k not in given})
+        if "distill_steps" not in given:
             config = dataclasses.replace(config, distill_steps=round(fraction * config.steps))
-        unset = lambda name: overrides.get(name) is None  # noqa: E731
-        if unset("distill_filtered") and not (config.n_distill and config.overlap_filter):
+        if "distill_filtered" not in given and not (config.n_distill and config.overlap_filter):
             config = dataclasses.replace(config, distill_filtered=False)  # nothing to filter
-        if unset("distill_displaced") and not config.n_distill:
+        if "distill_displaced" not in given and not config.n_distill:
             config = dataclasses.replace(config, distill_displaced=0)  # no distillation to join
     return check_config(config)
 
