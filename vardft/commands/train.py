@@ -18,7 +18,7 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, NETWORK_DTYPES,
-                           QM9_PRESET, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
+                           QM9_PRESET, QM9_SAP_RECIPE, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import check_stop_after_distillation, read_run, train
@@ -85,8 +85,9 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, choices=["S", "M", "L"], help=f"model size ({m.preset}; {c.preset})")
     p.add_argument("--network-dtype", default=None, choices=list(NETWORK_DTYPES),
                    help="precision of the network's parameters and activations; H, energies and losses stay "
-                        f"float64 (float32: half the network's memory, faster where single precision is) ({m.network_dtype})")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps ({m.steps}; {c.steps})")
+                        f"float64 (float32: half the network's memory, faster where single precision is) ({m.network_dtype}; "
+                        f"qm9 on sap: {QM9_SAP_RECIPE['network_dtype']})")
+    p.add_argument("--steps", type=int, default=None, help=f"label-free optimizer steps, after any distillation steps ({m.steps}; {c.steps})")
     p.add_argument("--batch-size", type=int, default=None, help=f"structures per step ({m.batch_size}; {c.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({m.learning_rate}; {c.learning_rate})")
     p.add_argument("--sc-weight", type=float, default=None,
@@ -126,8 +127,8 @@ def register(sub) -> None:
                    help="molecules, --baseline sap: steps, before the label-free ones, that teach a network of their own "
                         "the minao Kohn-Sham matrix (no SCF, no labels); it is frozen and a second network trains "
                         f"label-free on top; at most this many, fewer once --distill-tolerance is met (default: "
-                        f"{Fraction(DISTILL_FRACTION).limit_denominator(12)} x --steps "
-                        "with sap, 0 otherwise)")
+                        f"{Fraction(DISTILL_FRACTION).limit_denominator(12)} x --steps with sap, "
+                        f"{QM9_SAP_RECIPE['distill_fraction']:g} x for qm9, 0 otherwise)")
     p.add_argument("--distill-tolerance", type=float, default=None, metavar="EH",
                    help="molecules, --baseline sap: distillation ends before --distill-steps once the mean absolute "
                         f"error to the minao Kohn-Sham matrix over the last {DISTILL_WINDOW} batches is at most EH "
