@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--sc-weight", type=float, default=None)
     p.add_argument("--sc-basis", default=None, choices=["orthonormal", "ao", "window"],
                    help="basis of the self-consistency residual")
+    p.add_argument("--sc-target", default=None, choices=["fock", "filtered-fock"],
+                   help="what H is compared with under --overlap-filter (vardft train --sc-target)")
     p.add_argument("--band-weight", type=float, default=None,
                    help="weight of the band-energy residual, 1/Eh (vardft train --band-weight)")
     p.add_argument("--overlap-filter", type=float, default=None,
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
     overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency": args.sc_weight,
                  "band_energy": args.band_weight, "overlap_filter": args.overlap_filter,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
-                 "preset": args.preset, "self_consistency_basis": args.sc_basis, "batch_size": args.batch_size,
+                 "preset": args.preset, "self_consistency_basis": args.sc_basis,
+                 "self_consistency_target": args.sc_target, "batch_size": args.batch_size,
                  "cells_per_pass": args.cells_per_pass,
                  "max_minutes": args.minutes, "basis": args.basis, "kmesh": tuple(args.kmesh) if args.kmesh else None}
     if args.no_offmesh:

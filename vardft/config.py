@@ -103,6 +103,15 @@ SELF_CONSISTENCY_BASES = ("ao", "orthonormal", "window")
 the occupied and :data:`vardft.losses.WINDOW_CONDUCTION_BANDS` lowest empty Bloch states of
 H (for bases with nearly dependent directions, such as gth-dzvp in a crystal)."""
 
+SELF_CONSISTENCY_TARGETS = ("fock", "filtered-fock")
+"""What H is compared with when the correction is filtered (crystals, ``overlap_filter`` > 0).
+With H = H_base + G ΔH G, the residual is G (X − F) G in both, X = H (``"fock"``) or
+X = H_base + ΔH, the correction before its filter (``"filtered-fock"``): then the residual
+is H − (H_base + G (F − H_base) G), H against the filtered Fock matrix, and vanishes at the
+fixed point H = H_base + G (F[P(H)] − H_base) G, which a bounded ΔH reaches. With
+``"fock"`` it vanishes only at ΔH = G⁻¹(F − H_base)G⁻¹, unbounded where S is nearly
+singular, so the loss settles elsewhere (docs/results.md, gth-dzvp Si)."""
+
 DISTILL_TARGETS = ("minao", "scf")
 """What distillation steps learn (:attr:`TrainConfig.distill_target`)."""
 
@@ -156,6 +165,8 @@ class TrainConfig:
         grad_clip: global gradient-norm clip.
         loss: weights of the energy and self-consistency terms.
         self_consistency_basis: one of :data:`SELF_CONSISTENCY_BASES`.
+        self_consistency_target: one of :data:`SELF_CONSISTENCY_TARGETS` (crystals with
+            an overlap filter).
         baseline: one of :data:`BASELINES`.
         output_scale: ΔH = output_scale × network output, Hartree (the network's
             outputs start at O(1)); ``None``: :data:`OUTPUT_SCALES` of the baseline
@@ -284,6 +295,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     loss: LossWeights = LossWeights()
     self_consistency_basis: str = "ao"
+    self_consistency_target: str = "fock"
     baseline: str = "minao"
     output_scale: float | None = None
     distill_steps: int | None = None
@@ -516,6 +528,14 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"unknown self-consistency basis {config.self_consistency_basis!r}; "
             f"choose from {', '.join(SELF_CONSISTENCY_BASES)}"
         )
+    if config.self_consistency_target not in SELF_CONSISTENCY_TARGETS:
+        raise InputError(
+            f"unknown self-consistency target {config.self_consistency_target!r}; "
+            f"choose from {', '.join(SELF_CONSISTENCY_TARGETS)}"
+        )
+    if config.self_consistency_target == "filtered-fock" and not (config.kind == "crystal" and config.overlap_filter):
+        raise InputError("the filtered-fock self-consistency target is for crystals with an overlap filter: "
+                         "give --overlap-filter")
     for name, weight in dataclasses.asdict(config.loss).items():
         if not (weight >= 0 and weight < float("inf")):
             raise InputError(f"the {name.replace('_', '-')} weight must be a finite number >= 0, got {weight}")

@@ -291,13 +291,19 @@ def crystal_loss(
     Hq=None,
     offmesh: OffMesh | None = None,
     G=None,
+    Hk_target=None,
+    Hq_target=None,
 ) -> CrystalTerms:
     """Loss of one crystal from its H(k) (nk, N, N) at the k-points of ``ints`` (unstacked).
 
     With ``offmesh`` and ``Hq`` (nq, N, N), H(q) at the half-shifted points, the
     self-consistency penalty is the mean of the mesh's and the off-mesh points'. With
     overlap filters ``G`` (nk, N, N) (and ``offmesh.G``), every self-consistency residual
-    is that of G (H − F) G: the directions the filtered correction can reach.
+    is that of G (H − F) G: the directions the filtered correction can reach; or, given
+    ``Hk_target`` (and ``Hq_target``), the matrices H_base + ΔH before the filter, that of
+    G (H_base + ΔH − F) G = H − (H_base + G (F − H_base) G), H against the filtered Fock
+    matrix (:data:`vardft.config.SELF_CONSISTENCY_TARGETS`). The density and the band
+    window are H's in both.
     """
     nao = ints.nao
     Hk = Hk[:, :nao, :nao]
@@ -305,7 +311,8 @@ def crystal_loss(
     E, _, F = periodic.energy_and_fock(sg(P), ints)
     F = sg(F)
     surrogate = jnp.sum(ints.kweights * jnp.einsum("kij,kji->k", F, P).real)
-    D = filtered(Hk - F, G)
+    compared = Hk if Hk_target is None else Hk_target[:, :nao, :nao]
+    D = filtered(compared - F, G)
     mse = jnp.mean(jnp.abs(D) ** 2)
     mse_orthonormal = orthonormal_mse(D, X, mo_mask)
     n_window = min(nao, ints.n_electrons // 2 + WINDOW_CONDUCTION_BANDS)
@@ -314,7 +321,8 @@ def crystal_loss(
     if offmesh is not None:
         Fq = sg(offmesh_fock(sg(P), ints, offmesh))
         Hq = Hq[:, :nao, :nao]
-        Dq = filtered(Hq - Fq, offmesh.G)
+        compared_q = Hq if Hq_target is None else Hq_target[:, :nao, :nao]
+        Dq = filtered(compared_q - Fq, offmesh.G)
         mse = 0.5 * (mse + jnp.mean(jnp.abs(Dq) ** 2))
         mse_orthonormal = 0.5 * (mse_orthonormal + orthonormal_mse(Dq, offmesh.X, offmesh.mo_mask))
         if in_window:

@@ -1026,30 +1026,35 @@ class CrystalTask:
 
         return [CrystalSet(systems=tuple(systems), arrays=arrays, store=store, rebuild=rebuild)]
 
-    def training_hamiltonians(self, params, data: CrystalArrays):
+    def training_hamiltonians(self, params, data: CrystalArrays, unfiltered: bool = False):
         """H(k) (B, nk, nao, nao) at the training k-points and, with off-mesh self-consistency,
         H(q) (B, nq, nao, nao) at the off-mesh ones (else ``None``): H_base + the network's
-        Bloch sum, complex, Hartree — what the loss sees."""
+        Bloch sum, complex, Hartree — what the loss sees. ``unfiltered``: also
+        H_base + ΔH before the overlap filter, at both (the filtered-fock target's)."""
         H_R = self.config.delta_scale * predict_hamiltonian(params, data.batch)
         nao = data.h_base.shape[-1]  # AO slots beyond it are bucket padding (zero rows and columns)
 
         def at(h_base, kpts, G):
             dH = bloch_sum_batch(H_R, data.batch, kpts)[..., :nao, :nao]
-            return h_base + (dH if G is None else jax.vmap(filtered)(dH, G))
+            return h_base + (dH if G is None else jax.vmap(filtered)(dH, G)), h_base + dH
 
-        Hk = at(data.h_base, data.ints.kpts, data.G)
-        return Hk, None if data.offmesh is None else at(data.offmesh.h_base, data.offmesh.kpts, data.offmesh.G)
+        Hk, Hk_raw = at(data.h_base, data.ints.kpts, data.G)
+        Hq, Hq_raw = (None, None) if data.offmesh is None else at(data.offmesh.h_base, data.offmesh.kpts, data.offmesh.G)
+        return (Hk, Hq, Hk_raw, Hq_raw) if unfiltered else (Hk, Hq)
 
     def batch_terms(self, params, data: CrystalArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""
         c = self.config
-        Hk, Hq = self.training_hamiltonians(params, data)
+        to_filtered_fock = c.self_consistency_target == "filtered-fock"
+        Hk, Hq, Hk_raw, Hq_raw = self.training_hamiltonians(params, data, unfiltered=True)
+        if not to_filtered_fock:
+            Hk_raw = Hq_raw = None
 
         def one(args):
-            h, i, x, m, g, hq, o = args
-            return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o, g)
+            h, i, x, m, g, hq, o, h_raw, hq_raw = args
+            return crystal_loss(h, i, x, m, c.loss, c.self_consistency_basis, hq, o, g, h_raw, hq_raw)
 
-        cells = (Hk, data.ints, data.X, data.mo_mask, data.G, Hq, data.offmesh)
+        cells = (Hk, data.ints, data.X, data.mo_mask, data.G, Hq, data.offmesh, Hk_raw, Hq_raw)
         terms = over_cells(one, cells, c.cells_per_pass)
         metrics = {
             "energy": terms.energy,

@@ -4,6 +4,7 @@ training mesh and to PySCF's get_bands of the guess density at other k-points.""
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -188,3 +189,45 @@ def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
         assert np.isfinite(float(loss)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
         # no batched eigh, whose CPU kernel deadlocked the window residual's step (solvers.eigen.eigh)
         assert not batched_eigh_calls(compiled.as_text())
+
+
+@pytest.mark.parametrize("target", ["fock", "filtered-fock"])
+def test_filtered_residual_compares_h_with_the_fock_matrix_or_the_filtered_fock_matrix(target):
+    """With H = H_base + G ΔH G, the residual the loss reports is G (H − F) G ("fock") or
+    H − (H_base + G (F − H_base) G) ("filtered-fock"), F the Fock matrix of H's density,
+    each rebuilt here from the loss's H, H_base, G and F."""
+    from solvers import periodic
+    from vardft.losses import hermitian_density
+
+    cfg = make_config("crystal", xc="lda,vwn", kmesh=(2, 1, 1), mesh=SMALL_MESH, baseline="sap", overlap_filter=0.3,
+                      self_consistency_basis="ao", offmesh_self_consistency=False, self_consistency_target=target)
+    system = crystal_structures("si", 1, seed=4)[0]
+    cfg = CrystalTask(cfg).resolve([system])
+    task = CrystalTask(cfg)
+    model_cfg = model_config_for(cfg, ("Si",))
+    params = init_params(jax.random.PRNGKey(3), model_cfg)
+    (cells,) = task.prepare([system], model_cfg)
+    data = cells.take([0])
+    _, metrics = task.batch_terms(params, data)
+    Hk, _, Hk_raw, _ = (np.asarray(h[0]) if h is not None else None
+                        for h in task.training_hamiltonians(params, data, unfiltered=True))
+    ints = jax.tree.map(lambda a: a[0], data.ints)
+    P, _ = hermitian_density(jnp.asarray(Hk), data.X[0], data.mo_mask[0], ints.n_electrons)
+    F = np.asarray(periodic.energy_and_fock(P, ints)[2])
+    G, H_base = np.asarray(data.G[0]), np.asarray(data.h_base[0])
+    filtered_fock = H_base + G @ (F - H_base) @ G
+    assert np.abs(Hk - (H_base + G @ (Hk_raw - H_base) @ G)).max() < 1e-12  # H is the filtered correction
+    D = G @ (Hk - F) @ G if target == "fock" else Hk - filtered_fock
+    expected = np.sqrt(np.mean(np.abs(D) ** 2))
+    assert float(metrics["sc_rmse"][0]) == pytest.approx(expected, rel=1e-9)
+    other = Hk - filtered_fock if target == "fock" else G @ (Hk - F) @ G
+    assert abs(np.sqrt(np.mean(np.abs(other) ** 2)) - expected) > 1e-3 * expected  # the two targets differ here
+
+
+def test_filtered_fock_target_needs_a_crystal_with_an_overlap_filter():
+    with pytest.raises(InputError, match="overlap filter"):
+        make_config("crystal", self_consistency_target="filtered-fock")
+    with pytest.raises(InputError, match="overlap filter"):
+        make_config("molecule", overlap_filter=1e-2, self_consistency_target="filtered-fock")
+    with pytest.raises(InputError, match="unknown self-consistency target"):
+        make_config("crystal", overlap_filter=1e-3, self_consistency_target="fok")

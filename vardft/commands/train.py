@@ -18,7 +18,8 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS, DISTILL_WINDOW, NETWORK_DTYPES,
-                           QM9_PRESET, QM9_SAP_RECIPE, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, default_config, make_config, with_overrides)
+                           QM9_PRESET, QM9_SAP_RECIPE, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES,
+                           SELF_CONSISTENCY_TARGETS, default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import check_stop_after_distillation, read_run, train
@@ -34,6 +35,7 @@ FLAGS = {
     "lr": "learning_rate",
     "sc_weight": "self_consistency",
     "sc_basis": "self_consistency_basis",
+    "sc_target": "self_consistency_target",
     "band_weight": "band_energy",
     "overlap_filter": "overlap_filter",
     "cells_per_pass": "cells_per_pass",
@@ -98,6 +100,10 @@ def register(sub) -> None:
                         "filtered residual), window (crystals: among H's occupied and lowest empty Bloch states, for "
                         "nearly dependent bases such as gth-dzvp) "
                         f"({m.self_consistency_basis}; {c.self_consistency_basis})")
+    p.add_argument("--sc-target", default=None, choices=list(SELF_CONSISTENCY_TARGETS),
+                   help="crystals with --overlap-filter: compare H with F[P(H)] (fock) or with the filtered Fock "
+                        "matrix H_base + G (F - H_base) G (filtered-fock), whose fixed point a bounded correction "
+                        f"reaches ({c.self_consistency_target})")
     p.add_argument("--band-weight", type=float, default=None,
                    help="crystals: weight, 1/Eh, of the band-energy residual (the first-order band-energy errors of "
                         "the window bands, which the mean over pairs dilutes) "
