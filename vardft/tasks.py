@@ -1032,6 +1032,11 @@ class CrystalTask:
         Bloch sum, complex, Hartree — what the loss sees. ``unfiltered``: also
         H_base + ΔH before the overlap filter, at both (the filtered-fock target's)."""
         H_R = self.config.delta_scale * predict_hamiltonian(params, data.batch)
+        return self.hamiltonians_of_blocks(H_R, data, unfiltered)
+
+    def hamiltonians_of_blocks(self, H_R, data: CrystalArrays, unfiltered: bool = False):
+        """:meth:`training_hamiltonians` of given real-space corrections ΔH(R) (B, nR, N, N)
+        in the slots of ``data.batch`` (Hartree; ΔH(−R) = ΔH(R)ᵀ)."""
         nao = data.h_base.shape[-1]  # AO slots beyond it are bucket padding (zero rows and columns)
 
         def at(h_base, kpts, G):
@@ -1044,9 +1049,14 @@ class CrystalTask:
 
     def batch_terms(self, params, data: CrystalArrays):
         """Loss (B,) and metrics {energy, sc_rmse, sc_rmse_orthonormal} (B,) of the B crystals of ``data``."""
+        return self.terms_of_blocks(self.config.delta_scale * predict_hamiltonian(params, data.batch), data)
+
+    def terms_of_blocks(self, H_R, data: CrystalArrays):
+        """:meth:`batch_terms` of given real-space corrections ΔH(R) (B, nR, N, N), Hartree
+        (as :meth:`hamiltonians_of_blocks`): the loss of any ΔH, a network's or not."""
         c = self.config
         to_filtered_fock = c.self_consistency_target == "filtered-fock"
-        Hk, Hq, Hk_raw, Hq_raw = self.training_hamiltonians(params, data, unfiltered=True)
+        Hk, Hq, Hk_raw, Hq_raw = self.hamiltonians_of_blocks(H_R, data, unfiltered=True)
         if not to_filtered_fock:
             Hk_raw = Hq_raw = None
 

@@ -30,3 +30,19 @@ def test_an_unconverged_pyscf_reference_is_continued_to_pyscfs_own_minimum(monke
     assert abs(cut_energy - energy) < 1e-9
     np.testing.assert_allclose(cut_bands[:, :8], bands[:, :8], atol=1e-6)
     np.testing.assert_allclose(cut_dm, dm, atol=1e-5)
+
+
+def test_the_insulating_reference_fills_half_the_electrons_at_every_k_point():
+    """``occupied_bands`` counts tr P(k) S(k) / 2; the insulating reference (PySCF with
+    n/2 bands at every k-point, vardft's filling) of an insulator is PySCF's own state."""
+    mf = _mean_field()
+    ints = periodic_integrals_from_mean_field(mf)
+    bands, energy, dm, source = validate.crystal_reference(mf, ints)
+    S = np.asarray(ints.overlap)
+    nocc = ints.n_electrons // 2
+    assert validate.occupied_bands(dm, S) == [nocc] * ints.nkpts
+    assert validate.occupied_bands(dm * 0.5, S) == [nocc // 2] * ints.nkpts
+    ins_bands, ins_energy, ins_dm, converged = validate.insulating_reference(mf, ints)
+    assert converged and validate.occupied_bands(ins_dm, S) == [nocc] * ints.nkpts
+    assert abs(ins_energy - energy) < 1e-8
+    np.testing.assert_allclose(ins_bands[:, : nocc + 4], bands[:, : nocc + 4], atol=1e-6)
