@@ -356,8 +356,7 @@ def summarize_crystals(frames: Sequence[dict]) -> dict:
 def format_crystal_table(result: dict, title: str = "") -> str:
     """A table for people: one row per structure and the mean."""
     has_path = any("path_band_mae_mev" in f for f in result["frames"])
-    metals = [i for i, f in enumerate(result["frames"])
-              if "insulating_band_mae_mev" in f and f["insulating_band_mae_mev"] != f["band_mae_mev"]]
+    metals = [i for i, f in enumerate(result["frames"]) if len(set(f.get("reference_occupied_bands", ()))) > 1]
     head = f"{'structure':<12} {'ΔE/cell (mEh)':>14} {'band MAE (meV)':>15} {'band max (meV)':>15}"
     head += f" {'path MAE (meV)':>15}" if has_path else ""
     head += f" {'n/2 per k (meV)':>16}" if metals else ""
