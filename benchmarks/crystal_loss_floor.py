@@ -4,8 +4,10 @@ The label-free crystal loss is minimised over a free table of real-space correct
 (every block R the network would output for the cell, each entry a free parameter, with
 ΔH(−R) = ΔH(R)ᵀ) on one cell of the built-in set, and the bands of the resulting H(k) are
 compared with PySCF's KRKS on the k-mesh (valence + 4 conduction bands, as
-``vardft validate``). A network can do no better on that cell than this table does under
-the same loss, so a band error the table keeps is the loss's, not the network's.
+``vardft validate``). No network can reach a lower loss on that cell than the table's
+minimum; what an optimiser finds from a given start is another matter (gth-dzvp Si: from
+H_base the table stalls far from a state the loss keeps once started there;
+docs/results.md, session #39).
 
 ``--start ceiling`` starts from the table whose H is the best the baseline and the overlap
 filter allow, H = H_base + G (F* − H_base) G with F* PySCF's converged Fock matrix (fitted at
@@ -31,7 +33,7 @@ Usage (gth-dzvp Si, the settings of the preset-M run; about 10 minutes here):
     .venv/bin/python benchmarks/crystal_loss_floor.py --basis gth-dzvp --overlap-filter 1e-3 \\
         --band-weight 0 --start ceiling --steps 300 --lr 3e-6
     .venv/bin/python benchmarks/crystal_loss_floor.py --basis gth-dzvp --overlap-filter 1e-3 --fixed-point 30
-    .venv/bin/python benchmarks/crystal_loss_floor.py --basis gth-dzvp --overlap-filter 1e-3 \
+    .venv/bin/python benchmarks/crystal_loss_floor.py --basis gth-dzvp --overlap-filter 1e-3 \\
         --band-weight 3000 --start fixed-point --steps 300 --lr 3e-6   # does the loss keep the fixed point?
 """
 
@@ -125,6 +127,14 @@ def cell_fock(data):
     return jax.jit(lambda P: periodic.energy_and_fock(P, cell_ints)[2])
 
 
+def fock_of_density(fock, dm) -> np.ndarray:
+    """F[P] (nk, N, N) of a density given as any array (PySCF's ``dm_kpts``), with ``fock``
+    from :func:`cell_fock`."""
+    import jax.numpy as jnp
+
+    return np.asarray(fock(jnp.asarray(np.asarray(dm), dtype=jnp.complex128)))
+
+
 def fixed_point(args, cfg, data, mf, ints, S, ref_bands, ref_energy, ref_dm, source) -> int:
     """Iterate H ← (1 − m) H + m (H_base + G (F[P(H)] − H_base) G) at the mesh k-points from
     H_base + G (F* − H_base) G; print the bands against PySCF's per iteration. Without a
@@ -143,7 +153,7 @@ def fixed_point(args, cfg, data, mf, ints, S, ref_bands, ref_energy, ref_dm, sou
         return bands, float(periodic.total_energy(jnp.asarray(P), ints))
 
     nocc = ints.n_electrons // 2
-    F_star = np.asarray(fock(jnp.asarray(np.asarray(ref_dm), dtype=jnp.complex128)))
+    F_star = fock_of_density(fock, ref_dm)
     # PySCF occupies the lowest bands over all k-points (a metal where bands overlap across
     # k); the loss fills n/2 bands at every k: the SCF of that filling, unfiltered
     insulating_bands, insulating_energy = iterate(F_star, lambda F: F, args.fixed_point)
@@ -255,9 +265,8 @@ def main(argv=None) -> int:
     if args.start == "ceiling":
         table = table.at[0, :, :nao, :nao].set(ceiling_table(task, data, ref_dm, nao))
     elif args.start == "fixed-point":  # the table whose H is F's filtered image at the fixed point's density
-        family = filtered_family(data)
-        F_star = np.asarray(cell_fock(data)(jnp.asarray(np.asarray(ref_dm), dtype=jnp.complex128)))
-        P_fixed, _ = mixing_iteration(family(F_star), family, args.start_iterations, cell_fock(data), S,
+        family, fock = filtered_family(data), cell_fock(data)
+        P_fixed, _ = mixing_iteration(family(fock_of_density(fock, ref_dm)), family, args.start_iterations, fock, S,
                                       ints.n_electrons, args.mixing)
         table = table.at[0, :, :nao, :nao].set(ceiling_table(task, data, P_fixed, nao))
 
