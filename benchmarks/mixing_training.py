@@ -18,16 +18,25 @@ training; what changes is that each Fock build is followed by a fit to it (as an
 full step) instead of one gradient step on a moving target. The energy term is not used:
 within the filtered family the fixed point is what self-consistency asks for (6.3 meV on
 held-out cell 1, the table's fixed point of ``crystal_loss_floor.py --start fixed-point``).
+The fit's distance is the orthonormal mean square (:func:`vardft.losses.orthonormal_mse`),
+plus, with ``--window-weight`` / ``--band-weight``, the window residuals of the training
+loss's band term: the orthonormal mean alone dilutes a rigid shift H + cS by the number of
+orbitals, and a model fitted by it alone had its bands ~370 meV low (docs/results.md, session #40).
 
 The run directory it writes is a crystal run (``config.json`` and a checkpoint with the
 parameters) that ``vardft validate`` and ``vardft bands`` read; its config records the
 settings of the equivalent ``vardft train`` run, the iteration's own settings are in
-``mixing.json``. Not resumable: a prototype of an update rule.
+``mixing.json`` and its per-iteration log in ``mixing.jsonl``. ``--n-val`` validates the
+first held-out cells against PySCF at the end (``vardft validate``'s metrics). Not
+resumable (``--init RUN`` starts from a run's parameters, with a fresh optimizer): a
+prototype of an update rule.
 
-Usage (gth-dzvp Si, 16 training cells; ~35 minutes here), then the held-out cells:
+Usage (gth-dzvp Si, 16 training cells; 44 min here for 19 outer iterations of 40 fit steps
+and the validation of one held-out cell; peak RSS 14.5 GB):
     .venv/bin/python benchmarks/mixing_training.py si --basis gth-dzvp --overlap-filter 1e-3 \
-        --minutes 35 --out runs/si-dzvp-mix
-    .venv/bin/vardft validate runs/si-dzvp-mix --data <held-out cells>   # or --n-val below
+        --minutes 40 --out runs/si-dzvp-mix
+    .venv/bin/python benchmarks/mixing_training.py si --basis gth-dzvp --overlap-filter 1e-3 \
+        --init runs/si-dzvp-mix --window-weight 1 --minutes 30 --out runs/si-dzvp-mix-w1
 """
 
 from __future__ import annotations
@@ -40,11 +49,6 @@ import sys
 import time
 
 import numpy as np
-
-
-def arrays_nao(cells) -> int:
-    """AOs of the cells of a crystal set (the loss's N)."""
-    return cells.arrays.h_base.shape[-1]
 
 
 def main(argv=None) -> int:
@@ -122,12 +126,12 @@ def main(argv=None) -> int:
 
         return jax.vmap(one)(Hk, data.ints, data.X, data.mo_mask, data.h_base, data.G, Hq, data.offmesh)
 
-    n_window = min(int(arrays_nao(cells)), cells.arrays.ints.n_electrons // 2 + WINDOW_CONDUCTION_BANDS)
+    n_window = min(int(cells.arrays.h_base.shape[-1]), cells.arrays.ints.n_electrons // 2 + WINDOW_CONDUCTION_BANDS)
 
     def distance(H, T, X, mask):
         d = jax.vmap(orthonormal_mse)(H - T, X, mask)
         if args.window_weight or args.band_weight:
-            w = jax.vmap(lambda *a: window_residuals(*a, n_window))(H - T, H, X, mask)
+            w = jax.vmap(lambda *args_k: window_residuals(*args_k, n_window))(H - T, H, X, mask)
             d = d + args.window_weight * (w.pairs + w.bands) + args.band_weight * w.bands
         return d
 
