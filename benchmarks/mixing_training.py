@@ -154,7 +154,6 @@ def main(argv=None) -> int:
     arrays = cells.arrays  # no Bloch AOs: the fit needs none
     deadline = None if args.minutes is None else start + 60 * args.minutes
     rows = []
-    os.makedirs(args.out, exist_ok=True)
     with claim_run_directory(args.out, "crystal", resume=False):
         ckpt.save_config(args.out, run_record(cfg, model_cfg, dataclasses.replace(dataset, validation=())))
 
@@ -200,8 +199,8 @@ def main(argv=None) -> int:
             if deadline is not None and time.perf_counter() > deadline:
                 break
         save(step)
-    with open(os.path.join(args.out, "mixing.json"), "w") as f:
-        json.dump(vars(args), f)
+        with open(os.path.join(args.out, "mixing.json"), "w") as f:
+            json.dump(vars(args), f)
     train_seconds = time.perf_counter() - start
     frames = []
     if args.n_val:
