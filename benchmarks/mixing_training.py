@@ -213,7 +213,7 @@ def main(argv=None) -> int:
         print(json.dumps(out))
     else:
         for i, fr in enumerate(frames):
-            print(f"held-out cell {i}: band MAE {fr['band_mae_mev']:.1f} meV vs PySCF's state, "
+            print(f"held-out cell {i + 1}: band MAE {fr['band_mae_mev']:.1f} meV vs PySCF's state, "
                   f"{fr['insulating_band_mae_mev']:.1f} at n/2 bands per k; energy error at n/2 per k "
                   f"{fr['insulating_energy_error_per_cell'] * 1e3:+.2f} mEh")
     return 0
