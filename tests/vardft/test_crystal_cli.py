@@ -38,8 +38,9 @@ def test_validate_gives_finite_metrics(crystal_run, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["baseline"] == "sap" and result["kmesh"] == [1, 1, 1]
     (frame,) = result["frames"]
-    for key in ("energy_error_per_cell", "band_mae_mev", "band_max_mev"):
+    for key in ("energy_error_per_cell", "band_mae_mev", "band_max_mev", "band_shift_mev", "aligned_band_mae_mev"):
         assert np.isfinite(frame[key]) and result["mean"][key] == pytest.approx(frame[key])
+    assert abs(frame["band_shift_mev"]) <= frame["band_mae_mev"] + 1e-9  # |mean error| <= mean |error|
     # variational: the model's density is not below PySCF's SCF energy on the same mesh
     assert frame["energy_error_per_cell"] > -1e-7
     assert frame["n_bands"] == 8  # 4 valence + 4 conduction bands of Si (gth-szv has 8)

@@ -46,3 +46,19 @@ def test_the_insulating_reference_fills_half_the_electrons_at_every_k_point():
     assert converged and validate.occupied_bands(ins_dm, S) == [nocc] * ints.nkpts
     assert abs(ins_energy - energy) < 1e-8
     np.testing.assert_allclose(ins_bands[:, : nocc + 4], bands[:, : nocc + 4], atol=1e-6)
+
+
+def test_band_shift_is_the_mean_signed_error_and_the_aligned_mae_what_is_left():
+    """Bands offset by a constant plus a known zero-mean pattern: the shift is the constant,
+    the aligned MAE the pattern's mean |·|; bands past valence + conduction are ignored."""
+    rng = np.random.default_rng(0)
+    ref = np.sort(rng.normal(size=(3, 10)), axis=1)
+    pattern = np.tile([1e-4, -1e-4], (3, 3))  # (3, 6): zero mean, |·| = 0.1 mEh everywhere
+    pred = ref.copy()
+    pred[:, :6] += 2e-3 + pattern
+    pred[:, 6:] += 1.0  # outside the 2 valence + 4 conduction bands compared
+    shift, aligned = validate.band_shift_mev(pred, ref, n_occupied=2, n_conduction=4)
+    assert abs(shift - 2e-3 * validate.HARTREE_TO_MEV) < 1e-9
+    assert abs(aligned - 1e-4 * validate.HARTREE_TO_MEV) < 1e-9
+    mae, _ = validate.band_mae_mev(pred, ref, n_occupied=2, n_conduction=4)
+    assert abs(mae - 2e-3 * validate.HARTREE_TO_MEV) < 1e-9  # |2.0 ± 0.1| averages to 2.0 mEh
