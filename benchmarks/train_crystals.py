@@ -66,6 +66,8 @@ def main(argv=None) -> int:
                    help="weight of the band-energy residual, 1/Eh (vardft train --band-weight)")
     p.add_argument("--overlap-filter", type=float, default=None,
                    help="filter the correction and residual by S(k)'s spectrum at this scale (vardft train --overlap-filter)")
+    p.add_argument("--correction-basis", default=None, choices=["ao", "lowdin"],
+                   help="the filtered correction as G dH G or S^1/2 G dH G S^1/2 (vardft train --correction-basis)")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per step (default: the crystal defaults of vardft.config)")
     p.add_argument("--cells-per-pass", type=int, default=None,
                    help="cells whose loss is evaluated at once (vardft train --cells-per-pass; default: the batch)")
@@ -97,6 +99,7 @@ def main(argv=None) -> int:
     train_set, held_out = dataset.train, dataset.validation
     overrides = {"steps": args.steps, "baseline": args.baseline, "self_consistency": args.sc_weight,
                  "band_energy": args.band_weight, "overlap_filter": args.overlap_filter,
+                 "correction_basis": args.correction_basis,
                  "learning_rate": args.lr, "output_scale": args.output_scale, "cutoff": args.cutoff,
                  "preset": args.preset, "self_consistency_basis": args.sc_basis,
                  "self_consistency_target": args.sc_target, "batch_size": args.batch_size,
@@ -154,6 +157,8 @@ def main(argv=None) -> int:
         ("band MAE at the k-mesh (val + 4 cond), meV", mean["band_mae_mev"], target),
         ("band MAE along the path, meV", mean.get("path_band_mae_mev"), target),
         ("band MAE vs PySCF at n/2 bands per k, meV", mean.get("insulating_band_mae_mev"), None),
+        ("mean signed band error (shift), meV", mean.get("band_shift_mev"), None),
+        ("band MAE with the shift taken off, meV", mean.get("aligned_band_mae_mev"), None),
         ("largest band error (k-mesh), meV", mean["band_max_mev"], None),
         ("energy error per cell, mEh", mean["energy_error_per_cell"] * 1e3, None),
     ]

@@ -244,6 +244,46 @@ def overlap_filter(S, tau: float) -> np.ndarray:
     return (U * g[..., None, :]) @ np.conj(np.swapaxes(U, -1, -2))
 
 
+def lowdin_overlap_filter(S, tau: float) -> np.ndarray:
+    """S^{1/2} g(S) (NumPy): :func:`overlap_filter` with the Löwdin factor S^{1/2}.
+
+    A correction added as G_L ΔH G_L is ΔH in the Löwdin-orthogonalised basis, filtered: in
+    an orthonormal basis of S it acts with weight g(s) per side, alike on every direction
+    with s ≫ τ, where G ΔH G (:func:`overlap_filter`) weighs a direction by ~s^{-1/2} per
+    side, up to ~16× more near s ≈ τ = 1e-3 than at s = 1.
+
+    Args:
+        S: (..., nao, nao) real symmetric or complex Hermitian overlap matrices.
+        tau: the filter's scale (> 0).
+
+    Returns:
+        (..., nao, nao), Hermitian, of the dtype of ``S``.
+    """
+    if not tau > 0:
+        raise ValueError(f"the filter scale must be > 0, got {tau}")
+    s, U = _hermitian_eigh(np.asarray(S), np)
+    s = np.clip(s, 0.0, None)
+    f = np.sqrt(s) * s**2 / (s**2 + tau**2)
+    return (U * f[..., None, :]) @ np.conj(np.swapaxes(U, -1, -2))
+
+
+def lowdin_filter_from_overlap_filter(G, tau: float):
+    """:func:`lowdin_overlap_filter` S^{1/2} g(S) from G = g(S) (JAX, jit-able, batched):
+    S's eigenvalues are s = τ (g / (1 − g))^{1/2}, on G's eigenvectors.
+
+    For training steps, whose stored cells hold G and not S. In float64 the round trip
+    through g is exact to ~1e-9 relative for s up to ~10 (1 − g ≥ τ²/s²).
+
+    Args:
+        G: (..., nao, nao) overlap filters of :func:`overlap_filter` at scale ``tau``.
+        tau: that scale (> 0).
+    """
+    g, U = eigh(0.5 * (G + jnp.conj(jnp.swapaxes(G, -1, -2))))
+    g = jnp.clip(g, 0.0, 1.0 - 1e-15)
+    f = jnp.sqrt(tau * jnp.sqrt(g / (1.0 - g))) * g
+    return (U * f[..., None, :]) @ jnp.conj(jnp.swapaxes(U, -1, -2))
+
+
 def overlap_filter_from_orthogonalizer(X, tau: float, xp=jnp):
     """:func:`overlap_filter` G = g(S) built from a canonical orthogonalizer of S instead
     of S: jit-able and batched, for the molecules of a training batch, whose padded

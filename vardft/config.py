@@ -103,6 +103,18 @@ SELF_CONSISTENCY_BASES = ("ao", "orthonormal", "window")
 the occupied and :data:`vardft.losses.WINDOW_CONDUCTION_BANDS` lowest empty Bloch states of
 H (for bases with nearly dependent directions, such as gth-dzvp in a crystal)."""
 
+CORRECTION_BASES = ("ao", "lowdin")
+"""How a crystal's filtered correction enters H (``overlap_filter`` > 0): ``"ao"``, H = H_base
++ G ΔH G (G = g(S)); ``"lowdin"``, H = H_base + G_L ΔH G_L with G_L = S^{1/2} g(S), the
+correction in the Löwdin-orthogonalised basis (:func:`solvers.eigen.lowdin_overlap_filter`).
+In an orthonormal basis of S(k) the first weighs a direction of overlap eigenvalue s by
+~s^{-1/2} g(s) per side, so the directions near τ move the orthonormal residual ~16× more
+than the well-conditioned ones (gth-dzvp Si, τ = 1e-3), which stalls gradient training; the
+second weighs every direction by g(s), ≈ 1 for s ≫ τ. The residuals are filtered by G in
+both. Measured on gth-dzvp Si (preset S, 500 steps; docs/results.md, session #41): held-out
+band error 43.7 → 16.0 meV, training residual 1.9 → 0.5 mEh. ``"ao"`` stays the default,
+the basis of every run saved before this setting existed."""
+
 SELF_CONSISTENCY_TARGETS = ("fock", "filtered-fock")
 """What H is compared with when the correction is filtered (crystals, ``overlap_filter`` > 0).
 With H = H_base + G ΔH G, the residual is G (X − F) G in both, X = H (``"fock"``) or
@@ -272,6 +284,10 @@ class TrainConfig:
             filtered correction cannot reduce it); the AO residual is not, as in the runs
             that chose the SAP recipe's τ. For bases whose S has eigenvalues ~1e-3
             (def2-SVP on QM9), where an AO-basis error δ moves orbital energies by ~δ/s.
+        correction_basis: crystals with an overlap filter: ``"ao"`` (default), the
+            correction G ΔH G; ``"lowdin"``, S^{1/2} G ΔH G S^{1/2}, ΔH in the
+            Löwdin-orthogonalised basis (:data:`CORRECTION_BASES`), in training and
+            prediction alike.
         cells_per_pass: crystals whose loss is evaluated at once. ``None`` (default): the
             whole batch, vectorised. ``k``: k cells at a time, each pass rematerialised
             under autodiff, so the loss holds the intermediates of k cells instead of the
@@ -326,6 +342,7 @@ class TrainConfig:
     mesh: tuple[int, int, int] | None = None
     offmesh_self_consistency: bool | None = None
     overlap_filter: float = 0.0
+    correction_basis: str = "ao"
     cells_per_pass: int | None = None
 
     def to_dict(self) -> dict:
@@ -374,7 +391,7 @@ class TrainConfig:
 MOLECULE_ONLY = ("grid_level", "bucket_aos", "backend", "workers", "distill_target", "distill_tolerance",
                  "distill_basis", "distill_filtered", "distilled_lr_fraction", "unfiltered_correction")
 CRYSTAL_ONLY = ("pseudo", "kmesh", "mesh", "offmesh_self_consistency", "band_energy",
-                "cells_per_pass")
+                "cells_per_pass", "correction_basis")
 
 LOSS_WEIGHT_OVERRIDES = ("self_consistency", "band_energy")
 """Overrides that set a weight of ``TrainConfig.loss`` (:class:`LossWeights`)."""
@@ -545,6 +562,12 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError("the band-energy weight is for crystals (the bands of their window)")
     if not (config.overlap_filter >= 0 and config.overlap_filter < float("inf")):
         raise InputError(f"the overlap filter must be a finite number >= 0, got {config.overlap_filter}")
+    if config.correction_basis not in CORRECTION_BASES:
+        raise InputError(f"unknown correction basis {config.correction_basis!r}; choose from {', '.join(CORRECTION_BASES)}")
+    if config.correction_basis == "lowdin" and not config.overlap_filter:
+        raise InputError("the lowdin correction basis is that of the overlap filter's correction: give --overlap-filter")
+    if config.correction_basis == "lowdin" and config.self_consistency_target == "filtered-fock":
+        raise InputError("the filtered-fock target assumes the correction G ΔH G: use it with --correction-basis ao")
     if config.cells_per_pass is not None and config.cells_per_pass < 1:
         raise InputError(f"cells per pass must be >= 1, got {config.cells_per_pass}")
     if config.self_consistency_basis == "window" and config.kind != "crystal":

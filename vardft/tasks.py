@@ -74,7 +74,8 @@ from basis.sap import sap_hamiltonian
 from basis.shells import ao_shells
 from basis.system import System, atomic_number
 from solvers import periodic
-from solvers.eigen import (canonical_orthogonalizer, overlap_filter, overlap_filter_from_orthogonalizer,
+from solvers.eigen import (canonical_orthogonalizer, lowdin_filter_from_overlap_filter, lowdin_overlap_filter,
+                           overlap_filter, overlap_filter_from_orthogonalizer,
                            pad_orthogonalizer)
 from solvers.energy import energy_and_fock
 from vardft import stream
@@ -947,10 +948,20 @@ class CrystalTask:
 
     def filtered_hamiltonian(self, h_base, h, S):
         """H = H_base + G (H_full − H_base) G at each k (numpy, (nk, N, N)): the network's part
-        of ``h`` filtered as in training; ``h`` itself without a filter."""
-        if not self.config.overlap_filter:
+        of ``h`` filtered as in training (G_L = S^{1/2} g(S) in place of G with the
+        ``"lowdin"`` correction basis); ``h`` itself without a filter."""
+        tau = self.config.overlap_filter
+        if not tau:
             return h
-        return h_base + np.asarray(filtered(h - h_base, overlap_filter(S, self.config.overlap_filter)))
+        G = lowdin_overlap_filter(S, tau) if self.config.correction_basis == "lowdin" else overlap_filter(S, tau)
+        return h_base + np.asarray(filtered(h - h_base, G))
+
+    def correction_filter(self, G):
+        """The filter of the network's correction in training, from the residuals' G = g(S)
+        (B, nk, N, N): G itself, or S^{1/2} g(S) with the ``"lowdin"`` correction basis."""
+        if G is None or self.config.correction_basis != "lowdin":
+            return G
+        return lowdin_filter_from_overlap_filter(jax.lax.stop_gradient(G), self.config.overlap_filter)
 
     def bloch_settings(self) -> BlochSettings:
         """What the Bloch AOs of a training cell depend on besides the cell."""
@@ -1041,6 +1052,7 @@ class CrystalTask:
 
         def at(h_base, kpts, G):
             dH = bloch_sum_batch(H_R, data.batch, kpts)[..., :nao, :nao]
+            G = self.correction_filter(G)
             return h_base + (dH if G is None else jax.vmap(filtered)(dH, G)), h_base + dH
 
         Hk, Hk_raw = at(data.h_base, data.ints.kpts, data.G)

@@ -17,6 +17,8 @@ from solvers.eigen import (
     canonical_orthogonalizer,
     canonical_orthogonalizer_fixed,
     eigh,
+    lowdin_filter_from_overlap_filter,
+    lowdin_overlap_filter,
     overlap_filter,
     overlap_filter_from_orthogonalizer,
     pad_orthogonalizer,
@@ -216,6 +218,27 @@ def test_overlap_filter_is_the_rational_function_of_s():
     np.testing.assert_allclose(overlap_filter(V @ S @ V.conj().T, tau), V @ G @ V.conj().T, atol=1e-10)
     with pytest.raises(ValueError):
         overlap_filter(S, 0.0)
+
+
+def test_lowdin_filter_is_the_square_root_of_s_times_the_filter_and_weighs_orthonormal_directions_by_g():
+    """S^{1/2} g(S), against SciPy's matrix square root times :func:`overlap_filter`; in the
+    orthonormal basis X = U s^{-1/2} of S it is diag(g(s)) (so X† G_L A G_L X = g Ã g);
+    rebuilt from G alone (the training step's JAX form) it is the same to 1e-9 relative."""
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(6)
+    U, _ = np.linalg.qr(rng.normal(size=(6, 6)) + 1j * rng.normal(size=(6, 6)))
+    s = np.array([1e-6, 2e-4, 1e-3, 0.05, 0.8, 3.0])
+    S = (U * s) @ U.conj().T
+    tau = 1e-3
+    G_L = lowdin_overlap_filter(S, tau)
+    np.testing.assert_allclose(G_L, sqrtm(S) @ overlap_filter(S, tau), atol=1e-10)
+    X = U / np.sqrt(s)
+    np.testing.assert_allclose(X.conj().T @ G_L @ U, np.diag(s**2 / (s**2 + tau**2)), atol=1e-9)
+    from_g = np.asarray(jax.jit(lambda g: lowdin_filter_from_overlap_filter(g, tau))(jnp.asarray(overlap_filter(S, tau)[None])))[0]
+    np.testing.assert_allclose(from_g, G_L, atol=1e-9 * np.abs(G_L).max())
+    with pytest.raises(ValueError):
+        lowdin_overlap_filter(S, 0.0)
 
 
 def test_overlap_filter_from_a_padded_orthogonalizer_is_the_filter_of_s():

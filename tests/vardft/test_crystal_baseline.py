@@ -191,6 +191,41 @@ def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
         assert not batched_eigh_calls(compiled.as_text())
 
 
+def test_the_lowdin_correction_is_s_half_g_dh_g_s_half_in_training_and_prediction():
+    """With ``correction_basis="lowdin"`` the H(k) the loss sees is H_base + L ΔH L, L =
+    S(k)^{1/2} g(S(k)) built here with SciPy from the cell's overlap, ΔH the network's
+    unfiltered Bloch sum; prediction returns the same H(k), and the ao basis another one."""
+    from scipy.linalg import sqrtm
+
+    from solvers.eigen import overlap_filter
+
+    cfg = make_config("crystal", xc="lda,vwn", kmesh=(2, 1, 1), mesh=SMALL_MESH, baseline="sap", overlap_filter=0.3,
+                      offmesh_self_consistency=False, correction_basis="lowdin")
+    system = crystal_structures("si", 1, seed=4)[0]
+    cfg = CrystalTask(cfg).resolve([system])
+    task = CrystalTask(cfg)
+    model_cfg = model_config_for(cfg, ("Si",))
+    params = init_params(jax.random.PRNGKey(3), model_cfg)
+    (cells,) = task.prepare([system], model_cfg)
+    data = cells.take([0])
+    Hk, _, Hk_raw, _ = task.training_hamiltonians(params, data, unfiltered=True)
+    Hk, Hk_raw = np.asarray(Hk[0]), np.asarray(Hk_raw[0])
+    H, S = task.hamiltonian(params, model_cfg, system, np.asarray(data.ints.kpts[0]))  # S(k) of the sap blocks
+    np.testing.assert_allclose(H, Hk, atol=1e-10)
+    H_base = np.asarray(data.h_base[0])
+    for k in range(len(S)):
+        L = sqrtm(S[k]) @ overlap_filter(S[k], 0.3)
+        np.testing.assert_allclose(Hk[k], H_base[k] + L @ (Hk_raw[k] - H_base[k]) @ L, atol=1e-10)
+    ao = CrystalTask(dataclasses.replace(cfg, correction_basis="ao"))
+    assert np.abs(np.asarray(ao.training_hamiltonians(params, data)[0][0]) - Hk).max() > 1e-4
+    with pytest.raises(InputError, match="overlap-filter"):
+        make_config("crystal", correction_basis="lowdin")
+    with pytest.raises(InputError, match="applies to crystals"):
+        make_config("molecule", correction_basis="lowdin")
+    with pytest.raises(InputError, match="unknown correction basis"):
+        make_config("crystal", overlap_filter=1e-3, correction_basis="loewdin")
+
+
 @pytest.mark.parametrize("target", ["fock", "filtered-fock"])
 def test_filtered_residual_compares_h_with_the_fock_matrix_or_the_filtered_fock_matrix(target):
     """With H = H_base + G ΔH G, the residual the loss reports is G (H − F) G ("fock") or
