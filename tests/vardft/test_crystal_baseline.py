@@ -191,6 +191,19 @@ def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
         assert not batched_eigh_calls(compiled.as_text())
 
 
+def _filtered_si_cell(**settings):
+    """(task, model config, initial parameters, system, prepared data) of one gth-szv Si cell
+    with the overlap filter at τ = 0.3 (which acts on it), LDA, no off-mesh points."""
+    cfg = make_config("crystal", xc="lda,vwn", kmesh=(2, 1, 1), mesh=SMALL_MESH, baseline="sap", overlap_filter=0.3,
+                      offmesh_self_consistency=False, **settings)
+    system = crystal_structures("si", 1, seed=4)[0]
+    task = CrystalTask(CrystalTask(cfg).resolve([system]))
+    model_cfg = model_config_for(task.config, ("Si",))
+    params = init_params(jax.random.PRNGKey(3), model_cfg)
+    (cells,) = task.prepare([system], model_cfg)
+    return task, model_cfg, params, system, cells.take([0])
+
+
 def test_the_lowdin_correction_is_s_half_g_dh_g_s_half_in_training_and_prediction():
     """With ``correction_basis="lowdin"`` the H(k) the loss sees is H_base + L ΔH L, L =
     S(k)^{1/2} g(S(k)) built here with SciPy from the cell's overlap, ΔH the network's
@@ -199,15 +212,8 @@ def test_the_lowdin_correction_is_s_half_g_dh_g_s_half_in_training_and_predictio
 
     from solvers.eigen import overlap_filter
 
-    cfg = make_config("crystal", xc="lda,vwn", kmesh=(2, 1, 1), mesh=SMALL_MESH, baseline="sap", overlap_filter=0.3,
-                      offmesh_self_consistency=False, correction_basis="lowdin")
-    system = crystal_structures("si", 1, seed=4)[0]
-    cfg = CrystalTask(cfg).resolve([system])
-    task = CrystalTask(cfg)
-    model_cfg = model_config_for(cfg, ("Si",))
-    params = init_params(jax.random.PRNGKey(3), model_cfg)
-    (cells,) = task.prepare([system], model_cfg)
-    data = cells.take([0])
+    task, model_cfg, params, system, data = _filtered_si_cell(correction_basis="lowdin")
+    cfg = task.config
     Hk, _, Hk_raw, _ = task.training_hamiltonians(params, data, unfiltered=True)
     Hk, Hk_raw = np.asarray(Hk[0]), np.asarray(Hk_raw[0])
     H, S = task.hamiltonian(params, model_cfg, system, np.asarray(data.ints.kpts[0]))  # S(k) of the sap blocks
@@ -234,15 +240,7 @@ def test_filtered_residual_compares_h_with_the_fock_matrix_or_the_filtered_fock_
     from solvers import periodic
     from vardft.losses import hermitian_density
 
-    cfg = make_config("crystal", xc="lda,vwn", kmesh=(2, 1, 1), mesh=SMALL_MESH, baseline="sap", overlap_filter=0.3,
-                      self_consistency_basis="ao", offmesh_self_consistency=False, self_consistency_target=target)
-    system = crystal_structures("si", 1, seed=4)[0]
-    cfg = CrystalTask(cfg).resolve([system])
-    task = CrystalTask(cfg)
-    model_cfg = model_config_for(cfg, ("Si",))
-    params = init_params(jax.random.PRNGKey(3), model_cfg)
-    (cells,) = task.prepare([system], model_cfg)
-    data = cells.take([0])
+    task, model_cfg, params, system, data = _filtered_si_cell(self_consistency_basis="ao", self_consistency_target=target)
     _, metrics = task.batch_terms(params, data)
     Hk, _, Hk_raw, _ = (np.asarray(h[0]) if h is not None else None
                         for h in task.training_hamiltonians(params, data, unfiltered=True))
