@@ -119,7 +119,7 @@ def register(sub) -> None:
     p.add_argument("--correction-basis", default=None, choices=list(CORRECTION_BASES),
                    help="crystals with --overlap-filter: the network's correction as G dH G (ao) or S^1/2 G dH G S^1/2 "
                         "(lowdin: dH in the Loewdin-orthogonalised basis, so that every well-conditioned direction "
-                        f"moves the orthonormal residual alike; gth-dzvp Si: 16 meV held out against 44 with ao) "
+                        f"moves the orthonormal residual alike; gth-dzvp Si: 15 meV held out against 44-46 with ao) "
                         f"({c.correction_basis})")
     p.add_argument("--cells-per-pass", type=int, default=None, metavar="K",
                    help="crystals: evaluate the loss K cells at a time, recomputing each pass in the backward pass: "
