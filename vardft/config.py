@@ -112,8 +112,8 @@ In an orthonormal basis of S(k) the first weighs a direction of overlap eigenval
 than the well-conditioned ones (gth-dzvp Si, τ = 1e-3), which stalls gradient training; the
 second weighs every direction by g(s), ≈ 1 for s ≫ τ. The residuals are filtered by G in
 both. Measured on gth-dzvp Si (preset S, 500 steps; docs/results.md, session #41): held-out
-band error 43.7 → 16.0 meV on cell 1 (15.0 on four cells), training residual 1.9 → 0.5 mEh. ``"ao"`` stays the default,
-the basis of every run saved before this setting existed."""
+band error 43.7 → 16.0 meV on cell 1 (15.0 on four cells), training residual 1.9 → 0.5 mEh.
+``"ao"`` stays the default, the basis of every run saved before this setting existed."""
 
 SELF_CONSISTENCY_TARGETS = ("fock", "filtered-fock")
 """What H is compared with when the correction is filtered (crystals, ``overlap_filter`` > 0).
