@@ -237,11 +237,7 @@ def overlap_filter(S, tau: float) -> np.ndarray:
     Returns:
         G: (..., nao, nao), Hermitian, of the dtype of ``S``.
     """
-    if not tau > 0:
-        raise ValueError(f"the filter scale must be > 0, got {tau}")
-    s, U = _hermitian_eigh(np.asarray(S), np)
-    g = s**2 / (s**2 + tau**2)
-    return (U * g[..., None, :]) @ np.conj(np.swapaxes(U, -1, -2))
+    return _spectral_filter(S, tau, lowdin=False)
 
 
 def lowdin_overlap_filter(S, tau: float) -> np.ndarray:
@@ -249,7 +245,7 @@ def lowdin_overlap_filter(S, tau: float) -> np.ndarray:
 
     A correction added as G_L ΔH G_L is ΔH in the Löwdin-orthogonalised basis, filtered: in
     an orthonormal basis of S it acts with weight g(s) per side, alike on every direction
-    with s ≫ τ, where G ΔH G (:func:`overlap_filter`) weighs a direction by ~s^{-1/2} per
+    with s ≫ τ, where G ΔH G (:func:`overlap_filter`) weighs a direction by s^{-1/2} g(s) per
     side, up to ~16× more near s ≈ τ = 1e-3 than at s = 1.
 
     Args:
@@ -259,11 +255,17 @@ def lowdin_overlap_filter(S, tau: float) -> np.ndarray:
     Returns:
         (..., nao, nao), Hermitian, of the dtype of ``S``.
     """
+    return _spectral_filter(S, tau, lowdin=True)
+
+
+def _spectral_filter(S, tau: float, lowdin: bool) -> np.ndarray:
+    """g(S), or S^{1/2} g(S) with ``lowdin``, g(s) = s² / (s² + τ²) (NumPy)."""
     if not tau > 0:
         raise ValueError(f"the filter scale must be > 0, got {tau}")
     s, U = _hermitian_eigh(np.asarray(S), np)
-    s = np.clip(s, 0.0, None)
-    f = np.sqrt(s) * s**2 / (s**2 + tau**2)
+    f = s**2 / (s**2 + tau**2)
+    if lowdin:
+        f = np.sqrt(np.clip(s, 0.0, None)) * f
     return (U * f[..., None, :]) @ np.conj(np.swapaxes(U, -1, -2))
 
 

@@ -18,8 +18,9 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, CORRECTION_BASES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS,
-                           DISTILL_WINDOW, NETWORK_DTYPES, QM9_PRESET, QM9_SAP_RECIPE, SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES,
-                           SELF_CONSISTENCY_TARGETS, default_config, make_config, with_overrides)
+                           DISTILL_WINDOW, NETWORK_DTYPES, QM9_PRESET, QM9_SAP_RECIPE, SAP_DATASET_RECIPES,
+                           SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, SELF_CONSISTENCY_TARGETS, default_config,
+                           make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import check_stop_after_distillation, read_run, train
