@@ -2,6 +2,7 @@
 PySCF stops short of convergence (:func:`vardft.validate.crystal_reference`)."""
 
 import numpy as np
+import pytest
 
 from basis.crystal import read_crystal
 from basis.pbc_integrals import make_periodic_mean_field, periodic_integrals_from_mean_field
@@ -62,3 +63,30 @@ def test_band_shift_is_the_mean_signed_error_and_the_aligned_mae_what_is_left():
     assert abs(aligned - 1e-4 * validate.HARTREE_TO_MEV) < 1e-9
     mae, _ = validate.band_mae_mev(pred, ref, n_occupied=2, n_conduction=4)
     assert abs(mae - 2e-3 * validate.HARTREE_TO_MEV) < 1e-9  # |2.0 ± 0.1| averages to 2.0 mEh
+
+
+def test_cells_whose_reference_did_not_converge_are_marked_and_left_out_of_the_means():
+    """A frame whose KRKS stopped unconverged, or whose n/2-per-k reference did (NaN), is
+    shown with a star and left out of every mean; the others' means are their plain means."""
+
+    def frame(mae, converged=True, insulating=None):
+        return {"formula": "Si2", "energy_error_per_cell": mae * 1e-5, "band_mae_mev": mae, "band_max_mev": 2 * mae,
+                "insulating_band_mae_mev": mae if insulating is None else insulating, "band_shift_mev": -mae,
+                "aligned_band_mae_mev": mae / 2, "reference_converged": converged,
+                "reference_occupied_bands": [4, 4]}
+
+    frames = [frame(10.0), frame(130.0, converged=False), frame(20.0), frame(50.0, insulating=float("nan"))]
+    mean = validate.summarize_crystals(frames)
+    assert mean["n_structures"] == 4 and mean["n_unconverged_references"] == 2
+    assert mean["band_mae_mev"] == 15.0 and mean["insulating_band_mae_mev"] == 15.0 and mean["band_max_mev"] == 40.0
+    assert mean["band_shift_mev"] == -15.0 and mean["energy_error_per_cell_abs"] == pytest.approx(15e-5, rel=1e-12)
+    table = validate.format_crystal_table({"frames": frames, "mean": mean, "kmesh": [2, 2, 2], "xc": "pbe",
+                                           "basis": "gth-dzvp", "pseudo": "gth-pbe"})
+    assert "1:Si2*" in table and "3:Si2*" in table and "0:Si2*" not in table
+    assert "did not converge on structure(s) 1, 3" in table
+    assert [line.split()[2] for line in table.splitlines() if line.startswith("mean")] == ["15.00"]
+    nothing = validate.summarize_crystals(frames[1:2])
+    assert "band_mae_mev" not in nothing
+    alone = validate.format_crystal_table({"frames": frames[1:2], "mean": nothing, "kmesh": [2, 2, 2], "xc": "pbe",
+                                           "basis": "gth-dzvp", "pseudo": "gth-pbe"})
+    assert not [line for line in alone.splitlines() if line.startswith("mean")]
