@@ -232,6 +232,20 @@ def test_the_lowdin_correction_is_s_half_g_dh_g_s_half_in_training_and_predictio
         make_config("crystal", overlap_filter=1e-3, correction_basis="loewdin")
 
 
+def test_new_filtered_crystal_runs_default_to_the_lowdin_correction_and_saved_runs_keep_ao():
+    """``make_config`` picks lowdin for a new crystal run with an overlap filter and the fock
+    target, unless told otherwise; a config saved without the field reads back as ao."""
+    from vardft.config import TrainConfig
+
+    assert make_config("crystal", overlap_filter=1e-3).correction_basis == "lowdin"
+    assert make_config("crystal", overlap_filter=1e-3, correction_basis="ao").correction_basis == "ao"
+    assert make_config("crystal", overlap_filter=1e-3,
+                       self_consistency_target="filtered-fock").correction_basis == "ao"
+    assert make_config("crystal").correction_basis == "ao"  # no filter: nothing to choose
+    saved = {k: v for k, v in make_config("crystal", overlap_filter=1e-3).to_dict().items() if k != "correction_basis"}
+    assert TrainConfig.from_dict(saved).correction_basis == "ao"
+
+
 @pytest.mark.parametrize("target", ["fock", "filtered-fock"])
 def test_filtered_residual_compares_h_with_the_fock_matrix_or_the_filtered_fock_matrix(target):
     """With H = H_base + G ΔH G, the residual the loss reports is G (H − F) G ("fock") or
@@ -240,7 +254,8 @@ def test_filtered_residual_compares_h_with_the_fock_matrix_or_the_filtered_fock_
     from solvers import periodic
     from vardft.losses import hermitian_density
 
-    task, model_cfg, params, system, data = _filtered_si_cell(self_consistency_basis="ao", self_consistency_target=target)
+    task, model_cfg, params, system, data = _filtered_si_cell(self_consistency_basis="ao", self_consistency_target=target,
+                                                              correction_basis="ao")
     _, metrics = task.batch_terms(params, data)
     Hk, _, Hk_raw, _ = (np.asarray(h[0]) if h is not None else None
                         for h in task.training_hamiltonians(params, data, unfiltered=True))

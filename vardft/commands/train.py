@@ -18,9 +18,9 @@ from basis.integrals import BACKENDS
 from basis.pbc_integrals import check_periodic_functional
 from basis.system import check_basis
 from vardft.config import (BASELINES, CORRECTION_BASES, DISTILL_BASES, DISTILL_FRACTION, DISTILL_TARGETS,
-                           DISTILL_WINDOW, NETWORK_DTYPES, QM9_PRESET, QM9_SAP_RECIPE, SAP_DATASET_RECIPES,
-                           SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, SELF_CONSISTENCY_TARGETS, default_config,
-                           make_config, with_overrides)
+                           DISTILL_WINDOW, NETWORK_DTYPES, NEW_CRYSTAL_CORRECTION_BASIS, QM9_PRESET, QM9_SAP_RECIPE,
+                           SAP_DATASET_RECIPES, SAP_MOLECULE_RECIPE, SELF_CONSISTENCY_BASES, SELF_CONSISTENCY_TARGETS,
+                           default_config, make_config, with_overrides)
 from vardft.data import IntegralCache, default_cache_dir, load_dataset
 from vardft.parallel import data_mesh, start_distributed
 from vardft.train import check_stop_after_distillation, read_run, train
@@ -121,7 +121,7 @@ def register(sub) -> None:
                    help="crystals with --overlap-filter: the network's correction as G dH G (ao) or S^1/2 G dH G S^1/2 "
                         "(lowdin: dH in the Loewdin-orthogonalised basis, so that every well-conditioned direction "
                         f"moves the orthonormal residual alike; gth-dzvp Si: 15 meV held out against 44-46 with ao) "
-                        f"({c.correction_basis})")
+                        f"(default: {NEW_CRYSTAL_CORRECTION_BASIS}, or ao with --sc-target filtered-fock)")
     p.add_argument("--cells-per-pass", type=int, default=None, metavar="K",
                    help="crystals: evaluate the loss K cells at a time, recomputing each pass in the backward pass: "
                         "memory of K cells instead of the whole batch, for one more forward evaluation per step "
