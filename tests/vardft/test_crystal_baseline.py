@@ -163,7 +163,7 @@ def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
     what prediction returns at those k-points, with the correction filtered by S(k)'s
     spectrum (``overlap_filter``, which this basis needs) in both, and the loss is finite."""
     cfg = make_config("crystal", basis="gth-dzvp", xc="lda,vwn", pseudo="gth-pade", kmesh=(2, 1, 1), mesh=SMALL_MESH,
-                      baseline="sap", overlap_filter=1e-3)
+                      baseline="sap", overlap_filter=1e-3, correction_basis="ao")
     task = CrystalTask(cfg)
     model_cfg = model_config_for(cfg, ("Si",))
     params = init_params(jax.random.PRNGKey(2), model_cfg)
@@ -178,6 +178,12 @@ def test_training_and_prediction_see_one_hamiltonian_when_ao_slots_are_padded():
         np.testing.assert_allclose(np.asarray(H_train[0]), H, atol=1e-12, rtol=0)
     unfiltered, _ = task.training_hamiltonians(params, data.replace(G=None))
     assert np.abs(np.asarray(unfiltered - Hk)).max() > 1e-6  # the filter acts on this cell
+    # lowdin (the default of new runs): training rebuilds S^1/2 g(S) from the stored g(S), whose
+    # eigenvalues near 1 cost digits at this τ (8.5e-11 Eh measured); prediction builds it from S
+    lowdin = CrystalTask(dataclasses.replace(cfg, correction_basis="lowdin"))
+    for H_train, kpts in zip(lowdin.training_hamiltonians(params, data), (data.ints.kpts, data.offmesh.kpts)):
+        H, _ = lowdin.hamiltonian(params, model_cfg, system, np.asarray(kpts[0]))
+        np.testing.assert_allclose(np.asarray(H_train[0]), H, atol=1e-9, rtol=0)
     with pytest.raises(InputError, match="H\\(k\\), not H\\(R\\)"):
         task.real_space(params, model_cfg, system)
     for basis, band_weight in (("orthonormal", 0.0), ("window", 3000.0)):  # for such bases' nearly dependent directions
