@@ -48,6 +48,28 @@ def test_validate_gives_finite_metrics(crystal_run, capsys):
     assert "band MAE" in capsys.readouterr().out
 
 
+def test_where_the_reference_does_not_converge_validate_compares_at_n_half_per_k(crystal_run, capsys, monkeypatch):
+    """PySCF's KRKS and vardft's continuation cut to one cycle: the frame is marked unconverged
+    and left out of the plain means, and its n/2-per-k reference, continued from that state,
+    gives the bands of the converged run (Si: n/2 per k is PySCF's own filling)."""
+    from vardft import validate
+
+    assert main(["validate", crystal_run, "si", "--max-frames", "1", "--json"]) == 0
+    (converged,) = json.loads(capsys.readouterr().out)["frames"]
+    monkeypatch.setattr(validate, "REFERENCE_MAX_CYCLE", 1)
+    monkeypatch.setattr(validate, "CONTINUATION_MAX_CYCLE", 1)
+    assert main(["validate", crystal_run, "si", "--max-frames", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (frame,) = result["frames"]
+    assert frame["reference"] == "unconverged" and not frame["reference_converged"]
+    assert result["mean"]["n_unconverged_references"] == 1 and "band_mae_mev" not in result["mean"]
+    assert abs(frame["band_mae_mev"] - converged["band_mae_mev"]) > 1e-3  # against the cut state
+    for key in ("insulating_band_mae_mev", "band_shift_mev", "aligned_band_mae_mev"):
+        assert frame[key] == pytest.approx(converged[key], abs=1e-4) and result["mean"][key] == frame[key]
+    assert main(["validate", crystal_run, "si", "--max-frames", "1"]) == 0
+    assert "0:Si2*" in capsys.readouterr().out
+
+
 def test_resume_of_a_finished_run_and_existing_checkpoint(crystal_run, capsys):
     assert main(["train", "si", "--out", crystal_run, *TINY]) == 2
     assert "already holds a vardft crystal run" in capsys.readouterr().err
