@@ -423,8 +423,8 @@ def format_crystal_table(result: dict, title: str = "") -> str:
     lines.append(
         f"valence + {N_CONDUCTION} conduction bands at the {'x'.join(str(k) for k in result['kmesh'])} k-mesh, "
         f"vs PySCF KRKS {result['xc']}/{result['basis']}/{result['pseudo']}; shift: the mean signed band error "
-        f"(model − PySCF{', at n/2 per k where PySCF fills unevenly' if metals else ''}), aligned: the MAE with that "
-        "shift taken off"
+        f"(model − PySCF{', at n/2 per k where PySCF fills unevenly or did not converge' if like_for_like else ''}), "
+        "aligned: the MAE with that shift taken off"
     )
     if failed:
         lines.append(
