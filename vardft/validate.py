@@ -313,8 +313,9 @@ def crystal_metrics(model: CrystalModel, system: System, n_conduction: int = N_C
         ``insulating_band_mae_mev``, ``insulating_band_max_mev``,
         ``insulating_energy_error_per_cell``: against :func:`insulating_reference` where
         PySCF's state is not ``n_electrons/2`` bands at every k-point or did not converge
-        (NaN if that one does not converge either), else equal to the plain ones; ``band_shift_mev`` and ``aligned_band_mae_mev`` (:func:`band_shift_mev`)
-        against that same like-for-like reference; with a path, ``path_band_mae_mev``,
+        (NaN if that one does not converge either), else equal to the plain ones;
+        ``band_shift_mev`` and ``aligned_band_mae_mev`` (:func:`band_shift_mev`) against that
+        same like-for-like reference; with a path, ``path_band_mae_mev``,
         ``path_band_max_mev``.
     """
     t0 = time.perf_counter()
